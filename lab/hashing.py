@@ -1,0 +1,113 @@
+"""The hashing switch's OpenFlow program, as plain strings for `ovs-ofctl -O OpenFlow15`.
+
+A load-sharing cluster sits behind a switch that spreads traffic for the virtual IP across the
+members. Here that switch is an Open vSwitch bridge with an OpenFlow 1.5 *select* group,
+`selection_method=hash` with explicit fields (OVS's default hash ignores UDP ports). Members
+share one IP and one MAC, so the switch never learns MACs: every forwarding decision is an
+explicit flow computed here from the plan.
+
+Hash modes (`--hash`):
+
+- ``l3``: IP source and destination; all of a peer's traffic lands on one member.
+- ``l4``: adds the UDP/TCP ports; IKE on 500 and on 4500 may land on different members.
+- ``split``: adversarial and deterministic. UDP 4500 goes through a second group whose buckets
+  are the first group's rotated by one member. OVS picks a bucket by highest-random-weight over
+  (bucket_id, hash of the fields); both groups hash the same fields and carry the same bucket
+  ids, so a peer's 500 and 4500 traffic pick the same bucket id and thus different members.
+
+In ``--mode ha`` the group has a single bucket: the active member takes everything.
+"""
+
+from .topology import LabSpec, Switch
+
+IKE_GROUP = 1
+NATT_GROUP = 2
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+
+L3_FIELDS = ("ip_src", "ip_dst")
+L4_FIELDS = L3_FIELDS + ("udp_src", "udp_dst", "tcp_src", "tcp_dst")
+
+
+def hash_fields(switch: Switch, spec: LabSpec) -> tuple[str, ...]:
+    """The header fields the switch's select group hashes on."""
+    if spec.hash == "l3" or (spec.hash == "split" and switch.role == "external"):
+        return L3_FIELDS
+    return L4_FIELDS
+
+
+def active_ports(switch: Switch, spec: LabSpec) -> list[int]:
+    """Member ports that receive traffic: all of them in load sharing, the first in HA."""
+    ports = [p.port for p in switch.member_ports()]
+    return ports[:1] if spec.mode == "ha" else ports
+
+
+def splits(switch: Switch, spec: LabSpec) -> bool:
+    """True when this switch sends UDP 4500 through the rotated group."""
+    return (spec.hash == "split" and spec.mode == "ls" and switch.role == "external"
+            and len(switch.member_ports()) >= 2)
+
+
+def groups(switch: Switch, spec: LabSpec) -> list[str]:
+    """The select groups, as `ovs-ofctl add-group` arguments."""
+    ports = active_ports(switch, spec)
+    fields = ",".join(hash_fields(switch, spec))
+    result = [_group(IKE_GROUP, fields, ports)]
+    if splits(switch, spec):
+        result.append(_group(NATT_GROUP, fields, ports[1:] + ports[:1]))
+    return result
+
+
+def _group(group_id: int, fields: str, ports: list[int]) -> str:
+    buckets = ",".join(f"bucket=bucket_id={i},output:{port}" for i, port in enumerate(ports, 1))
+    return f"group_id={group_id},type=select,selection_method=hash,fields({fields}),{buckets}"
+
+
+def bucket_members(switch: Switch, spec: LabSpec) -> dict[int, dict[int, str]]:
+    """For each group, bucket id -> member name, matching what `groups()` installs."""
+    names = {p.port: p.node for p in switch.member_ports()}
+    ports = active_ports(switch, spec)
+    result = {IKE_GROUP: {i: names[p] for i, p in enumerate(ports, 1)}}
+    if splits(switch, spec):
+        rotated = ports[1:] + ports[:1]
+        result[NATT_GROUP] = {i: names[p] for i, p in enumerate(rotated, 1)}
+    return result
+
+
+def flows(switch: Switch, spec: LabSpec) -> list[str]:
+    """The flow table, as `ovs-ofctl add-flow` arguments; a table miss drops."""
+    others = switch.other_ports()
+    to_others = ",".join(f"output:{p.port}" for p in others) or "drop"
+    result = []
+    if switch.vip is not None:
+        vmac_hex = "0x" + switch.vmac.replace(":", "")
+        # ARP for the virtual IP is answered by the switch itself, always with the one shared MAC.
+        result.append(
+            f"priority=400,arp,arp_op=1,arp_tpa={switch.vip},actions="
+            "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],"
+            f"mod_dl_src:{switch.vmac},"
+            "load:0x2->NXM_OF_ARP_OP[],"
+            "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],"
+            "move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],"
+            f"load:{vmac_hex}->NXM_NX_ARP_SHA[],"
+            f"load:{int(switch.vip):#x}->NXM_OF_ARP_SPA[],"
+            "in_port")
+        if splits(switch, spec):
+            result.append(f"priority=300,udp,dl_dst={switch.vmac},tp_dst=4500,"
+                          f"actions=group:{NATT_GROUP}")
+        result.append(f"priority=200,ip,dl_dst={switch.vmac},actions=group:{IKE_GROUP}")
+        # Anything else for the shared MAC (ARP replies to a member's request) reaches every
+        # member, so whichever member asked learns the answer.
+        members = ",".join(f"output:{p.port}" for p in switch.member_ports())
+        result.append(f"priority=150,dl_dst={switch.vmac},actions={members}")
+        for p in switch.member_ports():
+            result.append(f"priority=100,in_port={p.port},dl_dst={BROADCAST},actions={to_others}")
+    else:
+        for p in switch.member_ports():
+            result.append(f"priority=100,dl_dst={p.mac},actions=output:{p.port}")
+        every = ",".join(f"output:{p.port}" for p in switch.ports)
+        result.append(f"priority=50,dl_dst={BROADCAST},actions={every}")
+    for p in others:
+        result.append(f"priority=100,dl_dst={p.mac},actions=output:{p.port}")
+    if switch.vip is not None:
+        result.append(f"priority=50,dl_dst={BROADCAST},actions={to_others}")
+    return result

@@ -1,0 +1,150 @@
+"""strongSwan configuration for every node: decisions here, syntax in `templates/`.
+
+Each node runs one charon with two files, rendered into the run directory under names a user
+can open: `strongswan_<node>.conf` (daemon settings, vici socket, log) and `swanctl_<node>.conf`
+(connections and credentials). Members all render the same gateway: one identity, one set of
+credentials, one connection per peer, so whichever member answers a peer, the peer sees the
+same cluster.
+"""
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from .topology import CLUSTER_ID, CLUSTER_LAN, EXTERNAL_VIP, Member, Peer, Plan
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+# kernel-libipsec must come before kernel-netlink: the first IPsec backend registered wins,
+# and this kernel has XFRM netlink but no ESP transforms.
+PLUGINS = ("random", "nonce", "openssl", "aes", "sha1", "sha2", "hmac", "kdf", "pem", "pkcs1",
+           "pkcs8", "x509", "pubkey", "revocation", "constraints", "kernel-libipsec",
+           "kernel-netlink", "socket-default", "vici")
+SWANCTL_PLUGINS = ("random", "nonce", "openssl", "pem", "pkcs1", "pkcs8", "x509", "pubkey")
+IKE_PROPOSALS = "aes128-sha256-ecp256"
+ESP_PROPOSALS = "aes128-sha256"
+CHILD_NAME = "lan"
+CLUSTER_CONNECTION = "cluster"
+
+
+@dataclass(frozen=True)
+class Retransmit:
+    """charon's retransmission schedule: a dead negotiation gives up in about 14 s."""
+
+    timeout: float = 2.0
+    base: float = 1.4
+    tries: int = 3
+
+
+@dataclass(frozen=True)
+class NodeFiles:
+    """Where one node's rendered files, socket, log and private /run live."""
+
+    node: str
+    rundir: Path
+
+    @property
+    def strongswan_conf(self) -> Path:
+        return self.rundir / f"strongswan_{self.node}.conf"
+
+    @property
+    def swanctl_conf(self) -> Path:
+        return self.rundir / f"swanctl_{self.node}.conf"
+
+    @property
+    def log(self) -> Path:
+        return self.rundir / f"charon_{self.node}.log"
+
+    @property
+    def vici_socket(self) -> Path:
+        return self.rundir / f"vici_{self.node}.sock"
+
+    @property
+    def private_run(self) -> Path:
+        return self.rundir / "nodes" / self.node / "run"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What nodes authenticate with: a PSK per peer, or a CA and a key+certificate per identity."""
+
+    auth: str
+    cluster_key: bytes
+    pki_dir: Path | None = None
+    ca_cert: Path | None = None
+    certs: dict = field(default_factory=dict)  # identity -> (key path, cert path)
+
+    def psk(self, peer: Peer) -> str:
+        """The PSK shared by the cluster and `peer`, derived from the run's cluster key."""
+        digest = hmac.new(self.cluster_key, peer.identity.encode(), hashlib.sha256).hexdigest()
+        return "0x" + digest
+
+
+def strongswan_conf_data(files: NodeFiles, retransmit: Retransmit = Retransmit()) -> dict:
+    return {"node": files.node, "plugins": PLUGINS, "retransmit": retransmit,
+            "log": files.log, "vici_socket": files.vici_socket, "log_levels": {"ike": 2},
+            "swanctl_plugins": SWANCTL_PLUGINS}
+
+
+def _connection(name, version, local_addrs, remote_addrs, local_id, remote_id, local_ts,
+                remote_ts, auth, cert, dpd_action):
+    return {"name": name, "version": version, "local_addrs": local_addrs,
+            "remote_addrs": remote_addrs, "proposals": IKE_PROPOSALS, "dpd_delay": "5s",
+            "local_id": local_id, "remote_id": remote_id, "auth": auth, "cert": cert,
+            "child": CHILD_NAME, "local_ts": local_ts, "remote_ts": remote_ts,
+            "esp_proposals": ESP_PROPOSALS, "dpd_action": dpd_action}
+
+
+def _auth_data(creds: Credentials, identity: str) -> tuple[str, str | None, str | None]:
+    """(auth method, cert path, private key path) for a node presenting `identity`."""
+    if creds.auth == "pubkey":
+        key, cert = creds.certs[identity]
+        return "pubkey", str(cert), str(key)
+    return "psk", None, None
+
+
+def member_swanctl_data(plan: Plan, member: Member, creds: Credentials) -> dict:
+    """One connection per peer; members differ only in their node name."""
+    auth, cert, key = _auth_data(creds, CLUSTER_ID)
+    connections = [
+        _connection(p.name, p.ike_version, str(EXTERNAL_VIP), str(p.seen_as), CLUSTER_ID,
+                    p.identity, str(CLUSTER_LAN), str(p.lan), auth, cert, "clear")
+        for p in plan.peers]
+    psks = [{"name": p.name, "ids": [CLUSTER_ID, p.identity], "secret": creds.psk(p)}
+            for p in plan.peers] if auth == "psk" else []
+    return {"node": member.name, "connections": connections, "psks": psks,
+            "private_key": key, "ca_cert": creds.ca_cert}
+
+
+def peer_swanctl_data(plan: Plan, peer: Peer, creds: Credentials) -> dict:
+    """The peer's one connection to the cluster's virtual IP; DPD restarts it if it dies."""
+    auth, cert, key = _auth_data(creds, peer.identity)
+    connection = _connection(CLUSTER_CONNECTION, peer.ike_version, str(peer.address),
+                             str(EXTERNAL_VIP), peer.identity, CLUSTER_ID, str(peer.lan),
+                             str(CLUSTER_LAN), auth, cert, "restart")
+    psks = [{"name": CLUSTER_CONNECTION, "ids": [peer.identity, CLUSTER_ID],
+             "secret": creds.psk(peer)}] if auth == "psk" else []
+    return {"node": peer.name, "connections": [connection], "psks": psks,
+            "private_key": key, "ca_cert": creds.ca_cert}
+
+
+def environment(template_dir: Path = TEMPLATE_DIR) -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)),
+                              undefined=jinja2.StrictUndefined, trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True)
+
+
+def render_node(plan: Plan, node: str, files: NodeFiles, creds: Credentials,
+                template_dir: Path = TEMPLATE_DIR) -> dict[Path, str]:
+    """The text of both files of a strongSwan node (member or peer), keyed by their path."""
+    env = environment(template_dir)
+    if any(m.name == node for m in plan.members):
+        swanctl = member_swanctl_data(plan, plan.member(node), creds)
+    else:
+        swanctl = peer_swanctl_data(plan, plan.peer(node), creds)
+    return {files.strongswan_conf: env.get_template("strongswan.conf.j2").render(
+                strongswan_conf_data(files)),
+            files.swanctl_conf: env.get_template("swanctl.conf.j2").render(swanctl)}

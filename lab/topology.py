@@ -1,0 +1,264 @@
+"""The lab's model: what a user asks for (`LabSpec`) and the address plan it implies (`Plan`).
+
+Pure data, no Mininet and no sockets, so every size and option is checked in milliseconds.
+Everything the lab builds, renders or reports is derived from a `Plan`; nothing else invents
+a name, an address or a port number.
+
+Address plan (documentation prefixes on the "internet" side, RFC 5737)::
+
+    192.0.2.0/24      the internet segment behind the external hashing switch
+                      .1 the cluster's external virtual IP (every member, one MAC)
+                      .10+i peer i (or, with --nat, the NAT router in front of peer 1)
+    198.51.100.0/24   the home network of the NATed peer (--nat): router .1, peer 1 .2
+    10.1.0.0/24       the cluster's LAN: .1 internal virtual IP (the LAN's gateway), .10 its host
+    10.2.i.0/24       peer i's protected LAN: .1 the peer gateway, .10 its host
+    10.255.0.0/24     the sync network: .i member i
+"""
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+HASH_MODES = ("l3", "l4", "split")
+CLUSTER_MODES = ("ls", "ha")
+IKE_CHOICES = ("1", "2", "mixed")
+AUTH_METHODS = ("psk", "pubkey")
+MAX_MEMBERS = 8
+MAX_PEERS = 64
+
+INTERNET = IPv4Network("192.0.2.0/24")
+NAT_HOME = IPv4Network("198.51.100.0/24")
+CLUSTER_LAN = IPv4Network("10.1.0.0/24")
+SYNC_NET = IPv4Network("10.255.0.0/24")
+EXTERNAL_VIP = IPv4Address("192.0.2.1")
+INTERNAL_VIP = IPv4Address("10.1.0.1")
+CLUSTER_ID = "cluster.ikelab.test"
+
+# Locally administered MACs; the shared ones are what every member answers with.
+EXTERNAL_VMAC = "02:1c:00:00:00:01"
+INTERNAL_VMAC = "02:1c:00:00:00:02"
+
+# Switch port numbers: members first (bucket i is port i), everything else from 100 up.
+OTHER_PORT_BASE = 100
+
+
+class TopologyError(ValueError):
+    """A lab that cannot be built; the message is one line a user can act on."""
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """What the user asked for, before any address is chosen."""
+
+    members: int = 3
+    peers: int = 2
+    hash: str = "l4"
+    mode: str = "ls"
+    ike: str = "2"
+    auth: str = "psk"
+    nat: bool = False
+
+    def validate(self) -> "LabSpec":
+        """Return self, or raise TopologyError naming the first bad option."""
+        if not isinstance(self.members, int) or not 1 <= self.members <= MAX_MEMBERS:
+            raise TopologyError(f"members must be 1 to {MAX_MEMBERS} (got {self.members!r})")
+        if not isinstance(self.peers, int) or not 1 <= self.peers <= MAX_PEERS:
+            raise TopologyError(f"peers must be 1 to {MAX_PEERS} (got {self.peers!r})")
+        for name, value, choices in (("hash", self.hash, HASH_MODES),
+                                     ("mode", self.mode, CLUSTER_MODES),
+                                     ("ike", self.ike, IKE_CHOICES),
+                                     ("auth", self.auth, AUTH_METHODS)):
+            if value not in choices:
+                raise TopologyError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
+        return self
+
+
+@dataclass(frozen=True)
+class Interface:
+    """One interface of a node: Mininet's name, its address (with prefix) and MAC."""
+
+    name: str
+    address: IPv4Interface | None
+    mac: str | None = None
+
+
+@dataclass(frozen=True)
+class Host:
+    """A node of the lab and how its IP stack is configured."""
+
+    name: str
+    role: str  # member, peer, lan-host, nat-router
+    interfaces: tuple[Interface, ...]
+    routes: tuple[tuple[str, str], ...] = ()  # (destination, gateway)
+    forwarding: bool = False
+
+    def interface(self, name: str) -> Interface:
+        return next(i for i in self.interfaces if i.name == name)
+
+
+@dataclass(frozen=True)
+class Member:
+    index: int
+    name: str
+    sync_address: IPv4Address
+    host: Host
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A VPN peer gateway, its protected LAN and the host on it."""
+
+    index: int
+    name: str
+    ike_version: int
+    identity: str
+    address: IPv4Address  # its own external address
+    seen_as: IPv4Address  # the source address the cluster sees (differs behind NAT)
+    lan: IPv4Network
+    lan_host: str
+    lan_host_address: IPv4Address
+    behind_nat: bool
+    host: Host
+
+
+@dataclass(frozen=True)
+class SwitchPort:
+    port: int
+    node: str
+    interface: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class Switch:
+    """A switch, its OVS bridge name and datapath id, and who sits on which port."""
+
+    name: str
+    dpid: str
+    role: str  # external, internal, sync
+    ports: tuple[SwitchPort, ...]
+    vip: IPv4Address | None = None
+    vmac: str | None = None
+
+    def member_ports(self) -> list[SwitchPort]:
+        return [p for p in self.ports if p.port < OTHER_PORT_BASE]
+
+    def other_ports(self) -> list[SwitchPort]:
+        return [p for p in self.ports if p.port >= OTHER_PORT_BASE]
+
+
+@dataclass(frozen=True)
+class HostLink:
+    """A cable between two nodes that are not switches (peer and its LAN host, NAT router)."""
+
+    a: str
+    a_intf: str
+    b: str
+    b_intf: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: LabSpec
+    members: tuple[Member, ...]
+    peers: tuple[Peer, ...]
+    lan_host: Host
+    nat_router: Host | None
+    switches: tuple[Switch, ...]
+    host_links: tuple[HostLink, ...] = field(default=())
+
+    def hosts(self) -> list[Host]:
+        """Every non-switch node, members first, in the order the lab builds them."""
+        hosts = [m.host for m in self.members] + [p.host for p in self.peers]
+        hosts += [self._peer_lan_host(p) for p in self.peers]
+        hosts.append(self.lan_host)
+        if self.nat_router:
+            hosts.append(self.nat_router)
+        return hosts
+
+    def switch(self, role: str) -> Switch:
+        return next(s for s in self.switches if s.role == role)
+
+    def member(self, name: str) -> Member:
+        return next(m for m in self.members if m.name == name)
+
+    def peer(self, name: str) -> Peer:
+        return next(p for p in self.peers if p.name == name)
+
+    def bridge_names(self) -> list[str]:
+        return [s.name for s in self.switches]
+
+    @staticmethod
+    def _peer_lan_host(peer: Peer) -> Host:
+        gateway = str(peer.lan.network_address + 1)
+        return Host(peer.lan_host, "lan-host",
+                    (Interface("eth0", IPv4Interface(f"{peer.lan_host_address}/{peer.lan.prefixlen}"),
+                               _mac(4, peer.index, 0)),),
+                    routes=(("default", gateway),))
+
+
+def _mac(kind: int, index: int, intf: int) -> str:
+    return f"02:1c:{kind:02x}:{index >> 8:02x}:{index & 0xff:02x}:{intf:02x}"
+
+
+def ike_version_of(spec: LabSpec, index: int) -> int:
+    """IKE version of peer `index` (1-based): --ike mixed alternates, starting with IKEv2."""
+    if spec.ike == "mixed":
+        return 2 if index % 2 else 1
+    return int(spec.ike)
+
+
+def build_plan(spec: LabSpec) -> Plan:
+    """Return the complete plan for `spec` (validated first)."""
+    spec.validate()
+    members = []
+    for i in range(1, spec.members + 1):
+        name = f"m{i}"
+        sync = SYNC_NET.network_address + i
+        members.append(Member(i, name, sync, Host(name, "member", (
+            Interface("eth0", IPv4Interface(f"{EXTERNAL_VIP}/{INTERNET.prefixlen}"), EXTERNAL_VMAC),
+            Interface("eth1", IPv4Interface(f"{INTERNAL_VIP}/{CLUSTER_LAN.prefixlen}"), INTERNAL_VMAC),
+            Interface("eth2", IPv4Interface(f"{sync}/{SYNC_NET.prefixlen}"), _mac(1, i, 2)),
+        ), forwarding=True)))
+
+    peers, host_links = [], []
+    nat_router = None
+    ext_ports = [SwitchPort(m.index, m.name, "eth0", EXTERNAL_VMAC) for m in members]
+    for i in range(1, spec.peers + 1):
+        name, lan = f"p{i}", IPv4Network(f"10.2.{i}.0/24")
+        public = INTERNET.network_address + 10 + i
+        behind_nat = spec.nat and i == 1
+        lan_gw = IPv4Interface(f"{lan.network_address + 1}/24")
+        if behind_nat:
+            address = NAT_HOME.network_address + 2
+            router_inside = NAT_HOME.network_address + 1
+            wan = Interface("eth0", IPv4Interface(f"{address}/{NAT_HOME.prefixlen}"), _mac(2, i, 0))
+            routes = (("default", str(router_inside)),)
+            nat_router = Host("r1", "nat-router", (
+                Interface("eth0", IPv4Interface(f"{public}/{INTERNET.prefixlen}"), _mac(3, 1, 0)),
+                Interface("eth1", IPv4Interface(f"{router_inside}/{NAT_HOME.prefixlen}"), _mac(3, 1, 1)),
+            ), forwarding=True)
+            host_links.append(HostLink("r1", "eth1", name, "eth0"))
+            ext_ports.append(SwitchPort(OTHER_PORT_BASE + i, "r1", "eth0", _mac(3, 1, 0)))
+        else:
+            address = public
+            wan = Interface("eth0", IPv4Interface(f"{address}/{INTERNET.prefixlen}"), _mac(2, i, 0))
+            routes = ()
+            ext_ports.append(SwitchPort(OTHER_PORT_BASE + i, name, "eth0", _mac(2, i, 0)))
+        host = Host(name, "peer", (wan, Interface("eth1", lan_gw, _mac(2, i, 1))),
+                    routes=routes, forwarding=True)
+        peers.append(Peer(i, name, ike_version_of(spec, i), f"{name}.ikelab.test", address, public,
+                          lan, f"h{i}", lan.network_address + 10, behind_nat, host))
+        host_links.append(HostLink(name, "eth1", f"h{i}", "eth0"))
+
+    lan_host = Host("hc", "lan-host", (Interface(
+        "eth0", IPv4Interface(f"{CLUSTER_LAN.network_address + 10}/{CLUSTER_LAN.prefixlen}"),
+        _mac(5, 0, 0)),), routes=(("default", str(INTERNAL_VIP)),))
+    int_ports = [SwitchPort(m.index, m.name, "eth1", INTERNAL_VMAC) for m in members]
+    int_ports.append(SwitchPort(OTHER_PORT_BASE + 1, "hc", "eth0", _mac(5, 0, 0)))
+    sync_ports = [SwitchPort(m.index, m.name, "eth2", _mac(1, m.index, 2)) for m in members]
+    switches = (
+        Switch("ikex", "0000000000001c01", "external", tuple(ext_ports), EXTERNAL_VIP, EXTERNAL_VMAC),
+        Switch("ikei", "0000000000001c02", "internal", tuple(int_ports), INTERNAL_VIP, INTERNAL_VMAC),
+        Switch("ikes", "0000000000001c03", "sync", tuple(sync_ports)),
+    )
+    return Plan(spec, tuple(members), tuple(peers), lan_host, nat_router, switches, tuple(host_links))

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Idempotent setup for a fresh Debian 12 machine, run as root: the Debian packages the lab drives,
+# a venv that sees Debian's mininet (it lives in /usr/bin/python3's packages), the lab installed
+# into it, and Open vSwitch's daemons running (userspace datapath; no kernel module is needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: run as root (the lab creates namespaces, bridges and daemons)" >&2
+    exit 2
+fi
+
+packages=(mininet openvswitch-switch strongswan-charon strongswan-swanctl strongswan-pki
+          libcharon-extra-plugins iproute2 iptables ethtool tcpdump iperf3 procps iputils-ping
+          python3-venv python3-dev gcc libnetfilter-queue-dev)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup.sh: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Debian package enables the daemons; they may still be down (containers, fresh boots).
+if ! ovs-vsctl --timeout=5 show >/dev/null 2>&1; then
+    echo "setup.sh: starting Open vSwitch"
+    /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >/dev/null 2>&1 || true
+    ovs-vsctl --timeout=10 show >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.ikelab-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    touch "$stamp"
+fi
