@@ -59,6 +59,11 @@ class HashingSwitch(OVSSwitch):
                 raise SwitchError(f"{self.name}: bridge did not come up: {probe.stderr.strip()}")
             time.sleep(0.05)
 
+    def group_definitions(self) -> list[str]:
+        """The groups as OVS holds them (`dump-groups`)."""
+        return [line.strip() for line in ofctl("dump-groups", self.name).splitlines()
+                if "group_id=" in line]
+
     def bucket_stats(self) -> dict[int, dict[str, int]]:
         """For each group: member name -> packets its bucket has sent."""
         members = hashing.bucket_members(self.plan_switch, self.spec)

@@ -1,0 +1,147 @@
+"""`ikelab`: the lab's command line.
+
+    ikelab run [options]   build the lab, bring every tunnel up, test traffic, report, tear down
+    ikelab clean           remove what crashed runs left behind, from their records
+
+Exit status of `run`: 0 when every tunnel is up on exactly one member and carries traffic both
+ways, 1 otherwise (the report says what failed), 2 for bad usage.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .render import TEMPLATE_DIR
+from .topology import (AUTH_METHODS, CLUSTER_MODES, HASH_MODES, IKE_CHOICES, LabSpec,
+                       TopologyError)
+
+
+class UsageError(Exception):
+    """Bad options; printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds: {text!r}")
+    return value
+
+
+def parser() -> Parser:
+    top = Parser(prog="ikelab", description="IKE forwarding lab: VPN peers and a "
+                 "load-sharing cluster behind an Open vSwitch hashing switch.")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    run = sub.add_parser("run", help="build the lab, bring the tunnels up, test, report")
+    run.add_argument("--members", type=_int, default=3, help="cluster members, 1-8 (3)")
+    run.add_argument("--peers", type=_int, default=2, help="VPN peer gateways (2)")
+    run.add_argument("--hash", choices=HASH_MODES, default="l4",
+                     help="what the hashing switch hashes on (l4)")
+    run.add_argument("--mode", choices=CLUSTER_MODES, default="ls",
+                     help="ls: load sharing; ha: one active member (ls)")
+    run.add_argument("--ike", choices=IKE_CHOICES, default="2",
+                     help="IKE version of the peers; mixed alternates (2)")
+    run.add_argument("--auth", choices=AUTH_METHODS, default="psk", help="psk or pubkey (psk)")
+    run.add_argument("--nat", action="store_true", help="put the first peer behind a NAT router")
+    run.add_argument("--timeout", type=_seconds, default=30.0,
+                     help="seconds to wait for the tunnels (30)")
+    run.add_argument("--json", action="store_true", help="print the report as JSON")
+    run.add_argument("--cli", action="store_true",
+                     help="open the Mininet CLI on the running lab before teardown")
+    run.add_argument("--keep", action="store_true", help="keep the run's configs and logs")
+    run.add_argument("--templates", type=Path, default=TEMPLATE_DIR,
+                     help="render configs from this template directory")
+    sub.add_parser("clean", help="remove what crashed runs left, from their records")
+    return top
+
+
+def _say(start: float, quiet: bool):
+    def say(message: str) -> None:
+        if not quiet:
+            print(f"[{time.monotonic() - start:5.1f}s] {message}", file=sys.stderr, flush=True)
+    return say
+
+
+def cmd_run(args) -> int:
+    from .job import run_main_job
+    from .lab import Lab, LabError
+    from .report import format_text
+
+    spec = LabSpec(args.members, args.peers, args.hash, args.mode, args.ike, args.auth, args.nat)
+    spec.validate()
+    if not (args.templates / "swanctl.conf.j2").is_file():
+        raise UsageError(f"--templates {args.templates}: no swanctl.conf.j2 there")
+    start = time.monotonic()
+    say = _say(start, quiet=False)
+    say(f"building the lab: {spec.members} members, {spec.peers} peers, hash {spec.hash}, "
+        f"mode {spec.mode}")
+    try:
+        with Lab(spec, keep=args.keep, template_dir=args.templates, say=say) as lab:
+            lab_up = time.monotonic() - start
+            say(f"lab up in {lab_up:.1f} s")
+            report = run_main_job(lab, args.timeout, lab_up, say)
+            print(json.dumps(report, indent=2) if args.json else format_text(report), flush=True)
+            if args.cli:
+                from .mncli import LabCLI
+                LabCLI(lab.net)
+            say("tearing down")
+    except LabError as exc:
+        print(f"ikelab: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ikelab: interrupted; the lab was torn down", file=sys.stderr)
+        return 130
+    return 0 if report["ok"] else 1
+
+
+def cmd_clean(args) -> int:
+    from .rundir import clean_run, live_runs, stale_runs
+
+    if os.geteuid() != 0:
+        print("ikelab: clean must run as root", file=sys.stderr)
+        return 1
+    for run in live_runs():
+        print(f"ikelab: run {run.name} is still running (pid {run.read()['owner_pid']}); "
+              "left alone", file=sys.stderr)
+    stale = stale_runs()
+    for run in stale:
+        clean_run(run)
+    if not stale:
+        print("nothing to clean")
+    return 0
+
+
+def main(argv=None) -> int:
+    try:
+        args = parser().parse_args(argv)
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "clean":
+            return cmd_clean(args)
+        raise UsageError("a command is required: run or clean (see ikelab --help)")
+    except (UsageError, TopologyError) as exc:
+        print(f"ikelab: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The Mininet CLI with the lab's own commands, for `ikelab run --cli` and plain `mn`."""
+
+from mininet.cli import CLI
+
+from . import strongswan
+from .nodes import StrongSwanNode
+from .report import describe_sas
+from .switch import HashingSwitch
+
+
+class LabCLI(CLI):
+    """Mininet's CLI plus `sas` and `hashing`; `help <command>` shows what each does."""
+
+    prompt = "ikelab> "
+
+    def do_sas(self, line):
+        """sas [node ...]: every IKE and CHILD SA of the members and peers (or the named
+        nodes), read from each charon over vici."""
+        wanted = set(line.split())
+        for node in self.mn.hosts:
+            if not isinstance(node, StrongSwanNode) or (wanted and node.name not in wanted):
+                continue
+            if node.charon is None or not node.charon.running():
+                self.stdout.write(f"{node.name}: charon is not running "
+                                  f"({node.startup_error or 'stopped'})\n")
+                continue
+            sas = strongswan.list_sas(node.files.vici_socket)
+            self.stdout.write("\n".join(describe_sas(node.name, sas)) + "\n")
+
+    def do_hashing(self, line):
+        """hashing: each hashing switch's select groups, which member each bucket feeds, and
+        the packets each bucket has carried (from Open vSwitch)."""
+        for switch in self.mn.switches:
+            if not isinstance(switch, HashingSwitch) or switch.plan_switch.vip is None:
+                continue
+            self.stdout.write(f"{switch.name} ({switch.plan_switch.role}, virtual IP "
+                              f"{switch.plan_switch.vip}):\n")
+            for group, counts in sorted(switch.bucket_stats().items()):
+                spread = "  ".join(f"{m}: {n}" for m, n in counts.items())
+                self.stdout.write(f"  group {group}  {spread}\n")
+            for definition in switch.group_definitions():
+                self.stdout.write(f"  {definition}\n")

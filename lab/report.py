@@ -1,0 +1,169 @@
+"""The report of `ikelab run`: what every daemon and switch said, judged and printed.
+
+Pure: it takes the SAs read over vici, the switch's answers and the ping counts, and returns a
+dict with a stable shape (`--json` prints it as is; README documents it) or its text form.
+A tunnel is good when the peer's IKE SA is ESTABLISHED, exactly one member holds it, its CHILD
+SA is INSTALLED, and LAN-to-LAN traffic passed both ways.
+"""
+
+SHAPE_VERSION = 1
+
+
+def _holders(initiator_spi: str | None, member_sas: dict[str, dict]) -> dict[str, str]:
+    """member -> state of its IKE SA with the peer's initiator SPI (the IKE cookie)."""
+    result = {}
+    for member, sas in member_sas.items():
+        states = [sa["state"] for sa in sas.values()
+                  if initiator_spi and sa.get("initiator-spi") == initiator_spi]
+        if states:
+            result[member] = "ESTABLISHED" if "ESTABLISHED" in states else states[0]
+    return result
+
+
+def _child_sas(peer_sa: dict | None, member_sas: dict[str, dict]) -> list[dict]:
+    if not peer_sa:
+        return []
+    result = []
+    for child in peer_sa.get("child-sas", {}).values():
+        holders = sorted(
+            member for member, sas in member_sas.items() for sa in sas.values()
+            for theirs in sa.get("child-sas", {}).values()
+            if theirs.get("spi-in") == child.get("spi-out"))
+        result.append({"name": child.get("name"), "state": child.get("state"),
+                       "spi_in": child.get("spi-in"), "spi_out": child.get("spi-out"),
+                       "local_ts": child.get("local-ts", []),
+                       "remote_ts": child.get("remote-ts", []), "holders": holders})
+    return result
+
+
+def _newest(sas: dict[str, dict]) -> dict | None:
+    """The peer's IKE SA that matters: an established one if any, else the latest."""
+    if not sas:
+        return None
+    established = [sa for sa in sas.values() if sa.get("state") == "ESTABLISHED"]
+    pool = established or list(sas.values())
+    return max(pool, key=lambda sa: int(sa.get("uniqueid", 0)))
+
+
+def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
+                  member_sas: dict[str, dict], paths: dict[str, str | None],
+                  traffic: dict[str, dict], up_after: float | None,
+                  last_sa: dict | None = None) -> dict:
+    """One tunnel's entry: daemon state, holders, switch paths, traffic, and what went wrong.
+
+    `last_sa` is the peer's IKE SA as last seen, for a negotiation the peer has since given up.
+    """
+    current = _newest(peer_sas)
+    sa = current or last_sa
+    if current:
+        state = current["state"]
+    else:
+        state = f"GAVE_UP (was {last_sa['state']})" if last_sa else "NONE"
+    holder_states = _holders(sa.get("initiator-spi") if sa else None, member_sas)
+    established_on = sorted(m for m, s in holder_states.items() if s == "ESTABLISHED")
+    children = _child_sas(current, member_sas)
+    traffic_ok = all(traffic.get(d, {}).get("received", 0) > 0 for d in ("to_peer", "from_peer"))
+    problems = []
+    if state != "ESTABLISHED":
+        problems.append(f"IKE SA not established on {peer} (state {state})")
+        half_open = sorted(m for m, s in holder_states.items() if s != "ESTABLISHED")
+        natt = paths.get("udp4500")
+        if half_open and natt and natt not in half_open:
+            problems.append(f"the switch sends {peer}'s UDP 4500 (IKE_AUTH) to {natt}, "
+                            f"which does not hold the IKE SA (half-open on "
+                            f"{', '.join(half_open)})")
+    if len(established_on) > 1:
+        problems.append(f"IKE SA held by {len(established_on)} members: "
+                        f"{', '.join(established_on)}")
+    elif state == "ESTABLISHED" and not established_on:
+        problems.append("no member holds the established IKE SA")
+    if state == "ESTABLISHED" and not any(c["state"] == "INSTALLED" for c in children):
+        problems.append("no CHILD SA installed")
+    for direction, label in (("to_peer", "cluster LAN -> peer LAN"),
+                             ("from_peer", "peer LAN -> cluster LAN")):
+        counts = traffic.get(direction, {})
+        if counts.get("received", 0) == 0:
+            problems.append(f"no traffic {label} ({counts.get('received', 0)}/"
+                            f"{counts.get('sent', 0)} pings answered)")
+    return {"peer": peer, "ike_version": ike_version, "state": state,
+            "ike_sa_holders": sorted(holder_states), "holder_states": holder_states,
+            "initiator_spi": sa.get("initiator-spi") if sa else None,
+            "responder_spi": sa.get("responder-spi") if sa else None,
+            "child_sas": children, "up_after_s": up_after, "switch_paths": paths,
+            "traffic": traffic, "traffic_ok": traffic_ok, "problems": problems}
+
+
+def lab_report(spec, tunnels: list[dict], buckets: dict, timings: dict,
+               run_dir: str | None) -> dict:
+    """The whole report; `ok` only when every tunnel is good."""
+    return {"shape": SHAPE_VERSION,
+            "ok": bool(tunnels) and all(not t["problems"] for t in tunnels),
+            "members": spec.members, "peers": spec.peers, "hash": spec.hash, "mode": spec.mode,
+            "ike": spec.ike, "auth": spec.auth, "nat": spec.nat, "agent": False,
+            "timings": timings, "buckets": buckets, "run_dir": run_dir, "tunnels": tunnels}
+
+
+def _traffic_cell(counts: dict) -> str:
+    return f"{counts.get('received', 0)}/{counts.get('sent', 0)}"
+
+
+def format_text(report: dict) -> str:
+    """The report as a table and a verdict, for a terminal."""
+    agent = "agent on" if report["agent"] else "no agent"
+    lines = [f"ikelab: {report['members']} members, {report['peers']} peers, hash "
+             f"{report['hash']}, mode {report['mode']}, ike {report['ike']}, auth "
+             f"{report['auth']}{', nat' if report['nat'] else ''}; {agent}"]
+    timings = report["timings"]
+    up = timings.get("tunnels_up_s")
+    lines.append(f"lab up in {timings.get('lab_up_s', 0):.1f} s; "
+                 + (f"all tunnels up {up:.1f} s later" if up is not None
+                    else "not every tunnel came up"))
+    lines.append("")
+    header = ("peer", "ike", "IKE SA", "held by", "CHILD SA", "500->", "4500->", "LAN->peer",
+              "peer->LAN")
+    rows = [header]
+    for t in report["tunnels"]:
+        holders = ",".join(m if s == "ESTABLISHED" else f"{m}({s.lower()})"
+                           for m, s in sorted(t["holder_states"].items())) or "-"
+        children = ",".join(f"{c['name']} {c['state']}" for c in t["child_sas"]) or "-"
+        rows.append((t["peer"], f"v{t['ike_version']}", t["state"], holders, children,
+                     t["switch_paths"].get("udp500") or "-",
+                     t["switch_paths"].get("udp4500") or "-",
+                     _traffic_cell(t["traffic"].get("to_peer", {})),
+                     _traffic_cell(t["traffic"].get("from_peer", {}))))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    for t in report["tunnels"]:
+        lines += [f"  {t['peer']}: {p}" for p in t["problems"]]
+    for switch, groups in report["buckets"].items():
+        for group, counts in groups.items():
+            spread = " ".join(f"{m}={n}" for m, n in counts.items())
+            lines.append(f"switch {switch} group {group} packets per member: {spread}")
+    bad = [t for t in report["tunnels"] if t["problems"]]
+    if report["ok"]:
+        lines.append("OK: every tunnel is up on exactly one member and carries traffic both ways")
+    else:
+        lines.append(f"FAIL: {len(bad)} of {len(report['tunnels'])} tunnels have problems")
+    if report.get("run_dir"):
+        lines.append(f"configs and logs kept in {report['run_dir']}")
+    return "\n".join(lines)
+
+
+def describe_sas(node: str, sas: dict[str, dict]) -> list[str]:
+    """A node's IKE and CHILD SAs, one line each, for the Mininet CLI's `sas` command."""
+    if not sas:
+        return [f"{node}: no IKE SAs"]
+    lines = []
+    for sa in sorted(sas.values(), key=lambda s: int(s.get("uniqueid", 0))):
+        lines.append(f"{node}: {sa.get('name')}[{sa.get('uniqueid')}] IKEv{sa.get('version')} "
+                     f"{sa.get('state')} {sa.get('local-host')}:{sa.get('local-port')} <-> "
+                     f"{sa.get('remote-host')}:{sa.get('remote-port')} "
+                     f"spi {sa.get('initiator-spi')}_i {sa.get('responder-spi')}_r")
+        for child in sa.get("child-sas", {}).values():
+            lines.append(f"{node}:   {child.get('name')} {child.get('state')} "
+                         f"spi {child.get('spi-in')}_in {child.get('spi-out')}_out "
+                         f"{','.join(child.get('local-ts', []))} === "
+                         f"{','.join(child.get('remote-ts', []))} "
+                         f"packets {child.get('packets-in', 0)} in / "
+                         f"{child.get('packets-out', 0)} out")
+    return lines
