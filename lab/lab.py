@@ -16,7 +16,7 @@ from mininet.log import setLogLevel
 from mininet.net import Mininet
 
 from .pki import make_credentials
-from .render import TEMPLATE_DIR, NodeFiles, render_node
+from .render import TEMPLATE_DIR, NodeFiles, identity_of, render_node
 from .rundir import RunDirectory, clean_run, live_runs, stale_runs
 from .topo import IkeClusterTopo, root_interfaces
 from .topology import LabSpec, Plan, build_plan
@@ -64,8 +64,10 @@ def prepare(spec: LabSpec, keep: bool = False, template_dir: Path = TEMPLATE_DIR
     try:
         creds = make_credentials(plan, run.path, secrets.token_bytes(32))
         for name in [m.name for m in plan.members] + [p.name for p in plan.peers]:
-            for path, text in render_node(plan, name, NodeFiles(name, run.path), creds,
-                                          template_dir).items():
+            files = NodeFiles(name, run.path)
+            files.swanctl_dir.mkdir()
+            creds.install(identity_of(plan, name), files.swanctl_dir)
+            for path, text in render_node(plan, name, files, creds, template_dir).items():
                 path.write_text(text)
     except Exception as exc:
         clean_run(run, say=lambda _: None)

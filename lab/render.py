@@ -1,14 +1,16 @@
 """strongSwan configuration for every node: decisions here, syntax in `templates/`.
 
 Each node runs one charon with two files, rendered into the run directory under names a user
-can open: `strongswan_<node>.conf` (daemon settings, vici socket, log) and `swanctl_<node>.conf`
-(connections and credentials). Members all render the same gateway: one identity, one set of
+can open: `strongswan_<node>.conf` (daemon settings, vici socket, log) and
+`swanctl_<node>/swanctl.conf` (connections and secrets), whose directory also holds the node's
+certificates and key the way /etc/swanctl does. Members all render the same gateway: one identity, one set of
 credentials, one connection per peer, so whichever member answers a peer, the peer sees the
 same cluster.
 """
 
 import hashlib
 import hmac
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,8 +53,13 @@ class NodeFiles:
         return self.rundir / f"strongswan_{self.node}.conf"
 
     @property
+    def swanctl_dir(self) -> Path:
+        """The node's swanctl directory, laid out like /etc/swanctl (x509/, x509ca/, ecdsa/)."""
+        return self.rundir / f"swanctl_{self.node}"
+
+    @property
     def swanctl_conf(self) -> Path:
-        return self.rundir / f"swanctl_{self.node}.conf"
+        return self.swanctl_dir / "swanctl.conf"
 
     @property
     def log(self) -> Path:
@@ -77,6 +84,15 @@ class Credentials:
     ca_cert: Path | None = None
     certs: dict = field(default_factory=dict)  # identity -> (key path, cert path)
 
+    def install(self, identity: str, swanctl_dir: Path) -> None:
+        """Copy the CA, and `identity`'s key and certificate, into a node's swanctl directory."""
+        if self.auth != "pubkey":
+            return
+        key, cert = self.certs[identity]
+        for sub, source in (("x509ca", self.ca_cert), ("x509", cert), ("ecdsa", key)):
+            (swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, swanctl_dir / sub / source.name)
+
     def psk(self, peer: Peer) -> str:
         """The PSK shared by the cluster and `peer`, derived from the run's cluster key."""
         digest = hmac.new(self.cluster_key, peer.identity.encode(), hashlib.sha256).hexdigest()
@@ -98,43 +114,47 @@ def _connection(name, version, local_addrs, remote_addrs, local_id, remote_id, l
             "esp_proposals": ESP_PROPOSALS, "dpd_action": dpd_action}
 
 
-def _auth_data(creds: Credentials, identity: str) -> tuple[str, str | None, str | None]:
-    """(auth method, cert path, private key path) for a node presenting `identity`."""
+def _auth_data(creds: Credentials, identity: str) -> tuple[str, str | None]:
+    """(auth method, certificate file name in x509/) for a node presenting `identity`."""
     if creds.auth == "pubkey":
-        key, cert = creds.certs[identity]
-        return "pubkey", str(cert), str(key)
-    return "psk", None, None
+        return "pubkey", creds.certs[identity][1].name
+    return "psk", None
 
 
 def member_swanctl_data(plan: Plan, member: Member, creds: Credentials) -> dict:
     """One connection per peer; members differ only in their node name."""
-    auth, cert, key = _auth_data(creds, CLUSTER_ID)
+    auth, cert = _auth_data(creds, CLUSTER_ID)
     connections = [
         _connection(p.name, p.ike_version, str(EXTERNAL_VIP), str(p.seen_as), CLUSTER_ID,
                     p.identity, str(CLUSTER_LAN), str(p.lan), auth, cert, "clear")
         for p in plan.peers]
     psks = [{"name": p.name, "ids": [CLUSTER_ID, p.identity], "secret": creds.psk(p)}
             for p in plan.peers] if auth == "psk" else []
-    return {"node": member.name, "connections": connections, "psks": psks,
-            "private_key": key, "ca_cert": creds.ca_cert}
+    return {"node": member.name, "connections": connections, "psks": psks}
 
 
 def peer_swanctl_data(plan: Plan, peer: Peer, creds: Credentials) -> dict:
     """The peer's one connection to the cluster's virtual IP; DPD restarts it if it dies."""
-    auth, cert, key = _auth_data(creds, peer.identity)
+    auth, cert = _auth_data(creds, peer.identity)
     connection = _connection(CLUSTER_CONNECTION, peer.ike_version, str(peer.address),
                              str(EXTERNAL_VIP), peer.identity, CLUSTER_ID, str(peer.lan),
                              str(CLUSTER_LAN), auth, cert, "restart")
     psks = [{"name": CLUSTER_CONNECTION, "ids": [peer.identity, CLUSTER_ID],
              "secret": creds.psk(peer)}] if auth == "psk" else []
-    return {"node": peer.name, "connections": [connection], "psks": psks,
-            "private_key": key, "ca_cert": creds.ca_cert}
+    return {"node": peer.name, "connections": [connection], "psks": psks}
 
 
 def environment(template_dir: Path = TEMPLATE_DIR) -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)),
                               undefined=jinja2.StrictUndefined, trim_blocks=True,
                               lstrip_blocks=True, keep_trailing_newline=True)
+
+
+def identity_of(plan: Plan, node: str) -> str:
+    """The IKE identity a strongSwan node presents: the cluster's for every member."""
+    if any(m.name == node for m in plan.members):
+        return CLUSTER_ID
+    return plan.peer(node).identity
 
 
 def render_node(plan: Plan, node: str, files: NodeFiles, creds: Credentials,

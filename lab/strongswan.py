@@ -109,6 +109,8 @@ class Charon:
             [SWANCTL, "--load-all", "--noprompt", "--file", str(self.files.swanctl_conf),
              "--uri", f"unix://{self.files.vici_socket}"],
             capture_output=True, text=True, timeout=30, env=env)
+        (self.files.swanctl_dir / "swanctl.out").write_text(
+            result.stdout + result.stderr)
         # swanctl also scans credential folders beside the file; the lab names every
         # credential by path, so their absence is not a complaint.
         complaints = [line.strip() for line in (result.stdout + result.stderr).splitlines()
