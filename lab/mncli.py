@@ -3,13 +3,14 @@
 from mininet.cli import CLI
 
 from . import strongswan
-from .nodes import StrongSwanNode
+from .nodes import PeerGateway, StrongSwanNode
+from .render import CHILD_NAME, CLUSTER_CONNECTION
 from .report import describe_sas
 from .switch import HashingSwitch
 
 
 class LabCLI(CLI):
-    """Mininet's CLI plus `sas` and `hashing`; `help <command>` shows what each does."""
+    """Mininet's CLI plus `sas`, `up` and `hashing`; `help <command>` shows what each does."""
 
     prompt = "ikelab> "
 
@@ -26,6 +27,18 @@ class LabCLI(CLI):
                 continue
             sas = strongswan.list_sas(node.files.vici_socket)
             self.stdout.write("\n".join(describe_sas(node.name, sas)) + "\n")
+
+    def do_up(self, line):
+        """up [peer ...]: have every peer (or the named ones) initiate its tunnel to the cluster;
+        follow it with `sas`."""
+        wanted = set(line.split())
+        for node in self.mn.hosts:
+            if isinstance(node, PeerGateway) and (not wanted or node.name in wanted):
+                try:
+                    strongswan.initiate(node.files.vici_socket, CLUSTER_CONNECTION, CHILD_NAME)
+                    self.stdout.write(f"{node.name}: initiating {CLUSTER_CONNECTION}/{CHILD_NAME}\n")
+                except (OSError, strongswan.DaemonConfigError) as exc:
+                    self.stdout.write(f"{node.name}: {exc}\n")
 
     def do_hashing(self, line):
         """hashing: each hashing switch's select groups, which member each bucket feeds, and

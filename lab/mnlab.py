@@ -1,0 +1,54 @@
+"""The lab under plain Mininet: `sudo mn --custom topologies/ikecluster.py --topo ikecluster`.
+
+`mn` builds the topology with its own runner, so this module supplies what `ikelab run` would
+otherwise do around it: the run directory and rendered configs (when the topology is built),
+their removal at exit, and a `cleanup` that `mn` calls on an exception, on Ctrl-C and for
+`mn -c` in place of its own global one, so it removes only what ikelab runs recorded.
+"""
+
+import atexit
+import os
+
+from mininet.log import error, info
+
+from .lab import LabError, prepare
+from .rundir import RunDirectory, clean_run, recorded_runs, stale_runs
+from .topo import IkeClusterTopo
+from .topology import LabSpec, TopologyError
+
+TRUE = ("1", "true", "yes", "on")
+
+
+def _flag(value) -> bool:
+    return str(value).lower() in TRUE
+
+
+class IkeClusterMnTopo(IkeClusterTopo):
+    """`--topo ikecluster,members=3,peers=2,hash=split,mode=ls,ike=2,auth=psk,nat=1,keep=1`."""
+
+    def __init__(self, members=3, peers=2, hash="l4", mode="ls", ike="2", auth="psk", nat=False,
+                 keep=False):
+        spec = LabSpec(members, peers, str(hash), str(mode), str(ike), str(auth), _flag(nat))
+        try:
+            plan, run = prepare(spec, _flag(keep), say=lambda m: info(f"*** ikelab: {m}\n"))
+        except (TopologyError, LabError) as exc:
+            # SystemExit, not an exception: mn would answer an exception with its cleanup.
+            error(f"ikelab: error: {exc}\n")
+            raise SystemExit(2) from None
+        info(f"*** ikelab: run directory {run.path}\n")
+        atexit.register(clean_run, run, lambda _: None)
+        super().__init__(plan=plan, rundir=run.path, strict=False)
+
+
+def cleanup() -> None:
+    """What `mn` runs after a failure or for `mn -c`: this process's runs and crashed ones."""
+    mine = [run for run in recorded_runs() if _owned_here(run)]
+    for run in mine + stale_runs():
+        clean_run(run, say=lambda m: info(f"*** ikelab: {m}\n"))
+
+
+def _owned_here(run: RunDirectory) -> bool:
+    try:
+        return run.read()["owner_pid"] == os.getpid() and run.read()["state"] != "stopped"
+    except (OSError, ValueError, KeyError):
+        return False

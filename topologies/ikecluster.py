@@ -1,0 +1,28 @@
+"""The ikelab topology for plain Mininet.
+
+    sudo mn --custom topologies/ikecluster.py --topo ikecluster,members=3,peers=2
+
+Options (all optional): members, peers, hash (l3|l4|split), mode (ls|ha), ike (1|2|mixed),
+auth (psk|pubkey), nat=1, keep=1. Every node starts its own daemons; the CLI gains the lab's
+commands (`sas`, `hashing`). `mn` runs under /usr/bin/python3, so this file puts the lab and
+the venv made by scripts/setup.sh on its path.
+
+Every name bound here becomes a global of `mn` (that is how `--custom` works): `CLI` replaces
+mn's CLI with the lab's, and `cleanup` replaces mn's global cleanup, which would otherwise kill
+every Mininet process and delete every OVS bridge on the machine after an error or Ctrl-C.
+"""
+
+import os
+import sys
+
+# mn exec()s this file without __file__; the code object still knows its path.
+LAB_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(
+    globals().get("__file__") or sys._getframe().f_code.co_filename)))
+VENV_LIB = os.path.join(LAB_ROOT, ".venv", "lib")
+sys.path[:0] = [LAB_ROOT] + [os.path.join(VENV_LIB, name, "site-packages")
+                             for name in (os.listdir(VENV_LIB) if os.path.isdir(VENV_LIB) else [])]
+
+from lab.mncli import LabCLI as CLI  # noqa: E402
+from lab.mnlab import IkeClusterMnTopo, cleanup  # noqa: E402,F401
+
+topos = {"ikecluster": IkeClusterMnTopo}
