@@ -1,0 +1,74 @@
+"""The hashing switch's OpenFlow program."""
+
+from lab import hashing
+from lab.topology import LabSpec, build_plan
+
+
+def program(**spec):
+    spec = LabSpec(**spec)
+    plan = build_plan(spec)
+    return plan, spec
+
+
+def test_l3_hashes_addresses_only_and_l4_adds_ports():
+    plan, spec = program(hash="l3")
+    [group] = hashing.groups(plan.switch("external"), spec)
+    assert "fields(ip_src,ip_dst)" in group
+    plan, spec = program(hash="l4")
+    [group] = hashing.groups(plan.switch("external"), spec)
+    assert "udp_src" in group and "udp_dst" in group and "tcp_src" in group
+
+
+def test_every_member_gets_a_bucket_in_load_sharing():
+    plan, spec = program(members=5)
+    [group] = hashing.groups(plan.switch("external"), spec)
+    assert group.count("bucket=") == 5
+    for port in (1, 2, 3, 4, 5):
+        assert f"output:{port}" in group
+
+
+def test_ha_sends_everything_to_the_first_member():
+    plan, spec = program(members=3, mode="ha", hash="split")
+    [group] = hashing.groups(plan.switch("external"), spec)
+    assert group.endswith("),bucket=bucket_id=1,output:1")
+    assert not any("tp_dst=4500" in f for f in hashing.flows(plan.switch("external"), spec))
+
+
+def test_split_rotates_the_4500_group_so_each_bucket_id_lands_on_another_member():
+    plan, spec = program(members=3, hash="split")
+    switch = plan.switch("external")
+    members = hashing.bucket_members(switch, spec)
+    ike, natt = members[hashing.IKE_GROUP], members[hashing.NATT_GROUP]
+    assert set(ike) == set(natt) == {1, 2, 3}
+    assert all(ike[b] != natt[b] for b in ike)
+    flows = hashing.flows(switch, spec)
+    assert any("tp_dst=4500" in f and f"group:{hashing.NATT_GROUP}" in f for f in flows)
+
+
+def test_split_needs_two_members_and_only_touches_the_external_switch():
+    plan, spec = program(members=1, hash="split")
+    assert len(hashing.groups(plan.switch("external"), spec)) == 1
+    plan, spec = program(members=3, hash="split")
+    assert len(hashing.groups(plan.switch("internal"), spec)) == 1
+
+
+def test_the_switch_answers_arp_for_the_virtual_ip_and_never_floods_to_members():
+    plan, spec = program(members=3, peers=2)
+    switch = plan.switch("external")
+    flows = hashing.flows(switch, spec)
+    [responder] = [f for f in flows if "arp_op=1" in f]
+    assert "arp_tpa=192.0.2.1" in responder and "in_port" in responder
+    broadcasts = [f for f in flows if "dl_dst=ff:ff:ff:ff:ff:ff" in f]
+    assert broadcasts
+    for flow in broadcasts:
+        actions = flow.split("actions=")[1]
+        assert all(f"output:{p.port}" not in actions.split(",")
+                   for p in switch.member_ports())
+
+
+def test_sync_switch_forwards_by_member_mac():
+    plan, spec = program(members=2)
+    flows = hashing.flows(plan.switch("sync"), spec)
+    for member in plan.members:
+        mac = member.host.interface("eth2").mac
+        assert f"priority=100,dl_dst={mac},actions=output:{member.index}" in flows

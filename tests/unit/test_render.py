@@ -1,0 +1,76 @@
+"""strongSwan configs rendered from templates/ for several sizes and IKE versions."""
+
+import re
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from lab.render import Credentials, NodeFiles, render_node
+from lab.topology import CLUSTER_ID, LabSpec, build_plan
+
+KEY = b"k" * 32
+
+
+def render(plan, node, creds=None, template_dir=None):
+    files = NodeFiles(node, Path("/run/ikelab-test"))
+    kwargs = {"template_dir": template_dir} if template_dir else {}
+    texts = render_node(plan, node, files, creds or Credentials("psk", KEY), **kwargs)
+    return texts[files.strongswan_conf], texts[files.swanctl_conf]
+
+
+@pytest.mark.parametrize("members, peers, ike", [(1, 1, "2"), (3, 2, "1"), (5, 8, "mixed")])
+def test_members_render_one_connection_per_peer_with_its_ike_version(members, peers, ike):
+    plan = build_plan(LabSpec(members=members, peers=peers, ike=ike))
+    _, swanctl = render(plan, "m1")
+    for peer in plan.peers:
+        block = swanctl.split(f"    {peer.name} {{")[1].split("\n    }")[0]
+        assert f"version = {peer.ike_version}" in block
+        assert f"remote_addrs = {peer.seen_as}" in block
+        assert f"remote_ts = {peer.lan}" in block
+        assert f"id = {CLUSTER_ID}" in block
+
+
+def test_every_member_presents_the_same_gateway():
+    plan = build_plan(LabSpec(members=3))
+    first = render(plan, "m1")[1].replace("m1", "NODE")
+    assert all(render(plan, m)[1].replace(m, "NODE") == first for m in ("m2", "m3"))
+
+
+def test_peer_and_cluster_share_the_peer_psk_and_peers_differ():
+    plan = build_plan(LabSpec(peers=2))
+    member = render(plan, "m1")[1]
+    secrets = {}
+    for peer in ("p1", "p2"):
+        [secret] = re.findall(r"secret = (0x[0-9a-f]+)", render(plan, peer)[1])
+        assert secret in member
+        secrets[peer] = secret
+    assert secrets["p1"] != secrets["p2"]
+
+
+def test_strongswan_conf_loads_libipsec_before_netlink_and_names_the_node_socket():
+    plan = build_plan(LabSpec())
+    conf, _ = render(plan, "p1")
+    load = re.search(r"load = (.*)", conf).group(1).split()
+    assert load.index("kernel-libipsec") < load.index("kernel-netlink")
+    assert "unix:///run/ikelab-test/vici_p1.sock" in conf
+    assert "/run/ikelab-test/charon_p1.log" in conf
+
+
+def test_pubkey_names_certificates_and_renders_no_psk():
+    plan = build_plan(LabSpec(auth="pubkey", peers=1))
+    certs = {CLUSTER_ID: (Path("/k/c.key"), Path("/k/cluster.crt")),
+             "p1.ikelab.test": (Path("/k/p.key"), Path("/k/p1.crt"))}
+    creds = Credentials("pubkey", KEY, Path("/k"), Path("/k/ca.crt"), certs)
+    _, member = render(plan, "m1", creds)
+    _, peer = render(plan, "p1", creds)
+    assert "auth = pubkey" in member and "certs = cluster.crt" in member
+    assert "certs = p1.crt" in peer
+    assert "secret =" not in member + peer
+
+
+def test_a_template_that_names_missing_data_fails_loudly(tmp_path):
+    (tmp_path / "strongswan.conf.j2").write_text("charon { x = {{ no_such_value }} }\n")
+    (tmp_path / "swanctl.conf.j2").write_text("connections {}\n")
+    with pytest.raises(jinja2.UndefinedError):
+        render(build_plan(LabSpec()), "m1", template_dir=tmp_path)

@@ -1,0 +1,85 @@
+"""The report: its JSON shape, the verdict, and what it says went wrong."""
+
+import json
+
+from lab.report import describe_sas, format_text, lab_report, tunnel_report
+from lab.topology import LabSpec
+
+GOOD_TRAFFIC = {"to_peer": {"sent": 3, "received": 3}, "from_peer": {"sent": 3, "received": 3}}
+NO_TRAFFIC = {"to_peer": {"sent": 3, "received": 0}, "from_peer": {"sent": 3, "received": 0}}
+
+
+def ike_sa(state, ispi="aa", rspi="bb", name="cluster", children=None):
+    return {"uniqueid": "1", "name": name, "version": "2", "state": state,
+            "initiator-spi": ispi, "responder-spi": rspi, "child-sas": children or {}}
+
+
+def child(spi_in, spi_out, state="INSTALLED"):
+    return {"name": "lan", "state": state, "spi-in": spi_in, "spi-out": spi_out,
+            "local-ts": ["10.2.1.0/24"], "remote-ts": ["10.1.0.0/24"]}
+
+
+def good_tunnel():
+    peer = {"1": ike_sa("ESTABLISHED", children={"lan-1": child("c1", "c2")})}
+    members = {"m1": {"4": ike_sa("ESTABLISHED", name="p1",
+                                  children={"lan-4": child("c2", "c1")})},
+               "m2": {}}
+    return tunnel_report("p1", 2, peer, members, {"udp500": "m1", "udp4500": "m1"},
+                         GOOD_TRAFFIC, 0.5)
+
+
+def test_a_good_tunnel_has_one_holder_and_no_problems():
+    t = good_tunnel()
+    assert t["ike_sa_holders"] == ["m1"]
+    assert t["child_sas"][0]["holders"] == ["m1"]
+    assert t["traffic_ok"] and t["problems"] == []
+
+
+def test_json_shape_is_stable():
+    report = lab_report(LabSpec(), [good_tunnel()], {"ikex": {"ip": {"m1": 3}}},
+                        {"lab_up_s": 1.0, "tunnels_up_s": 0.5}, None)
+    data = json.loads(json.dumps(report))
+    for key in ("ok", "members", "peers", "hash", "mode", "agent", "tunnels", "timings"):
+        assert key in data
+    assert data["ok"] is True and data["agent"] is False
+    for key in ("peer", "ike_version", "ike_sa_holders", "child_sas", "traffic_ok"):
+        assert key in data["tunnels"][0]
+
+
+def test_split_negotiation_names_the_member_that_got_ike_auth():
+    last = ike_sa("CONNECTING", ispi="77")
+    members = {"m1": {}, "m2": {"9": ike_sa("CONNECTING", ispi="77", name="p1")}}
+    t = tunnel_report("p1", 2, {}, members, {"udp500": "m2", "udp4500": "m1"},
+                      NO_TRAFFIC, None, last)
+    assert t["state"] == "GAVE_UP (was CONNECTING)"
+    assert t["holder_states"] == {"m2": "CONNECTING"}
+    assert any("UDP 4500 (IKE_AUTH) to m1, which does not hold the IKE SA (half-open on m2)"
+               in p for p in t["problems"])
+    report = lab_report(LabSpec(hash="split"), [t], {}, {"lab_up_s": 1, "tunnels_up_s": None},
+                        None)
+    assert report["ok"] is False
+    assert "FAIL: 1 of 1 tunnels" in format_text(report)
+
+
+def test_two_established_holders_is_a_problem():
+    peer = {"1": ike_sa("ESTABLISHED", children={"x": child("c1", "c2")})}
+    members = {m: {"1": ike_sa("ESTABLISHED", name="p1")} for m in ("m1", "m2")}
+    t = tunnel_report("p1", 2, peer, members, {}, GOOD_TRAFFIC, 1.0)
+    assert any("held by 2 members" in p for p in t["problems"])
+
+
+def test_one_way_traffic_fails_the_tunnel():
+    t = good_tunnel()
+    traffic = {"to_peer": {"sent": 3, "received": 3}, "from_peer": {"sent": 3, "received": 0}}
+    t = tunnel_report("p1", 2, {"1": ike_sa("ESTABLISHED", children={"x": child("a", "b")})},
+                      {"m1": {"1": ike_sa("ESTABLISHED")}}, {}, traffic, 1.0)
+    assert not t["traffic_ok"]
+    assert t["problems"] == ["no traffic peer LAN -> cluster LAN (0/3 pings answered)"]
+
+
+def test_describe_sas_lists_ike_and_child_sas():
+    lines = describe_sas("m1", {"1": ike_sa("ESTABLISHED", name="p1",
+                                            children={"x": child("c1", "c2")})})
+    assert "p1[1] IKEv2 ESTABLISHED" in lines[0]
+    assert "lan INSTALLED spi c1_in c2_out" in lines[1]
+    assert describe_sas("m2", {}) == ["m2: no IKE SAs"]
