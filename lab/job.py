@@ -5,7 +5,6 @@ bucket counters and packet paths from Open vSwitch, ping counts from ping itself
 """
 
 import re
-import time
 
 from . import hashing, strongswan
 from .lab import Lab
@@ -14,7 +13,6 @@ from .report import lab_report, tunnel_report
 from .topology import EXTERNAL_VIP, Plan
 
 PING_COUNT = 3
-POLL_INTERVAL = 0.2
 
 
 def switch_paths(lab: Lab) -> dict[str, dict[str, str | None]]:
@@ -50,49 +48,6 @@ def member_sas(lab: Lab) -> dict[str, dict]:
             for m in lab.plan.members}
 
 
-class TunnelWatch:
-    """Polls every peer's charon until each tunnel is up or its negotiation was given up."""
-
-    def __init__(self, lab: Lab):
-        self.lab = lab
-        self.started = time.monotonic()
-        self.up_after: dict[str, float] = {}
-        self.last_sa: dict[str, dict] = {}
-        self.gave_up: set[str] = set()
-
-    def peer_sas(self, peer: str) -> dict:
-        """The IKE SAs `peer` holds now."""
-        return strongswan.list_sas(self.lab.node(peer).files.vici_socket)
-
-    def poll(self) -> bool:
-        """Update every peer's state; True once none is still negotiating."""
-        for peer in self.lab.plan.peers:
-            if peer.name in self.up_after or peer.name in self.gave_up:
-                continue
-            sas = self.peer_sas(peer.name)
-            if not sas and peer.name in self.last_sa:
-                self.gave_up.add(peer.name)
-                continue
-            for sa in sas.values():
-                self.last_sa[peer.name] = sa
-                installed = any(c.get("state") == "INSTALLED"
-                                for c in sa.get("child-sas", {}).values())
-                if sa["state"] == "ESTABLISHED" and installed:
-                    self.up_after[peer.name] = time.monotonic() - self.started
-        return len(self.up_after) + len(self.gave_up) == len(self.lab.plan.peers)
-
-    def wait(self, timeout: float, say) -> None:
-        deadline = self.started + timeout
-        reported = -1
-        while not self.poll() and time.monotonic() < deadline:
-            if len(self.up_after) != reported:
-                reported = len(self.up_after)
-                say(f"tunnels up: {reported}/{len(self.lab.plan.peers)}")
-            time.sleep(POLL_INTERVAL)
-        say(f"tunnels up: {len(self.up_after)}/{len(self.lab.plan.peers)}"
-            + (f", given up: {', '.join(sorted(self.gave_up))}" if self.gave_up else ""))
-
-
 def ping_all(lab: Lab, plan: Plan) -> dict[str, dict[str, dict[str, int]]]:
     """Ping both ways between the cluster's LAN host and every peer's LAN host, in parallel."""
     lan_host = lab.node(plan.lan_host.name)
@@ -115,10 +70,13 @@ def run_main_job(lab: Lab, timeout: float, lab_up_s: float, say) -> dict:
     """Initiate every tunnel, wait for them, test traffic; return the report dict."""
     plan = lab.plan
     say(f"initiating {len(plan.peers)} tunnels from the peers")
-    watch = TunnelWatch(lab)
+    watch = strongswan.TunnelWatch({p.name: lab.node(p.name).files.vici_socket
+                                    for p in plan.peers})
     for peer in plan.peers:
         strongswan.initiate(lab.node(peer.name).files.vici_socket, CLUSTER_CONNECTION, CHILD_NAME)
     watch.wait(timeout, say)
+    say(f"tunnels up: {len(watch.up_after)}/{len(plan.peers)}"
+        + (f", given up: {', '.join(sorted(watch.gave_up))}" if watch.gave_up else ""))
     say("sending LAN-to-LAN pings both ways")
     traffic = ping_all(lab, plan)
     members = member_sas(lab)

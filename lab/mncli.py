@@ -9,6 +9,9 @@ from .report import describe_sas
 from .switch import HashingSwitch
 
 
+UP_TIMEOUT = 20.0
+
+
 class LabCLI(CLI):
     """Mininet's CLI plus `sas`, `up` and `hashing`; `help <command>` shows what each does."""
 
@@ -29,16 +32,26 @@ class LabCLI(CLI):
             self.stdout.write("\n".join(describe_sas(node.name, sas)) + "\n")
 
     def do_up(self, line):
-        """up [peer ...]: have every peer (or the named ones) initiate its tunnel to the cluster;
-        follow it with `sas`."""
+        """up [peer ...]: have every peer (or the named ones) initiate its tunnel to the cluster,
+        and wait (up to 20 s) until each is up or given up."""
         wanted = set(line.split())
+        sockets = {}
         for node in self.mn.hosts:
             if isinstance(node, PeerGateway) and (not wanted or node.name in wanted):
                 try:
                     strongswan.initiate(node.files.vici_socket, CLUSTER_CONNECTION, CHILD_NAME)
-                    self.stdout.write(f"{node.name}: initiating {CLUSTER_CONNECTION}/{CHILD_NAME}\n")
+                    sockets[node.name] = node.files.vici_socket
                 except (OSError, strongswan.DaemonConfigError) as exc:
                     self.stdout.write(f"{node.name}: {exc}\n")
+        watch = strongswan.TunnelWatch(sockets)
+        watch.wait(UP_TIMEOUT)
+        for peer in sockets:
+            if peer in watch.up_after:
+                self.stdout.write(f"{peer}: up after {watch.up_after[peer]:.1f} s\n")
+            else:
+                state = watch.last_sa.get(peer, {}).get("state", "no IKE SA")
+                verdict = "given up" if peer in watch.gave_up else "not up yet"
+                self.stdout.write(f"{peer}: {verdict} (last state {state})\n")
 
     def do_hashing(self, line):
         """hashing: each hashing switch's select groups, which member each bucket feeds, and

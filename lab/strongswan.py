@@ -70,6 +70,54 @@ def initiate(socket_path: Path, ike: str, child: str) -> None:
         raise DaemonConfigError(f"initiate {ike}/{child}: {exc}") from None
 
 
+class TunnelWatch:
+    """Polls peers' charons until each tunnel is up or its negotiation was given up.
+
+    `sockets` maps a peer's name to its vici socket. A tunnel is up when an IKE SA is
+    ESTABLISHED with an INSTALLED CHILD SA; it was given up when the IKE SA seen before is gone.
+    """
+
+    POLL_INTERVAL = 0.2
+
+    def __init__(self, sockets: dict[str, Path]):
+        self.sockets = sockets
+        self.started = time.monotonic()
+        self.up_after: dict[str, float] = {}
+        self.last_sa: dict[str, dict] = {}
+        self.gave_up: set[str] = set()
+
+    def peer_sas(self, peer: str) -> dict:
+        """The IKE SAs `peer` holds now."""
+        return list_sas(self.sockets[peer])
+
+    def poll(self) -> bool:
+        """Update every peer's state; True once none is still negotiating."""
+        for peer in self.sockets:
+            if peer in self.up_after or peer in self.gave_up:
+                continue
+            sas = self.peer_sas(peer)
+            if not sas and peer in self.last_sa:
+                self.gave_up.add(peer)
+                continue
+            for sa in sas.values():
+                self.last_sa[peer] = sa
+                installed = any(c.get("state") == "INSTALLED"
+                                for c in sa.get("child-sas", {}).values())
+                if sa["state"] == "ESTABLISHED" and installed:
+                    self.up_after[peer] = time.monotonic() - self.started
+        return len(self.up_after) + len(self.gave_up) == len(self.sockets)
+
+    def wait(self, timeout: float, say=lambda message: None) -> None:
+        """Poll until every tunnel is settled or `timeout` seconds have passed since creation."""
+        deadline = self.started + timeout
+        reported = -1
+        while not self.poll() and time.monotonic() < deadline:
+            if len(self.up_after) != reported:
+                reported = len(self.up_after)
+                say(f"tunnels up: {reported}/{len(self.sockets)}")
+            time.sleep(self.POLL_INTERVAL)
+
+
 class Charon:
     """One charon process inside one Mininet node: `start()`, `load()`, `stop()`."""
 
