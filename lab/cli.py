@@ -10,6 +10,7 @@ ways, 1 otherwise (the report says what failed), 2 for bad usage.
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,18 @@ def _say(start: float, quiet: bool):
     return say
 
 
+class Interrupted:
+    """Whether Ctrl-C or SIGTERM arrived: a library may turn the KeyboardInterrupt raised
+    mid-call into an error of its own (vici does, mid-request), so the flag decides."""
+
+    seen = False
+
+    @classmethod
+    def handler(cls, signum, frame):
+        cls.seen = True
+        raise KeyboardInterrupt
+
+
 def cmd_run(args) -> int:
     from .job import run_main_job
     from .lab import Lab, LabError
@@ -90,6 +103,10 @@ def cmd_run(args) -> int:
     spec.validate()
     if not (args.templates / "swanctl.conf.j2").is_file():
         raise UsageError(f"--templates {args.templates}: no swanctl.conf.j2 there")
+    # Ctrl-C and SIGTERM both mean "tear down and leave", even when started from a context that
+    # ignores SIGINT (a background job inherits SIG_IGN, and Python then keeps it).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, Interrupted.handler)
     start = time.monotonic()
     say = _say(start, quiet=False)
     say(f"building the lab: {spec.members} members, {spec.peers} peers, hash {spec.hash}, "
@@ -107,9 +124,13 @@ def cmd_run(args) -> int:
     except LabError as exc:
         print(f"ikelab: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("ikelab: interrupted; the lab was torn down", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Exception) as exc:
+        if Interrupted.seen:
+            print("ikelab: interrupted; the lab was torn down", file=sys.stderr)
+            return 130
+        print(f"ikelab: the lab failed and was torn down: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 1
     return 0 if report["ok"] else 1
 
 

@@ -5,11 +5,13 @@ check), leaving it stops every node through Mininet and then cleans the run from
 so nothing the run created survives it unless `--keep` asked to keep its files.
 """
 
+import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
+from ipaddress import IPv4Network, ip_interface, ip_network
 from pathlib import Path
 
 from mininet.log import setLogLevel
@@ -19,13 +21,28 @@ from .pki import make_credentials
 from .render import TEMPLATE_DIR, NodeFiles, identity_of, render_node
 from .rundir import RunDirectory, clean_run, live_runs, stale_runs
 from .topo import IkeClusterTopo, root_interfaces
-from .topology import LabSpec, Plan, build_plan
+from .topology import LabSpec, Plan, build_plan, overlaps_host
 
 REQUIRED = ("mnexec", "ovs-vsctl", "ovs-ofctl", "swanctl", "pki", "ethtool", "iptables")
 
 
 class LabError(RuntimeError):
     """The lab cannot start or run; the message is one line for the user."""
+
+
+def host_networks() -> list[IPv4Network]:
+    """The root namespace's own addresses and routes (all tables) as networks."""
+    networks = []
+    addrs = subprocess.run(["ip", "-4", "-j", "addr"], capture_output=True, text=True).stdout
+    for link in json.loads(addrs or "[]"):
+        for info in link.get("addr_info", []):
+            networks.append(ip_interface(f"{info['local']}/{info['prefixlen']}").network)
+    routes = subprocess.run(["ip", "-4", "-j", "route", "show", "table", "all"],
+                            capture_output=True, text=True).stdout
+    for route in json.loads(routes or "[]"):
+        if route.get("dst", "default") != "default":
+            networks.append(ip_network(route["dst"], strict=False))
+    return networks
 
 
 def preflight(plan: Plan, say=print) -> None:
@@ -38,6 +55,11 @@ def preflight(plan: Plan, say=print) -> None:
     if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode:
         raise LabError("Open vSwitch is not running: start it with "
                        "/usr/share/openvswitch/scripts/ovs-ctl start (or ./scripts/setup.sh)")
+    clashes = overlaps_host(plan, host_networks())
+    if clashes:
+        lab, host = clashes[0]
+        raise LabError(f"the lab's {lab} overlaps the host's own {host}; the lab will not "
+                       "share addresses with a real network")
     live = live_runs()
     if live:
         raise LabError(f"another lab is running (run {live[0].name}, pid "

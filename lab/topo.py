@@ -3,10 +3,10 @@
 ```
         h1      h2    ...  hP          peers' LAN hosts (10.2.i.10)
         |       |          |
-        p1      p2    ...  pP          peer gateways, strongSwan (192.0.2.10+i)
+        p1      p2    ...  pP          peer gateways, strongSwan (203.0.113.10+i)
         |       |          |           (--nat: p1 sits behind r1 on 198.51.100.0/24)
      +--+-------+----------+--+
-     |  ikex  external hashing |       OVS, OpenFlow 1.5 select group on VIP 192.0.2.1
+     |  ikex  external hashing |       OVS, OpenFlow 1.5 select group on VIP 203.0.113.1
      +--+-------+----------+--+
         |       |          |
         m1      m2    ...  mN ---+     cluster members, strongSwan, one VIP + one MAC

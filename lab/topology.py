@@ -6,13 +6,17 @@ a name, an address or a port number.
 
 Address plan (documentation prefixes on the "internet" side, RFC 5737)::
 
-    192.0.2.0/24      the internet segment behind the external hashing switch
+    203.0.113.0/24    the internet segment behind the external hashing switch
                       .1 the cluster's external virtual IP (every member, one MAC)
                       .10+i peer i (or, with --nat, the NAT router in front of peer 1)
     198.51.100.0/24   the home network of the NATed peer (--nat): router .1, peer 1 .2
     10.1.0.0/24       the cluster's LAN: .1 internal virtual IP (the LAN's gateway), .10 its host
     10.2.i.0/24       peer i's protected LAN: .1 the peer gateway, .10 its host
     10.255.0.0/24     the sync network: .i member i
+
+192.0.2.0/24 is left alone: machines like this one use it for their own network. The lab
+refuses to start if any of its prefixes overlaps an address or route of the host
+(`overlaps_host`).
 """
 
 from dataclasses import dataclass, field
@@ -25,11 +29,11 @@ AUTH_METHODS = ("psk", "pubkey")
 MAX_MEMBERS = 8
 MAX_PEERS = 64
 
-INTERNET = IPv4Network("192.0.2.0/24")
+INTERNET = IPv4Network("203.0.113.0/24")
 NAT_HOME = IPv4Network("198.51.100.0/24")
 CLUSTER_LAN = IPv4Network("10.1.0.0/24")
 SYNC_NET = IPv4Network("10.255.0.0/24")
-EXTERNAL_VIP = IPv4Address("192.0.2.1")
+EXTERNAL_VIP = IPv4Address("203.0.113.1")
 INTERNAL_VIP = IPv4Address("10.1.0.1")
 CLUSTER_ID = "cluster.ikelab.test"
 
@@ -184,6 +188,11 @@ class Plan:
     def peer(self, name: str) -> Peer:
         return next(p for p in self.peers if p.name == name)
 
+    def prefixes(self) -> list[IPv4Network]:
+        """Every network the lab uses, so none of them can be mistaken for the host's own."""
+        nets = [INTERNET, CLUSTER_LAN, SYNC_NET] + [p.lan for p in self.peers]
+        return nets + ([NAT_HOME] if self.nat_router else [])
+
     def bridge_names(self) -> list[str]:
         return [s.name for s in self.switches]
 
@@ -262,3 +271,10 @@ def build_plan(spec: LabSpec) -> Plan:
         Switch("ikes", "0000000000001c03", "sync", tuple(sync_ports)),
     )
     return Plan(spec, tuple(members), tuple(peers), lan_host, nat_router, switches, tuple(host_links))
+
+
+def overlaps_host(plan: Plan, host_networks: list[IPv4Network]) -> list[tuple[IPv4Network,
+                                                                              IPv4Network]]:
+    """(lab prefix, host network) pairs that overlap; a default route overlaps nothing."""
+    return [(lab, host) for host in host_networks if host.prefixlen > 0
+            for lab in plan.prefixes() if lab.overlaps(host)]

@@ -57,7 +57,7 @@ def test_the_switch_answers_arp_for_the_virtual_ip_and_never_floods_to_members()
     switch = plan.switch("external")
     flows = hashing.flows(switch, spec)
     [responder] = [f for f in flows if "arp_op=1" in f]
-    assert "arp_tpa=192.0.2.1" in responder and "in_port" in responder
+    assert "arp_tpa=203.0.113.1" in responder and "in_port" in responder
     broadcasts = [f for f in flows if "dl_dst=ff:ff:ff:ff:ff:ff" in f]
     assert broadcasts
     for flow in broadcasts:

@@ -1,11 +1,11 @@
 """The model and address plan: sizes, validation, uniqueness."""
 
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, ip_network
 
 import pytest
 
 from lab.topology import (CLUSTER_LAN, EXTERNAL_VIP, EXTERNAL_VMAC, INTERNAL_VIP, LabSpec,
-                          TopologyError, build_plan, ike_version_of)
+                          TopologyError, build_plan, ike_version_of, overlaps_host)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -64,7 +64,7 @@ def test_nat_puts_peer_one_behind_a_router_seen_at_its_public_address():
     plan = build_plan(LabSpec(nat=True))
     p1 = plan.peer("p1")
     assert p1.behind_nat and str(p1.address) == "198.51.100.2"
-    assert str(p1.seen_as) == "192.0.2.11"
+    assert str(p1.seen_as) == "203.0.113.11"
     assert plan.nat_router.interface("eth0").address.ip == p1.seen_as
     assert not plan.peer("p2").behind_nat
 
@@ -89,3 +89,13 @@ def test_interface_names_fit_linux_limit():
     names = [f"{h.name}-{i.name}" for h in plan.hosts() for i in h.interfaces]
     names += [f"{s.name}-eth{p.port}" for s in plan.switches for p in s.ports]
     assert max(len(n) for n in names) <= 15
+
+
+def test_a_host_network_that_overlaps_a_lab_prefix_is_found_and_a_default_route_is_not():
+    plan = build_plan(LabSpec(peers=3, nat=True))
+    host = [ip_network("0.0.0.0/0"), ip_network("192.0.2.0/24"), ip_network("127.0.0.0/8")]
+    assert overlaps_host(plan, host) == []
+    clash = overlaps_host(plan, host + [ip_network("10.2.3.0/25")])
+    assert clash == [(ip_network("10.2.3.0/24"), ip_network("10.2.3.0/25"))]
+    assert overlaps_host(build_plan(LabSpec()), [ip_network("198.51.100.0/24")]) == []
+    assert overlaps_host(plan, [ip_network("198.51.100.7/32")])

@@ -1,0 +1,123 @@
+"""The lab itself: the hashing switch, the NAT router, isolation, teardown and clean."""
+
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from lab import strongswan
+from lab.lab import Lab, host_networks
+from lab.render import CHILD_NAME, CLUSTER_CONNECTION, TEMPLATE_DIR
+from lab.topology import LabSpec, overlaps_host
+
+from .helpers import (ROOT, ikelab, interrupt, lab_bridges, leftovers, poll,
+                      start_ikelab, wait_for_line)
+
+pytestmark = pytest.mark.root
+
+UDP_FLOWS = ("python3 -c \"import socket\n"
+             "for port in range(20000, 20064):\n"
+             "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+             "    s.bind(('0.0.0.0', port)); s.sendto(b'x', ('203.0.113.1', 9)); s.close()\"")
+
+
+def bucket_packets(lab) -> dict[str, int]:
+    return lab.switch("external").bucket_stats()[1]
+
+
+@pytest.mark.parametrize("hash_mode, spread", [("l3", 1), ("l4", 3)])
+def test_the_hashing_switch_spreads_flows_by_its_hash_fields(hash_mode, spread):
+    """64 UDP flows from one peer: l3 keeps them on one member, l4 spreads them over all."""
+    with Lab(LabSpec(members=3, peers=1, hash=hash_mode)) as lab:
+        before = sum(bucket_packets(lab).values())
+        lab.node("p1").cmd(UDP_FLOWS)
+        counts = poll(lambda: (c := bucket_packets(lab)) and sum(c.values()) >= before + 64
+                      and c)
+        assert len([m for m, n in counts.items() if n > 0]) == spread, counts
+
+
+def test_the_root_namespace_carries_no_lab_address_or_route_while_the_lab_runs():
+    before = sorted(host_networks())
+    with Lab(LabSpec(members=2, peers=2, nat=True)) as lab:
+        assert lab.node("m1").cmd("ip -4 -o addr show m1-eth0").count("203.0.113.1/24") == 1
+        during = sorted(host_networks())
+        assert during == before
+        assert overlaps_host(lab.plan, during) == []
+
+
+def test_the_nated_peer_reaches_the_cluster_from_the_routers_address():
+    with Lab(LabSpec(members=1, peers=2, nat=True)) as lab:
+        sockets = {p: lab.node(p).files.vici_socket for p in ("p1", "p2")}
+        for sock in sockets.values():
+            strongswan.initiate(sock, CLUSTER_CONNECTION, CHILD_NAME)
+        watch = strongswan.TunnelWatch(sockets)
+        watch.wait(20)
+        assert set(watch.up_after) == {"p1", "p2"}
+        [peer_sa] = strongswan.list_sas(sockets["p1"]).values()
+        assert peer_sa["local-host"] == "198.51.100.2" and peer_sa.get("nat-local") == "yes"
+        member = strongswan.list_sas(lab.node("m1").files.vici_socket)
+        by_peer = {sa["name"]: sa for sa in member.values()}
+        assert by_peer["p1"]["remote-host"] == "203.0.113.11"
+        assert by_peer["p2"]["remote-host"] == "203.0.113.12"
+
+
+def test_a_rejected_config_aborts_with_the_node_and_strongswans_words(tmp_path):
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATE_DIR, templates)
+    swanctl = templates / "swanctl.conf.j2"
+    swanctl.write_text(swanctl.read_text().replace("proposals = {{ conn.proposals }}",
+                                                   "proposals = no-such-algorithm"))
+    result = ikelab("run", "--templates", str(templates), timeout=120)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ikelab: m1: swanctl rejected swanctl.conf")
+    assert "proposals" in last
+
+
+def test_ctrl_c_tears_everything_down():
+    proc = start_ikelab("run", "--hash", "split", "--timeout", "60")
+    wait_for_line(proc.stderr, "initiating")
+    assert lab_bridges()
+    assert interrupt(proc) == 130, proc.stderr.read()
+
+
+def test_clean_removes_what_a_killed_run_left(leaves_nothing_behind):
+    proc = start_ikelab("run", "--hash", "split", "--timeout", "60")
+    wait_for_line(proc.stderr, "initiating")
+    assert interrupt(proc, signal.SIGKILL) == -signal.SIGKILL
+    left = leftovers(leaves_nothing_behind)
+    assert left["bridges"] and left["charons"] and left["run_dirs"]
+    result = ikelab("clean")
+    assert result.returncode == 0, result.stderr
+    assert "removed bridge ikex" in result.stdout
+    assert leftovers(leaves_nothing_behind) == {}
+
+
+def test_a_second_lab_is_refused_while_one_runs():
+    with Lab(LabSpec(members=1, peers=1)):
+        result = ikelab("run", timeout=60)
+        assert result.returncode == 1
+        assert "another lab is running" in result.stderr
+
+
+def test_plain_mininet_runs_the_lab_with_its_cli_commands():
+    result = subprocess.run(
+        ["mn", "--custom", "topologies/ikecluster.py",
+         "--topo", "ikecluster,members=2,peers=2,mode=ha,ike=mixed"],
+        cwd=ROOT, input="up\nsas\nhashing\nexit\n", capture_output=True, text=True, timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "p1: up after" in out and "p2: up after" in out
+    assert "m1: p1[" in out and "IKEv1 ESTABLISHED" in out and "IKEv2 ESTABLISHED" in out
+    assert "ikex (external, virtual IP 203.0.113.1)" in out
+    assert "m2: no IKE SAs" in out
+
+
+def test_plain_mininet_refuses_a_bad_topology_in_one_line():
+    result = subprocess.run(["mn", "--custom", "topologies/ikecluster.py",
+                             "--topo", "ikecluster,members=12"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60, input="")
+    assert result.returncode == 2
+    assert "ikelab: error: members must be 1 to 8 (got 12)" in result.stderr
+    assert "Traceback" not in result.stderr
