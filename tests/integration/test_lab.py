@@ -3,6 +3,7 @@
 import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -121,3 +122,13 @@ def test_plain_mininet_refuses_a_bad_topology_in_one_line():
     assert result.returncode == 2
     assert "ikelab: error: members must be 1 to 8 (got 12)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_with_cli_opens_the_lab_commands_before_teardown():
+    result = subprocess.run([sys.executable, "-m", "lab", "run", "--mode", "ha", "--members",
+                             "2", "--peers", "1", "--cli"], cwd=ROOT, input="sas\nhashing\nexit\n",
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "OK: every tunnel" in result.stdout
+    assert "m1: p1[1] IKEv2 ESTABLISHED" in result.stdout
+    assert "ikei (internal, virtual IP 10.1.0.1)" in result.stdout
