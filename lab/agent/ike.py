@@ -1,0 +1,151 @@
+"""IKE packets as the agent sees them: which UDP payloads are IKE, and their fixed header.
+
+On the agent's per-packet path, so it uses `struct`, never scapy.
+
+- RFC 7296 3.1: the IKEv2 header. RFC 2408 3.1: the ISAKMP (IKEv1) header. Same layout:
+
+      IKE SA Initiator's SPI (8) | IKE SA Responder's SPI (8) | Next Payload (1) |
+      MjVer/MnVer (1) | Exchange Type (1) | Flags (1) | Message ID (4) | Length (4)
+
+- RFC 3948 2.2: on UDP 4500, IKE is preceded by a 4-byte zero non-ESP marker; anything else
+  starting with a non-zero SPI is ESP. RFC 3948 2.3: a single 0xFF byte is a NAT-keepalive.
+"""
+
+import struct
+from dataclasses import dataclass
+
+HEADER = struct.Struct("!8s8sBBBBII")
+HEADER_LEN = HEADER.size  # 28
+MAX_IKE_LEN = 65535 - 20 - 8
+NON_ESP_MARKER = b"\x00\x00\x00\x00"
+NATT_PORT = 4500
+IKE_PORT = 500
+ZERO_SPI = b"\x00" * 8
+
+# RFC 7296 3.1 exchange types; RFC 2408 3.1 / RFC 2409 for IKEv1.
+IKEV2_EXCHANGES = {34: "IKE_SA_INIT", 35: "IKE_AUTH", 36: "CREATE_CHILD_SA", 37: "INFORMATIONAL"}
+IKEV1_EXCHANGES = {2: "Main Mode", 4: "Aggressive Mode", 5: "Informational", 32: "Quick Mode",
+                   33: "New Group Mode"}
+IKE_SA_INIT, MAIN_MODE, AGGRESSIVE_MODE = 34, 2, 4
+
+# RFC 7296 3.1 flags.
+FLAG_INITIATOR = 0x08
+FLAG_RESPONSE = 0x20
+
+
+class ParseError(ValueError):
+    """Not a well-formed IKE packet; the message says why (for the drop counter's log)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IkeHeader:
+    ispi: bytes
+    rspi: bytes
+    major: int
+    exchange: int
+    flags: int
+    msgid: int
+    length: int
+
+    @property
+    def exchange_name(self) -> str:
+        names = IKEV2_EXCHANGES if self.major == 2 else IKEV1_EXCHANGES
+        return names.get(self.exchange, f"exchange {self.exchange}")
+
+    @property
+    def is_response(self) -> bool:
+        """IKEv2 only (RFC 7296 3.1 R flag); IKEv1 has no such flag."""
+        return self.major == 2 and bool(self.flags & FLAG_RESPONSE)
+
+    @property
+    def from_original_initiator(self) -> bool | None:
+        """IKEv2: whether the sender started the IKE SA (I flag); IKEv1: unknown (None)."""
+        return bool(self.flags & FLAG_INITIATOR) if self.major == 2 else None
+
+    @property
+    def requester(self) -> str:
+        """Who started this exchange: 'i' the IKE SA's original initiator, 'r' its responder;
+        '-' for IKEv1, whose Message IDs are not counted per direction."""
+        sender = self.from_original_initiator
+        if sender is None:
+            return "-"
+        return "i" if sender != self.is_response else "r"
+
+    @property
+    def can_start_negotiation(self) -> bool:
+        """Only these may create an ownership entry: an IKEv2 IKE_SA_INIT request or an IKEv1
+        first Main/Aggressive Mode message, each with a zero responder SPI and Message ID 0."""
+        if self.rspi != ZERO_SPI or self.msgid != 0:
+            return False
+        if self.major == 2:
+            return self.exchange == IKE_SA_INIT and not self.is_response
+        return self.exchange in (MAIN_MODE, AGGRESSIVE_MODE)
+
+    def cluster_spi(self, sent_by_cluster: bool) -> bytes | None:
+        """The SPI the cluster allocated, when the header says which side that is (IKEv2)."""
+        if self.major != 2:
+            return None
+        sender_initiated = self.from_original_initiator
+        cluster_initiated = sender_initiated == sent_by_cluster
+        spi = self.ispi if cluster_initiated else self.rspi
+        return None if spi == ZERO_SPI else spi
+
+
+def parse_header(data: bytes) -> IkeHeader:
+    """The IKE header at the start of `data` (UDP payload without the non-ESP marker)."""
+    if len(data) < HEADER_LEN:
+        raise ParseError(f"truncated: {len(data)} bytes, an IKE header needs {HEADER_LEN}")
+    if len(data) > MAX_IKE_LEN:
+        raise ParseError(f"oversized: {len(data)} bytes")
+    ispi, rspi, _next, version, exchange, flags, msgid, length = HEADER.unpack_from(data)
+    major = version >> 4
+    if major not in (1, 2):
+        raise ParseError(f"unknown IKE major version {major}")
+    if length != len(data):
+        raise ParseError(f"length field says {length}, datagram holds {len(data)}")
+    if ispi == ZERO_SPI:
+        raise ParseError("zero initiator SPI")
+    known = IKEV2_EXCHANGES if major == 2 else IKEV1_EXCHANGES
+    if exchange not in known:
+        raise ParseError(f"unknown IKEv{major} exchange type {exchange}")
+    return IkeHeader(ispi, rspi, major, exchange, flags, msgid, length)
+
+
+def ike_payload(port: int, udp_payload: bytes) -> bytes | None:
+    """The IKE message inside a UDP payload on `port` (500 or 4500), or None when it is not
+    IKE (ESP or a NAT-keepalive on 4500)."""
+    if port != NATT_PORT:
+        return udp_payload
+    if udp_payload == b"\xff":
+        return None
+    if udp_payload[:4] == NON_ESP_MARKER:
+        return udp_payload[4:]
+    if len(udp_payload) < 4:
+        raise ParseError(f"truncated: {len(udp_payload)} bytes on UDP 4500")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """An IPv4/UDP packet as NFQUEUE hands it over."""
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    payload: bytes
+
+
+def parse_datagram(packet: bytes) -> Datagram:
+    """IPv4 + UDP headers (RFC 791, RFC 768); raises ParseError."""
+    if len(packet) < 28 or packet[0] >> 4 != 4:
+        raise ParseError("not an IPv4 packet")
+    ihl = (packet[0] & 0x0F) * 4
+    if ihl < 20 or len(packet) < ihl + 8 or packet[9] != 17:
+        raise ParseError("not a UDP datagram")
+    sport, dport, ulen = struct.unpack_from("!HHH", packet, ihl)
+    if ulen < 8 or ihl + ulen > len(packet):
+        raise ParseError("bad UDP length")
+    src = ".".join(str(b) for b in packet[12:16])
+    dst = ".".join(str(b) for b in packet[16:20])
+    return Datagram(src, sport, dst, dport, packet[ihl + 8:ihl + ulen])

@@ -1,0 +1,96 @@
+"""The ownership table: claim, lookup, Phase 1 fallback, direction, expiry, cap, rekey."""
+
+from lab.agent.ownership import (ESTABLISHED, NEGOTIATING, REKEYED, Key, OwnershipTable,
+                                 director_for, ike_sa_key)
+
+A, B = b"\xaa" * 8, b"\xbb" * 8
+
+
+def test_first_claim_wins_and_a_second_claim_learns_the_owner():
+    table = OwnershipTable()
+    assert table.claim(ike_sa_key(A), "m1", 0) == ("m1", True)
+    assert table.claim(ike_sa_key(A), "m2", 0.1) == ("m1", False)
+    assert table.owner_of(ike_sa_key(A)) == "m1"
+
+
+def test_exchanges_without_an_entry_belong_to_the_ike_sa_owner():
+    table = OwnershipTable()
+    table.claim(ike_sa_key(A), "m2", 0)
+    assert table.owner_of(Key(A, 7, "r")) == "m2"
+    assert table.owner_of(Key(B, 0, "i")) is None
+
+
+def test_the_key_tells_the_two_directions_apart():
+    table = OwnershipTable()
+    table.claim(Key(A, 3, "i"), "m1", 0)
+    table.claim(Key(A, 3, "r"), "m3", 0)
+    assert table.owner_of(Key(A, 3, "i")) == "m1"
+    assert table.owner_of(Key(A, 3, "r")) == "m3"
+
+
+def test_ikev1_phase_one_entry_answers_for_its_quick_modes():
+    table = OwnershipTable()
+    table.claim(Key(A, 0, "-"), "m2", 0)
+    assert table.owner_of(Key(A, 0x5eed, "-")) == "m2"
+
+
+def test_negotiating_entries_expire_and_established_ones_do_not():
+    table = OwnershipTable(expiry=120)
+    table.claim(ike_sa_key(A), "m1", 0)
+    table.claim(ike_sa_key(B), "m1", 0)
+    table.establish(B, b"\x01" * 8, 1)
+    assert table.expire(119.9) == []
+    gone = table.expire(120)
+    assert [e.key for e in gone] == [ike_sa_key(A)] and table.expired == 1
+    assert table.owner_of(ike_sa_key(B)) == "m1" and table.expire(10**6) == []
+
+
+def test_the_cap_refuses_and_counts():
+    table = OwnershipTable(cap=2)
+    table.claim(ike_sa_key(A), "m1", 0)
+    table.claim(ike_sa_key(B), "m1", 0)
+    assert table.claim(ike_sa_key(b"\xcc" * 8), "m1", 0) == (None, False)
+    assert not table.record(ike_sa_key(b"\xdd" * 8), "m2", ESTABLISHED, 0)
+    assert table.refused == 2
+
+
+def test_a_rekeyed_ike_sa_stays_with_its_owner_and_the_old_entry_lingers():
+    table = OwnershipTable(rekey_grace=30)
+    table.claim(ike_sa_key(A), "m3", 0)
+    table.establish(A, b"\x01" * 8, 1)
+    new = table.rekey(A, B, b"\x02" * 8, 100)
+    assert new.owner == "m3" and new.state == ESTABLISHED
+    assert table.owner_by_spi(b"\x02" * 8) == "m3"
+    assert table.entries[ike_sa_key(A)].state == REKEYED
+    assert table.owner_of(ike_sa_key(A)) == "m3"
+    table.expire(131)
+    assert table.owner_of(ike_sa_key(A)) is None and table.owner_of(ike_sa_key(B)) == "m3"
+    assert table.rekey(b"\xee" * 8, b"\xff" * 8, None, 0) is None
+
+
+def test_delete_removes_every_entry_of_the_ike_sa():
+    table = OwnershipTable()
+    table.claim(ike_sa_key(A), "m1", 0)
+    table.claim(Key(A, 4, "r"), "m1", 0)
+    table.claim(ike_sa_key(B), "m2", 0)
+    assert table.delete(A) == 2
+    assert [str(k) for k in table.entries] == [str(ike_sa_key(B))]
+
+
+def test_announcements_overwrite_and_rows_show_state_and_age():
+    table = OwnershipTable()
+    table.record(ike_sa_key(A), "m2", NEGOTIATING, 5)
+    [row] = table.rows(7.5)
+    assert row == {"key": f"{A.hex()}/0/i", "owner": "m2", "state": "negotiating",
+                   "age_s": 2.5, "rspi": None}
+
+
+def test_director_is_stable_and_spreads_keys():
+    members = ["m1", "m2", "m3"]
+    keys = [bytes([i]) * 8 for i in range(1, 61)]
+    directors = [director_for(k, members) for k in keys]
+    assert directors == [director_for(k, list(reversed(members))) for k in keys]
+    assert set(directors) == set(members)
+    # Removing a member moves only that member's keys.
+    after = [director_for(k, ["m1", "m2"]) for k in keys]
+    assert all(a == d for a, d in zip(after, directors) if d != "m3")
