@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from .render import TEMPLATE_DIR
-from .topology import (AUTH_METHODS, CLUSTER_MODES, HASH_MODES, IKE_CHOICES, LabSpec,
-                       TopologyError)
+from .topology import (AUTH_METHODS, CLUSTER_MODES, HASH_MODES, IKE_CHOICES, OWNERSHIP_MODES,
+                       LabSpec, TopologyError)
 
 
 class UsageError(Exception):
@@ -63,6 +63,12 @@ def parser() -> Parser:
                      help="IKE version of the peers; mixed alternates (2)")
     run.add_argument("--auth", choices=AUTH_METHODS, default="psk", help="psk or pubkey (psk)")
     run.add_argument("--nat", action="store_true", help="put the first peer behind a NAT router")
+    run.add_argument("--no-agent", dest="agent", action="store_false",
+                     help="run the members without the forwarding agent (the reference's "
+                     "problem, unsolved)")
+    run.add_argument("--ownership", choices=OWNERSHIP_MODES, default="table",
+                     help="table: the reference's table; table+label: read the owner from "
+                     "SPI labels when it can (table)")
     run.add_argument("--timeout", type=_seconds, default=30.0,
                      help="seconds to wait for the tunnels (30)")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -99,7 +105,8 @@ def cmd_run(args) -> int:
     from .lab import Lab, LabError
     from .report import format_text
 
-    spec = LabSpec(args.members, args.peers, args.hash, args.mode, args.ike, args.auth, args.nat)
+    spec = LabSpec(args.members, args.peers, args.hash, args.mode, args.ike, args.auth, args.nat,
+                   args.agent, args.ownership)
     spec.validate()
     if not (args.templates / "swanctl.conf.j2").is_file():
         raise UsageError(f"--templates {args.templates}: no swanctl.conf.j2 there")
@@ -110,7 +117,7 @@ def cmd_run(args) -> int:
     start = time.monotonic()
     say = _say(start, quiet=False)
     say(f"building the lab: {spec.members} members, {spec.peers} peers, hash {spec.hash}, "
-        f"mode {spec.mode}")
+        f"mode {spec.mode}, " + (f"agent ({spec.ownership})" if spec.agent else "no agent"))
     try:
         with Lab(spec, keep=args.keep, template_dir=args.templates, say=say) as lab:
             lab_up = time.monotonic() - start

@@ -7,6 +7,7 @@ bucket counters and packet paths from Open vSwitch, ping counts from ping itself
 import re
 
 from . import hashing, strongswan
+from .agent.daemon import query
 from .lab import Lab
 from .render import CHILD_NAME, CLUSTER_CONNECTION
 from .report import lab_report, tunnel_report
@@ -41,6 +42,13 @@ def bucket_counters(lab: Lab) -> dict[str, dict[str, dict[str, int]]]:
         names = {hashing.IKE_GROUP: "ip", hashing.NATT_GROUP: "udp4500"}
         result[switch.name] = {names[g]: counts for g, counts in sorted(stats.items())}
     return result
+
+
+def agent_status(lab: Lab) -> dict[str, dict]:
+    """Each member's agent's counters and table, or {} without agents."""
+    if not lab.spec.agent:
+        return {}
+    return {m.name: query(lab.node(m.name).files.agent_socket) for m in lab.plan.members}
 
 
 def member_sas(lab: Lab) -> dict[str, dict]:
@@ -80,13 +88,14 @@ def run_main_job(lab: Lab, timeout: float, lab_up_s: float, say) -> dict:
     say("sending LAN-to-LAN pings both ways")
     traffic = ping_all(lab, plan)
     members = member_sas(lab)
+    agents = agent_status(lab)
     paths = switch_paths(lab)
     tunnels = [tunnel_report(p.name, p.ike_version, watch.peer_sas(p.name), members,
                              paths[p.name], traffic[p.name], watch.up_after.get(p.name),
-                             watch.last_sa.get(p.name))
+                             watch.last_sa.get(p.name), agents)
                for p in plan.peers]
     all_up = len(watch.up_after) == len(plan.peers)
     timings = {"lab_up_s": round(lab_up_s, 2),
                "tunnels_up_s": round(max(watch.up_after.values()), 2) if all_up else None}
     run_dir = str(lab.run.path) if lab.keep else None
-    return lab_report(plan.spec, tunnels, bucket_counters(lab), timings, run_dir)
+    return lab_report(plan.spec, tunnels, bucket_counters(lab), timings, run_dir, agents)

@@ -18,7 +18,7 @@ from mininet.log import setLogLevel
 from mininet.net import Mininet
 
 from .pki import make_credentials
-from .render import TEMPLATE_DIR, NodeFiles, identity_of, render_node
+from .render import TEMPLATE_DIR, NodeFiles, agent_config_data, identity_of, render_node
 from .rundir import RunDirectory, clean_run, live_runs, stale_runs
 from .topo import IkeClusterTopo, root_interfaces
 from .topology import LabSpec, Plan, build_plan, overlaps_host
@@ -81,7 +81,8 @@ def prepare(spec: LabSpec, keep: bool = False, template_dir: Path = TEMPLATE_DIR
     preflight(plan, say)
     description = (f"{spec.members} members, {spec.peers} peers, hash {spec.hash}, "
                    f"mode {spec.mode}, ike {spec.ike}, auth {spec.auth}"
-                   + (", nat" if spec.nat else ""))
+                   + (", nat" if spec.nat else "")
+                   + (f", agent ({spec.ownership})" if spec.agent else ", no agent"))
     run = RunDirectory.create(plan.bridge_names(), root_interfaces(plan), keep, description)
     try:
         creds = make_credentials(plan, run.path, secrets.token_bytes(32))
@@ -91,6 +92,11 @@ def prepare(spec: LabSpec, keep: bool = False, template_dir: Path = TEMPLATE_DIR
             creds.install(identity_of(plan, name), files.swanctl_dir)
             for path, text in render_node(plan, name, files, creds, template_dir).items():
                 path.write_text(text)
+        if spec.agent:
+            for member in plan.members:
+                files = NodeFiles(member.name, run.path)
+                files.agent_config.write_text(json.dumps(
+                    agent_config_data(plan, member, files, creds), indent=1) + "\n")
     except Exception as exc:
         clean_run(run, say=lambda _: None)
         raise LabError(f"rendering configs failed: {exc}") from None

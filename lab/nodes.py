@@ -7,12 +7,17 @@ namespace's identity, so that `ikelab clean` can remove exactly what a crashed r
 """
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from mininet.log import error
 from mininet.node import Host
 
 from . import topology
+from .agent.daemon import query
 from .render import NodeFiles
 from .strongswan import Charon, DaemonConfigError
 
@@ -90,7 +95,59 @@ class StrongSwanNode(LabNode):
 
 
 class ClusterMember(StrongSwanNode):
-    """A member of the load-sharing cluster: the shared virtual IPs plus its sync address."""
+    """A member of the load-sharing cluster: the shared virtual IPs plus its sync address, and
+    (unless the lab runs without one) its forwarding agent, started after charon."""
+
+    AGENT_DEADLINE = 10.0
+
+    def __init__(self, name, **params):
+        self.agent = None
+        super().__init__(name, **params)
+
+    def config(self, **params):
+        result = super().config(**params)
+        if self.startup_error is None and self.files.agent_config.exists():
+            try:
+                self.start_agent()
+            except DaemonConfigError as exc:
+                self.startup_error = str(exc)
+                if self.strict:
+                    raise
+                error(f"*** {exc}\n")
+        return result
+
+    def start_agent(self) -> None:
+        """Start the agent and return once it answers on its control socket."""
+        # The agent runs the lab's own modules with whatever Python runs the lab (the venv's,
+        # or Debian's under plain mn with the venv on its path).
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        with open(self.files.agent_log, "wb") as log:
+            self.agent = self.popen([sys.executable, "-m", "lab.agent.daemon", "--config",
+                                     str(self.files.agent_config)], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        end = time.monotonic() + self.AGENT_DEADLINE
+        while time.monotonic() < end:
+            if self.agent.poll() is not None:
+                tail = self.files.agent_log.read_text(errors="replace").strip().splitlines()
+                raise DaemonConfigError(f"{self.name}: agent exited with status "
+                                        f"{self.agent.returncode}: {(tail or ['no output'])[-1]}")
+            try:
+                query(self.files.agent_socket, timeout=1.0)
+                return
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        raise DaemonConfigError(f"{self.name}: agent did not answer within "
+                                f"{self.AGENT_DEADLINE:.0f} s")
+
+    def terminate(self):
+        if self.agent is not None and self.agent.poll() is None:
+            self.agent.send_signal(signal.SIGTERM)
+            try:
+                self.agent.wait(5)
+            except subprocess.TimeoutExpired:
+                self.agent.kill()
+                self.agent.wait()
+        super().terminate()
 
 
 class PeerGateway(StrongSwanNode):

@@ -29,6 +29,7 @@ SWANCTL_PLUGINS = ("random", "nonce", "openssl", "pem", "pkcs1", "pkcs8", "x509"
 IKE_PROPOSALS = "aes128-sha256-ecp256"
 ESP_PROPOSALS = "aes128-sha256"
 CHILD_NAME = "lan"
+SPI_LABEL_MASK = 0xFF << 56
 CLUSTER_CONNECTION = "cluster"
 
 
@@ -70,6 +71,18 @@ class NodeFiles:
         return self.rundir / f"vici_{self.node}.sock"
 
     @property
+    def agent_config(self) -> Path:
+        return self.rundir / f"agent_{self.node}.json"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.rundir / f"agent_{self.node}.sock"
+
+    @property
+    def agent_log(self) -> Path:
+        return self.rundir / f"agent_{self.node}.log"
+
+    @property
     def private_run(self) -> Path:
         return self.rundir / "nodes" / self.node / "run"
 
@@ -93,16 +106,30 @@ class Credentials:
             (swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, swanctl_dir / sub / source.name)
 
+    def sync_key(self) -> str:
+        """The key that authenticates sync messages between members (hex)."""
+        return hmac.new(self.cluster_key, b"ikelab sync", hashlib.sha256).hexdigest()
+
     def psk(self, peer: Peer) -> str:
         """The PSK shared by the cluster and `peer`, derived from the run's cluster key."""
         digest = hmac.new(self.cluster_key, peer.identity.encode(), hashlib.sha256).hexdigest()
         return "0x" + digest
 
 
-def strongswan_conf_data(files: NodeFiles, retransmit: Retransmit = Retransmit()) -> dict:
+def spi_label(plan: Plan, node: str) -> int | None:
+    """With --ownership table+label, member i stamps i into the top byte of its IKE SPIs."""
+    if plan.spec.ownership != "table+label" or not any(m.name == node for m in plan.members):
+        return None
+    return plan.member(node).index << 56
+
+
+def strongswan_conf_data(files: NodeFiles, label: int | None = None,
+                         retransmit: Retransmit = Retransmit()) -> dict:
     return {"node": files.node, "plugins": PLUGINS, "retransmit": retransmit,
             "log": files.log, "vici_socket": files.vici_socket, "log_levels": {"ike": 2},
-            "swanctl_plugins": SWANCTL_PLUGINS}
+            "swanctl_plugins": SWANCTL_PLUGINS,
+            "spi_label": f"{label:#018x}" if label is not None else None,
+            "spi_mask": f"{SPI_LABEL_MASK:#018x}"}
 
 
 def _connection(name, version, local_addrs, remote_addrs, local_id, remote_id, local_ts,
@@ -142,6 +169,16 @@ def peer_swanctl_data(plan: Plan, peer: Peer, creds: Credentials) -> dict:
     psks = [{"name": CLUSTER_CONNECTION, "ids": [peer.identity, CLUSTER_ID],
              "secret": creds.psk(peer)}] if auth == "psk" else []
     return {"node": peer.name, "connections": [connection], "psks": psks}
+
+
+def agent_config_data(plan: Plan, member: Member, files: NodeFiles,
+                      creds: Credentials) -> dict:
+    """What one member's forwarding agent needs (lab.agent.daemon.AgentConfig)."""
+    return {"member": member.name, "index": member.index,
+            "members": {m.name: str(m.sync_address) for m in plan.members},
+            "key": creds.sync_key(), "mode": plan.spec.mode, "ownership": plan.spec.ownership,
+            "external_interface": f"{member.name}-eth0", "vici_socket": str(files.vici_socket),
+            "control_socket": str(files.agent_socket)}
 
 
 def environment(template_dir: Path = TEMPLATE_DIR) -> jinja2.Environment:

@@ -45,10 +45,23 @@ def _newest(sas: dict[str, dict]) -> dict | None:
     return max(pool, key=lambda sa: int(sa.get("uniqueid", 0)))
 
 
+def ownership_of(ispi: str | None, agents: dict[str, dict]) -> tuple[list[str], int]:
+    """(owners named by the members' tables for this IKE SA, IKE packets forwarded for it)."""
+    if not ispi or not agents:
+        return [], 0
+    owners, forwarded = set(), 0
+    for status in agents.values():
+        for row in status.get("table", []):
+            if row["key"] in (f"{ispi}/0/i", f"{ispi}/0/-"):
+                owners.add(row["owner"])
+        forwarded += status.get("forwarded_by_spi", {}).get(ispi, 0)
+    return sorted(owners), forwarded
+
+
 def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
                   member_sas: dict[str, dict], paths: dict[str, str | None],
                   traffic: dict[str, dict], up_after: float | None,
-                  last_sa: dict | None = None) -> dict:
+                  last_sa: dict | None = None, agents: dict[str, dict] | None = None) -> dict:
     """One tunnel's entry: daemon state, holders, switch paths, traffic, and what went wrong.
 
     `last_sa` is the peer's IKE SA as last seen, for a negotiation the peer has since given up.
@@ -77,6 +90,12 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
                         f"{', '.join(established_on)}")
     elif state == "ESTABLISHED" and not established_on:
         problems.append("no member holds the established IKE SA")
+    owners, forwarded = ownership_of(sa.get("initiator-spi") if sa else None, agents or {})
+    if agents and len(owners) > 1:
+        problems.append(f"the members' tables disagree on the owner: {', '.join(owners)}")
+    elif agents and established_on and owners and owners != established_on:
+        problems.append(f"the table names {owners[0]} as owner but the IKE SA is held by "
+                        f"{', '.join(established_on)}")
     if state == "ESTABLISHED" and not any(c["state"] == "INSTALLED" for c in children):
         problems.append("no CHILD SA installed")
     for direction, label in (("to_peer", "cluster LAN -> peer LAN"),
@@ -90,16 +109,22 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
             "initiator_spi": sa.get("initiator-spi") if sa else None,
             "responder_spi": sa.get("responder-spi") if sa else None,
             "child_sas": children, "up_after_s": up_after, "switch_paths": paths,
+            "owner": owners[0] if len(owners) == 1 else None, "forwarded": forwarded,
             "traffic": traffic, "traffic_ok": traffic_ok, "problems": problems}
 
 
 def lab_report(spec, tunnels: list[dict], buckets: dict, timings: dict,
-               run_dir: str | None) -> dict:
+               run_dir: str | None, agents: dict[str, dict] | None = None) -> dict:
     """The whole report; `ok` only when every tunnel is good."""
     return {"shape": SHAPE_VERSION,
             "ok": bool(tunnels) and all(not t["problems"] for t in tunnels),
             "members": spec.members, "peers": spec.peers, "hash": spec.hash, "mode": spec.mode,
-            "ike": spec.ike, "auth": spec.auth, "nat": spec.nat, "agent": False,
+            "ike": spec.ike, "auth": spec.auth, "nat": spec.nat, "agent": spec.agent,
+            "ownership": spec.ownership if spec.agent else None,
+            "agents": {m: {"counters": a["counters"],
+                           "forward_latency_us": a["forward_latency_us"],
+                           "table_size": len(a["table"])}
+                       for m, a in (agents or {}).items()},
             "timings": timings, "buckets": buckets, "run_dir": run_dir, "tunnels": tunnels}
 
 
@@ -109,7 +134,7 @@ def _traffic_cell(counts: dict) -> str:
 
 def format_text(report: dict) -> str:
     """The report as a table and a verdict, for a terminal."""
-    agent = "agent on" if report["agent"] else "no agent"
+    agent = f"agent ({report['ownership']})" if report["agent"] else "no agent"
     lines = [f"ikelab: {report['members']} members, {report['peers']} peers, hash "
              f"{report['hash']}, mode {report['mode']}, ike {report['ike']}, auth "
              f"{report['auth']}{', nat' if report['nat'] else ''}; {agent}"]
@@ -119,14 +144,15 @@ def format_text(report: dict) -> str:
                  + (f"all tunnels up {up:.1f} s later" if up is not None
                     else "not every tunnel came up"))
     lines.append("")
-    header = ("peer", "ike", "IKE SA", "held by", "CHILD SA", "500->", "4500->", "LAN->peer",
-              "peer->LAN")
+    header = ("peer", "ike", "IKE SA", "held by", "owner", "fwd", "CHILD SA", "500->", "4500->",
+              "LAN->peer", "peer->LAN")
     rows = [header]
     for t in report["tunnels"]:
         holders = ",".join(m if s == "ESTABLISHED" else f"{m}({s.lower()})"
                            for m, s in sorted(t["holder_states"].items())) or "-"
         children = ",".join(f"{c['name']} {c['state']}" for c in t["child_sas"]) or "-"
-        rows.append((t["peer"], f"v{t['ike_version']}", t["state"], holders, children,
+        rows.append((t["peer"], f"v{t['ike_version']}", t["state"], holders,
+                     t.get("owner") or "-", t.get("forwarded", 0), children,
                      t["switch_paths"].get("udp500") or "-",
                      t["switch_paths"].get("udp4500") or "-",
                      _traffic_cell(t["traffic"].get("to_peer", {})),
@@ -139,6 +165,13 @@ def format_text(report: dict) -> str:
         for group, counts in groups.items():
             spread = " ".join(f"{m}={n}" for m, n in counts.items())
             lines.append(f"switch {switch} group {group} packets per member: {spread}")
+    for member, agent in report.get("agents", {}).items():
+        c = agent["counters"]
+        lines.append(f"agent {member}: seen {c['seen_in']} in / {c['seen_out']} out, local "
+                     f"{c['delivered_local']}, forwarded {c['forwarded']}, received "
+                     f"{c['received_forwarded']}, claims won {c['claims_won']} lost "
+                     f"{c['claims_lost']}, lookups {c['lookups']}, parse errors "
+                     f"{c['parse_errors']}, table {agent['table_size']}")
     bad = [t for t in report["tunnels"] if t["problems"]]
     if report["ok"]:
         lines.append("OK: every tunnel is up on exactly one member and carries traffic both ways")

@@ -151,7 +151,8 @@ def run_processes(run: RunDirectory) -> list[int]:
         except (OSError, ValueError):
             pass
         for pidfile, marker in (("shell.pid", f"mininet:{node.name}"),
-                                ("run/charon.pid", "charon")):
+                                ("run/charon.pid", "charon"),
+                                ("run/agent.pid", "lab.agent.daemon")):
             try:
                 pid = int((node / pidfile).read_text())
             except (OSError, ValueError):

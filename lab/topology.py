@@ -26,6 +26,7 @@ HASH_MODES = ("l3", "l4", "split")
 CLUSTER_MODES = ("ls", "ha")
 IKE_CHOICES = ("1", "2", "mixed")
 AUTH_METHODS = ("psk", "pubkey")
+OWNERSHIP_MODES = ("table", "table+label")
 MAX_MEMBERS = 8
 MAX_PEERS = 64
 
@@ -60,6 +61,8 @@ class LabSpec:
     ike: str = "2"
     auth: str = "psk"
     nat: bool = False
+    agent: bool = True
+    ownership: str = "table"
 
     def validate(self) -> "LabSpec":
         """Return self, or raise TopologyError naming the first bad option."""
@@ -70,7 +73,8 @@ class LabSpec:
         for name, value, choices in (("hash", self.hash, HASH_MODES),
                                      ("mode", self.mode, CLUSTER_MODES),
                                      ("ike", self.ike, IKE_CHOICES),
-                                     ("auth", self.auth, AUTH_METHODS)):
+                                     ("auth", self.auth, AUTH_METHODS),
+                                     ("ownership", self.ownership, OWNERSHIP_MODES)):
             if value not in choices:
                 raise TopologyError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
         return self

@@ -5,8 +5,12 @@ Every message is `header | body | payload | MAC`:
     header  magic "IKLB", version 1, type, sender (member index), pad, sequence number (64 bit)
     body    initiator SPI (8), Message ID (4), requester (1), owner (member index, 0 = none),
             state (1), tag (4, matches answers to requests), responder SPI (8)
-    payload the original IP packet (FORWARD only)
+    payload FORWARD: arrival time (ns, 8) + the original IP packet; REKEY: the old initiator SPI
     MAC     HMAC-SHA256 over everything before it, under the cluster key
+
+Types: CLAIM (member -> director), GRANT (director -> claimant, after every ACK), ANNOUNCE
+(director -> all) and ACK, LOOKUP / ANSWER (owner unknown here), FORWARD (an IKE packet for its
+owner), ESTABLISHED / REKEY / DELETE (the owner, from charon's events, to all).
 
 A receiver drops (and counts) a message that is short, foreign, forged, or replayed. Replay is
 judged per sender with a 64-message sliding window over sequence numbers (as RFC 4303 3.4.3
@@ -27,10 +31,10 @@ MAC_LEN = 32
 MIN_LEN = HEADER.size + BODY.size + MAC_LEN
 WINDOW = 64
 
-CLAIM, GRANT, ANNOUNCE, ACK, LOOKUP, ANSWER, FORWARD, DELETE, REKEY = range(1, 10)
+CLAIM, GRANT, ANNOUNCE, ACK, LOOKUP, ANSWER, FORWARD, DELETE, REKEY, ESTABLISHED = range(1, 11)
 TYPE_NAMES = {CLAIM: "claim", GRANT: "grant", ANNOUNCE: "announce", ACK: "ack",
               LOOKUP: "lookup", ANSWER: "answer", FORWARD: "forward", DELETE: "delete",
-              REKEY: "rekey"}
+              REKEY: "rekey", ESTABLISHED: "established"}
 STATE_CODES = {"": 0, "negotiating": 1, "established": 2, "rekeyed": 3}
 STATE_NAMES = {v: k for k, v in STATE_CODES.items()}
 

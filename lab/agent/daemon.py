@@ -1,0 +1,656 @@
+"""The forwarding agent's I/O loop: NFQUEUE, the sync network, vici events, a status socket.
+
+One agent per member, in the member's namespaces. It sees every IKE packet before charon does
+(inbound NFQUEUE on the external interface: UDP 500, and UDP 4500 whose payload starts with the
+non-ESP marker) and every IKE packet charon sends (outbound NFQUEUE); ESP and NAT-keepalives
+never reach it. For each packet it finds the owner of the packet's key in its replica of the
+table, and then:
+
+- own key: accept, charon handles it;
+- another member's key: drop it here and send the original packet (addresses and ports intact)
+  to the owner over the sync network in a FORWARD message; the owner writes it back into its
+  own stack with a raw socket, so charon sees it as if it had come from the peer, and answers
+  the peer directly;
+- unknown key, a packet that can start a negotiation: CLAIM it from the key's director;
+- unknown key, anything else: LOOKUP the owner with the director; never claim.
+
+Why a director, and why claims wait for every member (race freedom, beyond the reference):
+the reference lets the member that sees an unknown first packet write itself into the table,
+then syncs. If the peer's retransmission of that first packet reaches another member before
+the sync lands, both members own the key. Here exactly one member, the key's director (chosen
+by rendezvous hashing the initiator SPI over the members, as Cisco ASA clusters choose a
+director per flow), decides; it records the first claimant, ANNOUNCEs the owner to every other
+member, and GRANTs the claim only once all of them have acknowledged. The claimant keeps the
+packet queued until the grant, so charon cannot answer, and the peer cannot send its next
+message, before the whole cluster knows the owner. A second claim for the same key gets the
+first claimant's name and forwards its packet there. In `--mode ha` the active member is the
+director of every key.
+
+With `--ownership table+label` each member's charon stamps its index into the top byte of the
+IKE SPIs it allocates (`charon.spi_mask`/`spi_label`), and the agent reads the owner straight
+from the cluster-side SPI whenever the IKEv2 header says which SPI that is; first packets and
+IKEv1 (whose header does not say) fall back to the table.
+
+The table follows charon: IKE SA up (vici `ike-updown`) makes the entry permanent, down deletes
+it on every member, `ike-rekey` gives the new SPIs to the old owner.
+
+Run: python -m lab.agent.daemon --config agent_<member>.json
+"""
+
+import argparse
+import json
+import os
+import queue
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import ike, sync
+from .ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable, director_for, ike_sa_key
+
+SYNC_PORT = 4600
+QUEUE_IN, QUEUE_OUT = 1, 2
+CHAIN_IN, CHAIN_OUT = "IKELAB_IN", "IKELAB_OUT"
+CLAIM_TIMEOUT = 1.0
+CLAIM_RESEND = 0.3
+ANNOUNCE_TIMEOUT = 0.3
+LOOKUP_TIMEOUT = 2.0
+TICK = 0.05
+LATENCY_SAMPLES = 20000
+# u32: the 4 bytes after the UDP header are zero, i.e. the RFC 3948 non-ESP marker.
+NON_ESP_MARKER_U32 = "0>>22&0x3C@8=0"
+
+COUNTERS = ("seen_in", "seen_out", "delivered_local", "forwarded", "received_forwarded",
+            "claims_won", "claims_lost", "claim_timeouts", "lookups", "lookups_unresolved",
+            "label_hits", "expired", "refused", "parse_errors", "outbound_refused",
+            "sync_sent", "sync_received", "sync_bad_mac", "sync_replayed", "sync_malformed")
+
+
+@dataclass
+class AgentConfig:
+    """What the lab tells one member's agent (written as agent_<member>.json)."""
+
+    member: str
+    index: int
+    members: dict[str, str]  # member name -> sync address
+    key: str  # hex cluster key
+    mode: str = "ls"
+    ownership: str = "table"
+    expiry: float = 120.0
+    cap: int = 10000
+    external_interface: str = ""
+    vici_socket: str = ""
+    control_socket: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> "AgentConfig":
+        return cls(**json.loads(Path(path).read_text()))
+
+    def name_of(self, index: int) -> str:
+        return f"m{index}"
+
+    def index_of(self, name: str) -> int:
+        return int(name[1:])
+
+
+@dataclass
+class Parked:
+    """Packets held in NFQUEUE until their key's owner is known."""
+
+    key: Key
+    tag: int
+    deadline: float
+    director: int
+    packets: list = field(default_factory=list)  # (nfq packet, inbound?, arrival ns)
+    resend_at: float | None = None
+
+
+@dataclass
+class Announcement:
+    """A director's decision waiting for every other member's ACK before its grants go out."""
+
+    key: Key
+    owner: int
+    state: str
+    waiting: set
+    deadline: float
+    grants: list = field(default_factory=list)  # (member index, claim tag)
+
+
+class Agent:
+    """One member's agent; `run()` until SIGTERM."""
+
+    def __init__(self, config: AgentConfig):
+        self.config = config
+        self.me = config.index
+        self.names = sorted(config.members, key=config.index_of)
+        self.table = OwnershipTable(expiry=config.expiry, cap=config.cap)
+        self.codec = sync.Codec(bytes.fromhex(config.key), self.me, time.time_ns())
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.latencies_us: deque = deque(maxlen=LATENCY_SAMPLES)
+        self.claims: dict[Key, Parked] = {}
+        self.lookups: dict[bytes, Parked] = {}
+        self.announcing: dict[int, Announcement] = {}
+        self.waiters: dict[bytes, list] = {}  # ispi -> [(member index, tag, deadline)]
+        self.inbox: deque = deque()  # messages this member sends itself
+        self.events: queue.Queue = queue.Queue()
+        self.next_tag = 1
+        self.refused_grants = 0  # claims the director refused because its table was full
+        self.forwarded_by_spi: dict[str, int] = {}
+        self.stopping = False
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _tag(self) -> int:
+        self.next_tag = (self.next_tag + 1) & 0xFFFFFFFF or 1
+        return self.next_tag
+
+    def director(self, ispi: bytes) -> int:
+        if self.config.mode == "ha":
+            return 1
+        return self.config.index_of(director_for(ispi, self.names))
+
+    def send(self, to: int, msg: sync.Message) -> None:
+        if to == self.me:
+            self.inbox.append(msg)
+            return
+        address = self.config.members[self.config.name_of(to)]
+        try:
+            self.sync_sock.sendto(self.codec.encode(msg), (address, SYNC_PORT))
+            self.counters["sync_sent"] += 1
+        except OSError:
+            pass  # a member that cannot be reached answers nothing; timeouts take over
+
+    def broadcast(self, msg: sync.Message, exclude: set = frozenset()) -> set:
+        others = {self.config.index_of(n) for n in self.names} - {self.me} - set(exclude)
+        for index in others:
+            self.send(index, msg)
+        return others
+
+    def label_owner(self, header: ike.IkeHeader, sent_by_cluster: bool) -> int | None:
+        if self.config.ownership != "table+label":
+            return None
+        spi = header.cluster_spi(sent_by_cluster)
+        if spi is None or spi[0] not in {self.config.index_of(n) for n in self.names}:
+            return None
+        self.counters["label_hits"] += 1
+        return spi[0]
+
+    # ---- packets from NFQUEUE ---------------------------------------------------------------
+    def on_packet(self, pkt, inbound: bool) -> None:
+        arrival = time.monotonic_ns()
+        self.counters["seen_in" if inbound else "seen_out"] += 1
+        try:
+            dgram = ike.parse_datagram(pkt.get_payload())
+            port = dgram.dport if inbound else dgram.sport
+            data = ike.ike_payload(port, dgram.payload)
+            if data is None:  # ESP or keepalive: not ours to judge (the rules should not queue it)
+                pkt.accept()
+                return
+            header = ike.parse_header(data)
+        except ike.ParseError:
+            self.counters["parse_errors"] += 1
+            pkt.drop()
+            return
+        key = Key(header.ispi, header.msgid, header.requester)
+        owner = self.label_owner(header, sent_by_cluster=not inbound)
+        if owner is None:
+            name = self.table.owner_of(key)
+            owner = self.config.index_of(name) if name else None
+        if owner is not None:
+            self.release(pkt, inbound, owner, arrival, key.ispi)
+        elif header.can_start_negotiation or not inbound:
+            # Outbound: before our own request leaves, no other member may own its key.
+            self.park_claim(key, pkt, inbound, arrival)
+        else:
+            self.park_lookup(key, pkt, inbound, arrival)
+
+    def release(self, pkt, inbound: bool, owner: int, arrival: int, ispi: bytes) -> None:
+        """Hand a packet to whoever owns its key."""
+        if owner == self.me:
+            self.counters["delivered_local"] += 1
+            pkt.accept()
+        elif inbound:
+            payload = arrival.to_bytes(8, "big") + pkt.get_payload()
+            pkt.drop()
+            self.counters["forwarded"] += 1
+            spi = ispi.hex()
+            self.forwarded_by_spi[spi] = self.forwarded_by_spi.get(spi, 0) + 1
+            self.send(owner, sync.Message(sync.FORWARD, self.me, payload=payload))
+        else:
+            self.counters["outbound_refused"] += 1
+            pkt.drop()
+
+    def park_claim(self, key: Key, pkt, inbound: bool, arrival: int) -> None:
+        parked = self.claims.get(key)
+        if parked is None:
+            now = time.monotonic()
+            parked = self.claims[key] = Parked(key, self._tag(), now + CLAIM_TIMEOUT,
+                                               self.director(key.ispi),
+                                               resend_at=now + CLAIM_RESEND)
+            self._send_claim(parked)
+        pkt.retain()
+        parked.packets.append((pkt, inbound, arrival))
+
+    def _send_claim(self, parked: Parked) -> None:
+        self.send(parked.director, sync.Message(
+            sync.CLAIM, self.me, ispi=parked.key.ispi, msgid=parked.key.msgid,
+            requester=parked.key.requester, tag=parked.tag))
+
+    def park_lookup(self, key: Key, pkt, inbound: bool, arrival: int) -> None:
+        parked = self.lookups.get(key.ispi)
+        if parked is None:
+            self.counters["lookups"] += 1
+            parked = self.lookups[key.ispi] = Parked(
+                key, self._tag(), time.monotonic() + LOOKUP_TIMEOUT, self.director(key.ispi))
+            self.send(parked.director, sync.Message(sync.LOOKUP, self.me, ispi=key.ispi,
+                                                    tag=parked.tag))
+        pkt.retain()
+        parked.packets.append((pkt, inbound, arrival))
+
+    def learned(self, ispi: bytes) -> None:
+        """The table now knows more about `ispi`: release what waited for it, here and for
+        members that asked this member as director."""
+        name = self.table.owner_of(ike_sa_key(ispi))
+        if name is None:
+            return
+        owner = self.config.index_of(name)
+        parked = self.lookups.pop(ispi, None)
+        if parked:
+            for pkt, inbound, arrival in parked.packets:
+                self.release(pkt, inbound, owner, arrival, ispi)
+        for member, tag, _deadline in self.waiters.pop(ispi, []):
+            self.send(member, sync.Message(sync.ANSWER, self.me, ispi=ispi, owner=owner,
+                                           tag=tag))
+
+    # ---- sync messages ------------------------------------------------------------------------
+    def on_sync(self, data: bytes) -> None:
+        try:
+            msg = self.codec.decode(data)
+        except sync.SyncError as err:
+            name = {"mac": "sync_bad_mac", "replay": "sync_replayed"}.get(err.reason,
+                                                                          "sync_malformed")
+            self.counters[name] += 1
+            return
+        self.counters["sync_received"] += 1
+        self.dispatch(msg)
+
+    def dispatch(self, msg: sync.Message) -> None:
+        handler = {sync.CLAIM: self.on_claim, sync.GRANT: self.on_grant,
+                   sync.ANNOUNCE: self.on_announce, sync.ACK: self.on_ack,
+                   sync.LOOKUP: self.on_lookup, sync.ANSWER: self.on_answer,
+                   sync.FORWARD: self.on_forward, sync.DELETE: self.on_delete,
+                   sync.REKEY: self.on_rekey, sync.ESTABLISHED: self.on_established}[msg.type]
+        handler(msg)
+
+    def on_claim(self, msg: sync.Message) -> None:
+        """Director: the first claimant of a key owns it, once every member has heard so."""
+        key = Key(msg.ispi, msg.msgid, msg.requester)
+        claimant = self.config.name_of(msg.sender)
+        owner, won = self.table.claim(key, claimant, time.monotonic())
+        if owner is None:  # refused at the cap
+            self.send(msg.sender, sync.Message(sync.GRANT, self.me, ispi=msg.ispi,
+                                               msgid=msg.msgid, requester=msg.requester,
+                                               owner=0, tag=msg.tag))
+            return
+        owner_index = self.config.index_of(owner)
+        pending = next((a for a in self.announcing.values() if a.key == key), None)
+        if won:
+            tag = self._tag()
+            waiting = self.broadcast(sync.Message(
+                sync.ANNOUNCE, self.me, ispi=key.ispi, msgid=key.msgid, requester=key.requester,
+                owner=owner_index, state=NEGOTIATING, tag=tag))
+            pending = self.announcing[tag] = Announcement(
+                key, owner_index, NEGOTIATING, waiting, time.monotonic() + ANNOUNCE_TIMEOUT)
+            self.learned(key.ispi)
+        if pending:
+            pending.grants.append((msg.sender, msg.tag))
+            self._maybe_grant(pending)
+        else:
+            self._grant(key, owner_index, msg.sender, msg.tag)
+
+    def _grant(self, key: Key, owner: int, to: int, tag: int) -> None:
+        self.send(to, sync.Message(sync.GRANT, self.me, ispi=key.ispi, msgid=key.msgid,
+                                   requester=key.requester, owner=owner, tag=tag))
+
+    def _maybe_grant(self, announcement: Announcement, force: bool = False) -> None:
+        if announcement.waiting and not force:
+            return
+        for member, tag in announcement.grants:
+            self._grant(announcement.key, announcement.owner, member, tag)
+        self.announcing = {t: a for t, a in self.announcing.items() if a is not announcement}
+
+    def on_ack(self, msg: sync.Message) -> None:
+        announcement = self.announcing.get(msg.tag)
+        if announcement:
+            announcement.waiting.discard(msg.sender)
+            self._maybe_grant(announcement)
+
+    def on_grant(self, msg: sync.Message) -> None:
+        key = Key(msg.ispi, msg.msgid, msg.requester)
+        parked = self.claims.get(key)
+        if parked is None or parked.tag != msg.tag:
+            return
+        del self.claims[key]
+        if msg.owner == 0:
+            self.refused_grants += 1
+            for pkt, _inbound, _arrival in parked.packets:
+                pkt.drop()
+            return
+        self.table.record(key, self.config.name_of(msg.owner), NEGOTIATING, time.monotonic())
+        self.counters["claims_won" if msg.owner == self.me else "claims_lost"] += 1
+        for pkt, inbound, arrival in parked.packets:
+            self.release(pkt, inbound, msg.owner, arrival, key.ispi)
+
+    def on_announce(self, msg: sync.Message) -> None:
+        key = Key(msg.ispi, msg.msgid, msg.requester)
+        self.table.record(key, self.config.name_of(msg.owner), msg.state, time.monotonic())
+        self.send(msg.sender, sync.Message(sync.ACK, self.me, tag=msg.tag))
+        self.learned(msg.ispi)
+
+    def on_lookup(self, msg: sync.Message) -> None:
+        name = self.table.owner_of(ike_sa_key(msg.ispi))
+        if name:
+            self.send(msg.sender, sync.Message(sync.ANSWER, self.me, ispi=msg.ispi,
+                                               owner=self.config.index_of(name), tag=msg.tag))
+        else:
+            self.waiters.setdefault(msg.ispi, []).append(
+                (msg.sender, msg.tag, time.monotonic() + LOOKUP_TIMEOUT))
+
+    def on_answer(self, msg: sync.Message) -> None:
+        parked = self.lookups.get(msg.ispi)
+        if parked is None or parked.tag != msg.tag:
+            return
+        if msg.owner == 0:
+            del self.lookups[msg.ispi]
+            self.counters["lookups_unresolved"] += 1
+            for pkt, _inbound, _arrival in parked.packets:
+                pkt.drop()
+            return
+        self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner), NEGOTIATING,
+                          time.monotonic())
+        self.learned(msg.ispi)
+
+    def on_forward(self, msg: sync.Message) -> None:
+        """A member that must not handle an IKE packet sent it here: write it into our stack."""
+        arrival, packet = int.from_bytes(msg.payload[:8], "big"), msg.payload[8:]
+        try:
+            dgram = ike.parse_datagram(packet)
+            self.raw_sock.sendto(packet, (dgram.dst, 0))
+        except (ike.ParseError, OSError):
+            self.counters["parse_errors"] += 1
+            return
+        self.counters["received_forwarded"] += 1
+        self.latencies_us.append((time.monotonic_ns() - arrival) / 1000)
+
+    def on_delete(self, msg: sync.Message) -> None:
+        self.table.delete(msg.ispi)
+
+    def on_rekey(self, msg: sync.Message) -> None:
+        """The owner rekeyed an IKE SA: `ispi`/`rspi` are the new SA's, the payload the old
+        initiator SPI."""
+        now = time.monotonic()
+        if self.table.rekey(msg.payload[:8], msg.ispi, msg.rspi, now) is None:
+            self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner),
+                              ESTABLISHED, now)
+        self.learned(msg.ispi)
+
+    def on_established(self, msg: sync.Message) -> None:
+        self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner), ESTABLISHED,
+                          time.monotonic())
+        self.table.establish(msg.ispi, msg.rspi, time.monotonic())
+        self.learned(msg.ispi)
+
+    # ---- charon's events ------------------------------------------------------------------------
+    def on_event(self, name: str, message: dict) -> None:
+        """charon's word on an IKE SA it holds (vici `ike-updown`, `ike-rekey`)."""
+        sa = next((v for v in message.values() if isinstance(v, dict)), None)
+        if sa is None:
+            return
+        now = time.monotonic()
+        if name == "ike-rekey":
+            old, new = _spis(sa.get("old", {})), _spis(sa.get("new", {}))
+            if old and new:
+                if self.table.rekey(old[0], new[0], new[1], now) is None:
+                    self.table.record(ike_sa_key(new[0]), self.config.member, ESTABLISHED, now)
+                self.broadcast(sync.Message(sync.REKEY, self.me, ispi=new[0], rspi=new[1],
+                                            owner=self.me, payload=old[0]))
+                self.learned(new[0])
+            return
+        spis = _spis(sa)
+        if not spis:
+            return
+        if message.get("up") == "yes":
+            if self.table.owner_of(ike_sa_key(spis[0])) is None:
+                self.table.record(ike_sa_key(spis[0]), self.config.member, ESTABLISHED, now)
+            self.table.establish(spis[0], spis[1], now)
+            self.broadcast(sync.Message(sync.ESTABLISHED, self.me, ispi=spis[0], rspi=spis[1],
+                                        owner=self.me))
+        else:
+            self.table.delete(spis[0])
+            self.broadcast(sync.Message(sync.DELETE, self.me, ispi=spis[0]))
+
+    def listen_to_charon(self) -> None:
+        """Thread: charon's IKE SA events, handed to the loop through `events`."""
+        import vici
+
+        from ..strongswan import decode
+        while not self.stopping:
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(self.config.vici_socket)
+                for name, message in vici.Session(sock).listen(["ike-updown", "ike-rekey"]):
+                    self.events.put((decode(name), decode(dict(message))))
+                    os.write(self.wake_w, b"e")
+            except Exception:  # charon restarting or gone: try again while we run
+                time.sleep(0.5)
+
+    # ---- timers -----------------------------------------------------------------------------
+    def tick(self) -> None:
+        now = time.monotonic()
+        for key, parked in list(self.claims.items()):
+            if now >= parked.deadline:
+                del self.claims[key]
+                self.counters["claim_timeouts"] += 1
+                for pkt, _inbound, _arrival in parked.packets:
+                    pkt.drop()
+            elif parked.resend_at and now >= parked.resend_at:
+                parked.resend_at = None
+                self._send_claim(parked)
+        for ispi, parked in list(self.lookups.items()):
+            if now >= parked.deadline:
+                del self.lookups[ispi]
+                self.counters["lookups_unresolved"] += 1
+                for pkt, _inbound, _arrival in parked.packets:
+                    pkt.drop()
+        for announcement in list(self.announcing.values()):
+            if now >= announcement.deadline:
+                self._maybe_grant(announcement, force=True)
+        for ispi, waiting in list(self.waiters.items()):
+            late = [w for w in waiting if now >= w[2]]
+            for member, tag, _deadline in late:
+                self.send(member, sync.Message(sync.ANSWER, self.me, ispi=ispi, owner=0, tag=tag))
+            if len(late) == len(waiting):
+                del self.waiters[ispi]
+            else:
+                self.waiters[ispi] = [w for w in waiting if now < w[2]]
+        self.table.expire(now)
+        self.counters["expired"] = self.table.expired
+        self.counters["refused"] = self.table.refused + self.refused_grants
+
+    # ---- status ------------------------------------------------------------------------------
+    def status(self) -> dict:
+        lat = sorted(self.latencies_us)
+        return {"member": self.config.member, "pid": os.getpid(), "mode": self.config.mode,
+                "ownership": self.config.ownership, "counters": dict(self.counters),
+                "table": self.table.rows(time.monotonic()),
+                "pending": {"claims": len(self.claims), "lookups": len(self.lookups),
+                            "announcements": len(self.announcing)},
+                "forward_latency_us": {"samples": len(lat),
+                                       "median": lat[len(lat) // 2] if lat else None,
+                                       "p99": lat[int(len(lat) * 0.99)] if lat else None},
+                "forwarded_by_spi": dict(self.forwarded_by_spi),
+                "cpu_s": sum(os.times()[:2])}
+
+    def on_control(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(1.0)
+            request = conn.recv(256).strip()
+            if request == b"status":
+                reply = self.status()
+            elif request == b"reset-latency":
+                self.latencies_us.clear()
+                reply = {"ok": True}
+            else:
+                reply = {"error": f"unknown request {request[:40]!r}"}
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    # ---- set-up and loop -------------------------------------------------------------------------
+    def rules(self, action: str) -> list[list[str]]:
+        """The iptables commands that queue IKE (and nothing else) to this agent."""
+        intf = self.config.external_interface
+        commands = []
+        for chain, hook, direction, port_flag, num in (
+                (CHAIN_IN, "PREROUTING", "-i", "--dport", QUEUE_IN),
+                (CHAIN_OUT, "OUTPUT", "-o", "--sport", QUEUE_OUT)):
+            if action == "add":
+                commands += [["-N", chain],
+                             ["-A", chain, "-p", "udp", port_flag, "500", "-j", "NFQUEUE",
+                              "--queue-num", str(num), "--queue-bypass"],
+                             ["-A", chain, "-p", "udp", port_flag, "4500", "-m", "u32",
+                              "--u32", NON_ESP_MARKER_U32, "-j", "NFQUEUE",
+                              "--queue-num", str(num), "--queue-bypass"],
+                             ["-A", hook, direction, intf, "-p", "udp", "-j", chain]]
+            else:
+                commands += [["-D", hook, direction, intf, "-p", "udp", "-j", chain],
+                             ["-F", chain], ["-X", chain]]
+        return [["iptables", "-w", "-t", "mangle", *c] for c in commands]
+
+    def install_rules(self) -> None:
+        self.remove_rules()
+        for command in self.rules("add"):
+            subprocess.run(command, check=True, capture_output=True)
+
+    def remove_rules(self) -> None:
+        for command in self.rules("remove"):
+            subprocess.run(command, capture_output=True)
+
+    def run(self) -> None:
+        from netfilterqueue import NetfilterQueue
+
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
+        signal.signal(signal.SIGINT, lambda *_: setattr(self, "stopping", True))
+        self.sync_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sync_sock.bind((self.config.members[self.config.member], SYNC_PORT))
+        self.sync_sock.setblocking(False)
+        self.raw_sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        control_path = Path(self.config.control_socket)
+        control_path.unlink(missing_ok=True)
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        control.bind(str(control_path))
+        control.listen(8)
+        control.setblocking(False)
+        self.wake_r, self.wake_w = os.pipe()
+        queues = []
+        for num, inbound in ((QUEUE_IN, True), (QUEUE_OUT, False)):
+            nfq = NetfilterQueue()
+            nfq.bind(num, lambda pkt, inbound=inbound: self.on_packet(pkt, inbound),
+                     max_len=4096)
+            queues.append(nfq)
+        self.install_rules()
+        # The member's private /run: `ikelab clean` finds us by this file after a crash.
+        Path("/run/agent.pid").write_text(f"{os.getpid()}\n")
+        threading.Thread(target=self.listen_to_charon, daemon=True).start()
+        selector = selectors.DefaultSelector()
+        for nfq in queues:
+            selector.register(nfq.get_fd(), selectors.EVENT_READ,
+                              lambda nfq=nfq: nfq.run(block=False))
+        selector.register(self.sync_sock, selectors.EVENT_READ, self._read_sync)
+        selector.register(control, selectors.EVENT_READ,
+                          lambda: self.on_control(control.accept()[0]))
+        selector.register(self.wake_r, selectors.EVENT_READ, self._read_events)
+        print(f"agent {self.config.member}: running", flush=True)
+        try:
+            while not self.stopping:
+                for selected, _ in selector.select(TICK):
+                    selected.data()
+                    self._drain_inbox()
+                self.tick()
+                self._drain_inbox()
+        finally:
+            self.remove_rules()
+            for nfq in queues:
+                nfq.unbind()
+            control_path.unlink(missing_ok=True)
+
+    def _read_sync(self) -> None:
+        while True:
+            try:
+                data = self.sync_sock.recv(70000)
+            except BlockingIOError:
+                return
+            self.on_sync(data)
+
+    def _read_events(self) -> None:
+        os.read(self.wake_r, 4096)
+        while not self.events.empty():
+            self.on_event(*self.events.get())
+
+    def _drain_inbox(self) -> None:
+        while self.inbox:
+            self.dispatch(self.inbox.popleft())
+
+
+def _spis(sa: dict) -> tuple[bytes, bytes] | None:
+    """(initiator SPI, responder SPI) of a vici IKE SA dict, or None if it has none."""
+    try:
+        ispi = bytes.fromhex(sa["initiator-spi"])
+        rspi = bytes.fromhex(sa.get("responder-spi", "0" * 16))
+    except (KeyError, ValueError):
+        return None
+    return (ispi, rspi) if len(ispi) == 8 and len(rspi) == 8 else None
+
+
+def query(control_socket: Path, request: str = "status", timeout: float = 5.0) -> dict:
+    """Ask a running agent over its control socket; raises OSError if it does not answer."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(control_socket))
+        sock.sendall(request.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    return json.loads(data)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="ikelab forwarding agent for one member")
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        config = AgentConfig.load(args.config)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"agent: bad config {args.config}: {exc}", file=sys.stderr)
+        return 2
+    Agent(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
