@@ -1,6 +1,7 @@
 """`ikelab`: the lab's command line.
 
     ikelab run [options]   build the lab, bring every tunnel up, test traffic, report, tear down
+    ikelab status          the running lab's ownership table and agent counters
     ikelab clean           remove what crashed runs left behind, from their records
 
 Exit status of `run`: 0 when every tunnel is up on exactly one member and carries traffic both
@@ -77,6 +78,11 @@ def parser() -> Parser:
     run.add_argument("--keep", action="store_true", help="keep the run's configs and logs")
     run.add_argument("--templates", type=Path, default=TEMPLATE_DIR,
                      help="render configs from this template directory")
+    run.add_argument("--expiry", type=_seconds, default=120.0,
+                     help="seconds before an unfinished negotiation's entry expires (120)")
+    status = sub.add_parser("status", help="the running lab's ownership table and agent "
+                            "counters")
+    status.add_argument("--json", action="store_true", help="print what the agents said as JSON")
     sub.add_parser("clean", help="remove what crashed runs left, from their records")
     return top
 
@@ -106,7 +112,7 @@ def cmd_run(args) -> int:
     from .report import format_text
 
     spec = LabSpec(args.members, args.peers, args.hash, args.mode, args.ike, args.auth, args.nat,
-                   args.agent, args.ownership)
+                   args.agent, args.ownership, args.expiry)
     spec.validate()
     if not (args.templates / "swanctl.conf.j2").is_file():
         raise UsageError(f"--templates {args.templates}: no swanctl.conf.j2 there")
@@ -141,6 +147,35 @@ def cmd_run(args) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_status(args) -> int:
+    from .agent.daemon import query
+    from .report import describe_ownership
+    from .rundir import live_runs
+
+    runs = live_runs()
+    if not runs:
+        print("ikelab: no lab is running", file=sys.stderr)
+        return 1
+    sockets = sorted(runs[0].path.glob("agent_*.sock"))
+    if not sockets:
+        print(f"ikelab: run {runs[0].name} has no agents (--no-agent)", file=sys.stderr)
+        return 1
+    statuses = {}
+    for sock in sockets:
+        member = sock.stem.removeprefix("agent_")
+        try:
+            statuses[member] = query(sock)
+        except (OSError, ValueError) as exc:
+            print(f"ikelab: agent {member} does not answer: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(statuses, indent=2))
+    else:
+        print(f"run {runs[0].name}: {runs[0].read()['description']}")
+        print("\n".join(describe_ownership(statuses)))
+    return 0
+
+
 def cmd_clean(args) -> int:
     from .rundir import clean_run, live_runs, stale_runs
 
@@ -165,7 +200,9 @@ def main(argv=None) -> int:
             return cmd_run(args)
         if args.command == "clean":
             return cmd_clean(args)
-        raise UsageError("a command is required: run or clean (see ikelab --help)")
+        if args.command == "status":
+            return cmd_status(args)
+        raise UsageError("a command is required: run, status or clean (see ikelab --help)")
     except (UsageError, TopologyError) as exc:
         print(f"ikelab: error: {exc}", file=sys.stderr)
         return 2

@@ -3,9 +3,10 @@
 from mininet.cli import CLI
 
 from . import strongswan
-from .nodes import PeerGateway, StrongSwanNode
+from .agent.daemon import query
+from .nodes import ClusterMember, PeerGateway, StrongSwanNode
 from .render import CHILD_NAME, CLUSTER_CONNECTION
-from .report import describe_sas
+from .report import describe_ownership, describe_sas
 from .switch import HashingSwitch
 
 
@@ -13,7 +14,7 @@ UP_TIMEOUT = 20.0
 
 
 class LabCLI(CLI):
-    """Mininet's CLI plus `sas`, `up` and `hashing`; `help <command>` shows what each does."""
+    """Mininet's CLI plus `sas`, `up`, `ownership` and `hashing`; `help <command>` shows what each does."""
 
     prompt = "ikelab> "
 
@@ -52,6 +53,21 @@ class LabCLI(CLI):
                 state = watch.last_sa.get(peer, {}).get("state", "no IKE SA")
                 verdict = "given up" if peer in watch.gave_up else "not up yet"
                 self.stdout.write(f"{peer}: {verdict} (last state {state})\n")
+
+    def do_ownership(self, line):
+        """ownership: the cluster-wide IKE ownership table (key, owner, state, age, whether
+        every member's replica agrees) and each agent's counters."""
+        statuses = {}
+        for node in self.mn.hosts:
+            if isinstance(node, ClusterMember) and node.agent is not None:
+                try:
+                    statuses[node.name] = query(node.files.agent_socket)
+                except (OSError, ValueError) as exc:
+                    self.stdout.write(f"{node.name}: agent does not answer: {exc}\n")
+        if not statuses:
+            self.stdout.write("no agents in this lab\n")
+            return
+        self.stdout.write("\n".join(describe_ownership(statuses)) + "\n")
 
     def do_hashing(self, line):
         """hashing: each hashing switch's select groups, which member each bucket feeds, and

@@ -24,11 +24,13 @@ def _flag(value) -> bool:
 
 
 class IkeClusterMnTopo(IkeClusterTopo):
-    """`--topo ikecluster,members=3,peers=2,hash=split,mode=ls,ike=2,auth=psk,nat=1,keep=1`."""
+    """`--topo ikecluster,members=3,peers=2,hash=split,mode=ls,ike=2,auth=psk,nat=1,keep=1,
+    agent=0,ownership=table+label`."""
 
     def __init__(self, members=3, peers=2, hash="l4", mode="ls", ike="2", auth="psk", nat=False,
-                 keep=False):
-        spec = LabSpec(members, peers, str(hash), str(mode), str(ike), str(auth), _flag(nat))
+                 keep=False, agent=True, ownership="table"):
+        spec = LabSpec(members, peers, str(hash), str(mode), str(ike), str(auth), _flag(nat),
+                       _flag(agent), str(ownership))
         try:
             plan, run = prepare(spec, _flag(keep), say=lambda m: info(f"*** ikelab: {m}\n"))
         except (TopologyError, LabError) as exc:

@@ -177,6 +177,7 @@ def agent_config_data(plan: Plan, member: Member, files: NodeFiles,
     return {"member": member.name, "index": member.index,
             "members": {m.name: str(m.sync_address) for m in plan.members},
             "key": creds.sync_key(), "mode": plan.spec.mode, "ownership": plan.spec.ownership,
+            "expiry": plan.spec.expiry,
             "external_interface": f"{member.name}-eth0", "vici_socket": str(files.vici_socket),
             "control_socket": str(files.agent_socket)}
 

@@ -200,3 +200,28 @@ def describe_sas(node: str, sas: dict[str, dict]) -> list[str]:
                          f"packets {child.get('packets-in', 0)} in / "
                          f"{child.get('packets-out', 0)} out")
     return lines
+
+
+def describe_ownership(statuses: dict[str, dict], now_label: str = "") -> list[str]:
+    """The cluster-wide table (key, owner, state, age, how many replicas agree) and every
+    member's counters, for `ikelab status` and the CLI's `ownership`."""
+    rows: dict[str, dict] = {}
+    for member, status in statuses.items():
+        for row in status.get("table", []):
+            entry = rows.setdefault(row["key"], {"row": row, "owners": {}})
+            entry["owners"][member] = row["owner"]
+    lines = [f"{'key (initiator SPI/Message ID/requester)':44} {'owner':6} {'state':12} "
+             f"{'age':>7}  replicas"]
+    for key, entry in sorted(rows.items(), key=lambda kv: kv[1]["row"]["age_s"], reverse=True):
+        owners = set(entry["owners"].values())
+        agree = (f"{len(entry['owners'])}/{len(statuses)}" if len(owners) == 1
+                 else "DISAGREE " + ",".join(f"{m}={o}" for m, o in entry["owners"].items()))
+        row = entry["row"]
+        lines.append(f"{key:44} {row['owner']:6} {row['state']:12} {row['age_s']:6.1f}s  {agree}")
+    if not rows:
+        lines.append("(empty)")
+    lines.append("")
+    for member, status in statuses.items():
+        counters = " ".join(f"{k}={v}" for k, v in status["counters"].items() if v)
+        lines.append(f"{member}: {counters or 'all counters zero'}")
+    return lines

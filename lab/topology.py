@@ -63,6 +63,7 @@ class LabSpec:
     nat: bool = False
     agent: bool = True
     ownership: str = "table"
+    expiry: float = 120.0
 
     def validate(self) -> "LabSpec":
         """Return self, or raise TopologyError naming the first bad option."""
@@ -70,6 +71,8 @@ class LabSpec:
             raise TopologyError(f"members must be 1 to {MAX_MEMBERS} (got {self.members!r})")
         if not isinstance(self.peers, int) or not 1 <= self.peers <= MAX_PEERS:
             raise TopologyError(f"peers must be 1 to {MAX_PEERS} (got {self.peers!r})")
+        if not isinstance(self.expiry, (int, float)) or not 0 < self.expiry <= 3600:
+            raise TopologyError(f"expiry must be 0 to 3600 seconds (got {self.expiry!r})")
         for name, value, choices in (("hash", self.hash, HASH_MODES),
                                      ("mode", self.mode, CLUSTER_MODES),
                                      ("ike", self.ike, IKE_CHOICES),

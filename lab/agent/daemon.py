@@ -110,6 +110,8 @@ class Parked:
     director: int
     packets: list = field(default_factory=list)  # (nfq packet, inbound?, arrival ns)
     resend_at: float | None = None
+    peer: str | None = None
+    inbound: bool = True
 
 
 @dataclass
@@ -207,7 +209,7 @@ class Agent:
             self.release(pkt, inbound, owner, arrival, key.ispi)
         elif header.can_start_negotiation or not inbound:
             # Outbound: before our own request leaves, no other member may own its key.
-            self.park_claim(key, pkt, inbound, arrival)
+            self.park_claim(key, pkt, inbound, arrival, dgram.src if inbound else dgram.dst)
         else:
             self.park_lookup(key, pkt, inbound, arrival)
 
@@ -227,13 +229,14 @@ class Agent:
             self.counters["outbound_refused"] += 1
             pkt.drop()
 
-    def park_claim(self, key: Key, pkt, inbound: bool, arrival: int) -> None:
+    def park_claim(self, key: Key, pkt, inbound: bool, arrival: int, peer: str) -> None:
         parked = self.claims.get(key)
         if parked is None:
             now = time.monotonic()
             parked = self.claims[key] = Parked(key, self._tag(), now + CLAIM_TIMEOUT,
                                                self.director(key.ispi),
-                                               resend_at=now + CLAIM_RESEND)
+                                               resend_at=now + CLAIM_RESEND, peer=peer,
+                                               inbound=inbound)
             self._send_claim(parked)
         pkt.retain()
         parked.packets.append((pkt, inbound, arrival))
@@ -241,7 +244,8 @@ class Agent:
     def _send_claim(self, parked: Parked) -> None:
         self.send(parked.director, sync.Message(
             sync.CLAIM, self.me, ispi=parked.key.ispi, msgid=parked.key.msgid,
-            requester=parked.key.requester, tag=parked.tag))
+            requester=parked.key.requester, tag=parked.tag, peer=parked.peer,
+            owner=0 if parked.inbound else self.me))
 
     def park_lookup(self, key: Key, pkt, inbound: bool, arrival: int) -> None:
         parked = self.lookups.get(key.ispi)
@@ -290,10 +294,13 @@ class Agent:
         handler(msg)
 
     def on_claim(self, msg: sync.Message) -> None:
-        """Director: the first claimant of a key owns it, once every member has heard so."""
+        """Director: the first claimant of a key owns it, once every member has heard so;
+        a peer's new Phase 1 while it has an IKE SA goes to that SA's owner (reauth)."""
         key = Key(msg.ispi, msg.msgid, msg.requester)
-        claimant = self.config.name_of(msg.sender)
-        owner, won = self.table.claim(key, claimant, time.monotonic())
+        chosen = self.config.name_of(msg.owner or msg.sender)
+        if msg.owner == 0:
+            chosen = self.table.owner_for_peer(msg.peer) or chosen
+        owner, won = self.table.claim(key, chosen, time.monotonic(), msg.peer)
         if owner is None:  # refused at the cap
             self.send(msg.sender, sync.Message(sync.GRANT, self.me, ispi=msg.ispi,
                                                msgid=msg.msgid, requester=msg.requester,
@@ -305,7 +312,7 @@ class Agent:
             tag = self._tag()
             waiting = self.broadcast(sync.Message(
                 sync.ANNOUNCE, self.me, ispi=key.ispi, msgid=key.msgid, requester=key.requester,
-                owner=owner_index, state=NEGOTIATING, tag=tag))
+                owner=owner_index, state=NEGOTIATING, tag=tag, peer=msg.peer))
             pending = self.announcing[tag] = Announcement(
                 key, owner_index, NEGOTIATING, waiting, time.monotonic() + ANNOUNCE_TIMEOUT)
             self.learned(key.ispi)
@@ -350,7 +357,8 @@ class Agent:
 
     def on_announce(self, msg: sync.Message) -> None:
         key = Key(msg.ispi, msg.msgid, msg.requester)
-        self.table.record(key, self.config.name_of(msg.owner), msg.state, time.monotonic())
+        self.table.record(key, self.config.name_of(msg.owner), msg.state, time.monotonic(),
+                          msg.peer)
         self.send(msg.sender, sync.Message(sync.ACK, self.me, tag=msg.tag))
         self.learned(msg.ispi)
 
@@ -403,7 +411,7 @@ class Agent:
 
     def on_established(self, msg: sync.Message) -> None:
         self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner), ESTABLISHED,
-                          time.monotonic())
+                          time.monotonic(), msg.peer)
         self.table.establish(msg.ispi, msg.rspi, time.monotonic())
         self.learned(msg.ispi)
 
@@ -427,11 +435,11 @@ class Agent:
         if not spis:
             return
         if message.get("up") == "yes":
-            if self.table.owner_of(ike_sa_key(spis[0])) is None:
-                self.table.record(ike_sa_key(spis[0]), self.config.member, ESTABLISHED, now)
+            peer = sa.get("remote-host")
+            self.table.record(ike_sa_key(spis[0]), self.config.member, ESTABLISHED, now, peer)
             self.table.establish(spis[0], spis[1], now)
             self.broadcast(sync.Message(sync.ESTABLISHED, self.me, ispi=spis[0], rspi=spis[1],
-                                        owner=self.me))
+                                        owner=self.me, peer=peer))
         else:
             self.table.delete(spis[0])
             self.broadcast(sync.Message(sync.DELETE, self.me, ispi=spis[0]))

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 HEADER = struct.Struct("!8s8sBBBBII")
 HEADER_LEN = HEADER.size  # 28
-MAX_IKE_LEN = 65535 - 20 - 8
+# charon drops anything larger (charon.max_packet, 10000 bytes by default); bigger IKE
+# messages are fragmented (RFC 7383).
+MAX_IKE_LEN = 10000
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
 NATT_PORT = 4500
 IKE_PORT = 500
@@ -65,10 +67,11 @@ class IkeHeader:
     @property
     def requester(self) -> str:
         """Who started this exchange: 'i' the IKE SA's original initiator, 'r' its responder;
-        '-' for IKEv1, whose Message IDs are not counted per direction."""
+        '-' for an IKEv1 Phase 2 exchange, whose random Message ID is not per direction.
+        IKEv1 Phase 1 (Message ID 0) is always the initiator's, like IKEv2's IKE_SA_INIT."""
         sender = self.from_original_initiator
         if sender is None:
-            return "-"
+            return "i" if self.msgid == 0 else "-"
         return "i" if sender != self.is_response else "r"
 
     @property

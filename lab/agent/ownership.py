@@ -37,7 +37,7 @@ class Key:
 
     @property
     def is_ike_sa(self) -> bool:
-        return self.msgid == 0 and self.requester in ("i", "-")
+        return self.msgid == 0 and self.requester == "i"
 
 
 def ike_sa_key(ispi: bytes) -> Key:
@@ -52,6 +52,7 @@ class Entry:
     created: float
     expires: float | None
     rspi: bytes | None = None
+    peer: str | None = None  # the peer's address, as the cluster sees it
 
 
 def director_for(ispi: bytes, members: list[str]) -> str:
@@ -72,7 +73,7 @@ class OwnershipTable:
     expired: int = 0
 
     def _ike_sa(self, ispi: bytes) -> Entry | None:
-        return self.entries.get(ike_sa_key(ispi)) or self.entries.get(Key(ispi, 0, "-"))
+        return self.entries.get(ike_sa_key(ispi))
 
     def owner_of(self, key: Key) -> str | None:
         """The owner of `key`, or of its IKE SA when the exchange has no entry of its own."""
@@ -86,7 +87,19 @@ class OwnershipTable:
                 return entry.owner
         return None
 
-    def claim(self, key: Key, member: str, now: float) -> tuple[str | None, bool]:
+    def owner_for_peer(self, peer: str | None) -> str | None:
+        """The owner of an established IKE SA with `peer`, if there is one.
+
+        A new Phase 1 from a peer that already has an IKE SA is a reauthentication (IKEv1
+        rekeys its IKE SA that way, with new cookies): it goes to the same member.
+        """
+        if peer is None:
+            return None
+        return next((e.owner for e in self.entries.values()
+                     if e.peer == peer and e.state == ESTABLISHED and e.key.is_ike_sa), None)
+
+    def claim(self, key: Key, member: str, now: float,
+              peer: str | None = None) -> tuple[str | None, bool]:
         """Make `member` the owner of `key` unless someone already is.
 
         Returns (owner, won): the owner after the call and whether this claim created it;
@@ -98,10 +111,11 @@ class OwnershipTable:
         if len(self.entries) >= self.cap:
             self.refused += 1
             return None, False
-        self.entries[key] = Entry(key, member, NEGOTIATING, now, now + self.expiry)
+        self.entries[key] = Entry(key, member, NEGOTIATING, now, now + self.expiry, peer=peer)
         return member, True
 
-    def record(self, key: Key, owner: str, state: str, now: float) -> bool:
+    def record(self, key: Key, owner: str, state: str, now: float,
+               peer: str | None = None) -> bool:
         """Apply the director's announcement; False when refused at the cap."""
         entry = self.entries.get(key)
         if entry is None:
@@ -110,6 +124,7 @@ class OwnershipTable:
                 return False
             entry = self.entries[key] = Entry(key, owner, state, now, None)
         entry.owner = owner
+        entry.peer = peer or entry.peer
         self._set_state(entry, state, now)
         return True
 
@@ -136,6 +151,7 @@ class OwnershipTable:
             return None
         new = self.entries[ike_sa_key(new_ispi)]
         new.rspi = new_rspi
+        new.peer = old.peer
         self._set_state(old, REKEYED, now)
         return new
 
@@ -158,5 +174,5 @@ class OwnershipTable:
         """The table for `ikelab status` and the CLI: key, owner, state, age."""
         return [{"key": str(e.key), "owner": e.owner, "state": e.state,
                  "age_s": round(now - e.created, 1),
-                 "rspi": e.rspi.hex() if e.rspi else None}
+                 "rspi": e.rspi.hex() if e.rspi else None, "peer": e.peer}
                 for e in sorted(self.entries.values(), key=lambda e: e.created)]

@@ -4,11 +4,13 @@ Every message is `header | body | payload | MAC`:
 
     header  magic "IKLB", version 1, type, sender (member index), pad, sequence number (64 bit)
     body    initiator SPI (8), Message ID (4), requester (1), owner (member index, 0 = none),
-            state (1), tag (4, matches answers to requests), responder SPI (8)
+            state (1), tag (4, matches answers to requests), responder SPI (8), the peer's
+            IPv4 address (4, zero when unknown)
     payload FORWARD: arrival time (ns, 8) + the original IP packet; REKEY: the old initiator SPI
     MAC     HMAC-SHA256 over everything before it, under the cluster key
 
-Types: CLAIM (member -> director), GRANT (director -> claimant, after every ACK), ANNOUNCE
+Types: CLAIM (member -> director; `owner` is the claimant when it must own the key because its
+own charon sent the packet, 0 when the director may give it to the peer's existing owner), GRANT (director -> claimant, after every ACK), ANNOUNCE
 (director -> all) and ACK, LOOKUP / ANSWER (owner unknown here), FORWARD (an IKE packet for its
 owner), ESTABLISHED / REKEY / DELETE (the owner, from charon's events, to all).
 
@@ -22,11 +24,12 @@ import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 MAGIC = b"IKLB"
 VERSION = 1
 HEADER = struct.Struct("!4sBBBxQ")
-BODY = struct.Struct("!8sIcBBI8s")
+BODY = struct.Struct("!8sIcBBI8s4s")
 MAC_LEN = 32
 MIN_LEN = HEADER.size + BODY.size + MAC_LEN
 WINDOW = 64
@@ -59,6 +62,7 @@ class Message:
     state: str = ""
     tag: int = 0
     rspi: bytes = b"\0" * 8
+    peer: str | None = None
     payload: bytes = b""
 
     @property
@@ -80,7 +84,8 @@ class Codec:
         seq, self.next_seq = self.next_seq, self.next_seq + 1
         data = (HEADER.pack(MAGIC, VERSION, msg.type, self.me, seq)
                 + BODY.pack(msg.ispi, msg.msgid, msg.requester.encode(), msg.owner,
-                            STATE_CODES[msg.state], msg.tag, msg.rspi)
+                            STATE_CODES[msg.state], msg.tag, msg.rspi,
+                            IPv4Address(msg.peer).packed if msg.peer else b"\0" * 4)
                 + msg.payload)
         return data + hmac.new(self.key, data, hashlib.sha256).digest()
 
@@ -96,13 +101,16 @@ class Codec:
             raise SyncError("mac")
         if mtype not in TYPE_NAMES:
             raise SyncError("type")
-        ispi, msgid, requester, owner, state, tag, rspi = BODY.unpack_from(data, HEADER.size)
+        ispi, msgid, requester, owner, state, tag, rspi, peer = BODY.unpack_from(data,
+                                                                                HEADER.size)
         if state not in STATE_NAMES or requester not in (b"i", b"r", b"-"):
             raise SyncError("type")
         if not self._fresh(sender, seq):
             raise SyncError("replay")
         return Message(mtype, sender, seq, ispi, msgid, requester.decode(), owner,
-                       STATE_NAMES[state], tag, rspi, body[HEADER.size + BODY.size:])
+                       STATE_NAMES[state], tag, rspi,
+                       str(IPv4Address(peer)) if peer != b"\0" * 4 else None,
+                       body[HEADER.size + BODY.size:])
 
     def _fresh(self, sender: int, seq: int) -> bool:
         """Anti-replay: accept each sequence number once, within WINDOW of the highest seen."""

@@ -77,14 +77,14 @@ def test_a_rejected_config_aborts_with_the_node_and_strongswans_words(tmp_path):
 
 
 def test_ctrl_c_tears_everything_down():
-    proc = start_ikelab("run", "--hash", "split", "--timeout", "60")
+    proc = start_ikelab("run", "--no-agent", "--hash", "split", "--timeout", "60")
     wait_for_line(proc.stderr, "initiating")
     assert lab_bridges()
     assert interrupt(proc) == 130, proc.stderr.read()
 
 
 def test_clean_removes_what_a_killed_run_left(leaves_nothing_behind):
-    proc = start_ikelab("run", "--hash", "split", "--timeout", "60")
+    proc = start_ikelab("run", "--no-agent", "--hash", "split", "--timeout", "60")
     wait_for_line(proc.stderr, "initiating")
     assert interrupt(proc, signal.SIGKILL) == -signal.SIGKILL
     left = leftovers(leaves_nothing_behind)

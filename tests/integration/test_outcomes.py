@@ -1,4 +1,4 @@
-"""What the lab shows before any agent exists: HA and one member work, split hashing breaks.
+"""What the lab shows without an agent: HA and one member work, split hashing breaks.
 
 Each test runs the real `ikelab run --json` and judges the report built from the daemons.
 """
@@ -23,7 +23,7 @@ def assert_all_good(report: dict, peers: int):
 
 @pytest.mark.parametrize("members", [1, 3, 5])
 def test_ha_mode_every_tunnel_up_on_the_active_member(members):
-    code, report = ikelab_json("--mode", "ha", "--members", str(members))
+    code, report = ikelab_json("--no-agent", "--mode", "ha", "--members", str(members))
     assert code == 0
     assert_all_good(report, 2)
     assert {t["ike_sa_holders"][0] for t in report["tunnels"]} == {"m1"}
@@ -31,16 +31,17 @@ def test_ha_mode_every_tunnel_up_on_the_active_member(members):
 
 
 def test_single_member_load_sharing_with_mixed_ike_versions():
-    code, report = ikelab_json("--members", "1", "--peers", "3", "--ike", "mixed")
+    code, report = ikelab_json("--no-agent", "--members", "1", "--peers", "3", "--ike", "mixed")
     assert code == 0
     assert_all_good(report, 3)
     assert [t["ike_version"] for t in report["tunnels"]] == [2, 1, 2]
 
 
 @pytest.mark.parametrize("members", [2, 3])
-def test_split_hash_breaks_the_negotiation_as_the_reference_describes(members):
-    code, report = ikelab_json("--hash", "split", "--members", str(members), "--timeout", "25")
-    assert code == 1 and report["ok"] is False
+def test_without_agent_split_hash_breaks_the_negotiation_as_the_reference_describes(members):
+    code, report = ikelab_json("--no-agent", "--hash", "split", "--members", str(members),
+                               "--timeout", "25")
+    assert code == 1 and report["ok"] is False and report["agent"] is False
     for tunnel in report["tunnels"]:
         paths = tunnel["switch_paths"]
         assert paths["udp500"] != paths["udp4500"]
@@ -57,6 +58,6 @@ def test_split_hash_breaks_the_negotiation_as_the_reference_describes(members):
 @pytest.mark.parametrize("options", [["--ike", "1"], ["--nat"], ["--auth", "pubkey"]],
                          ids=["ikev1", "nat", "pubkey"])
 def test_variants_bring_every_tunnel_up(options):
-    code, report = ikelab_json("--mode", "ha", *options)
+    code, report = ikelab_json("--no-agent", "--mode", "ha", *options)
     assert code == 0
     assert_all_good(report, 2)

@@ -13,6 +13,8 @@ from lab.cli import main
     (["run", "--timeout", "-1"], "between 0 and 3600"),
     (["run", "--bogus"], "unrecognized arguments: --bogus"),
     (["run", "--templates", "/nonexistent"], "no swanctl.conf.j2 there"),
+    (["run", "--ownership", "labels"], "invalid choice: 'labels'"),
+    (["run", "--expiry", "0"], "between 0 and 3600"),
     ([], "a command is required"),
     (["launch"], "invalid choice: 'launch'"),
 ])

@@ -30,8 +30,17 @@ def test_the_key_tells_the_two_directions_apart():
 
 def test_ikev1_phase_one_entry_answers_for_its_quick_modes():
     table = OwnershipTable()
-    table.claim(Key(A, 0, "-"), "m2", 0)
+    table.claim(ike_sa_key(A), "m2", 0)
     assert table.owner_of(Key(A, 0x5eed, "-")) == "m2"
+
+
+def test_a_peer_with_an_established_ike_sa_keeps_its_owner_for_a_new_phase_one():
+    table = OwnershipTable()
+    table.claim(ike_sa_key(A), "m2", 0, peer="203.0.113.11")
+    assert table.owner_for_peer("203.0.113.11") is None  # still negotiating
+    table.establish(A, b"\x01" * 8, 1)
+    assert table.owner_for_peer("203.0.113.11") == "m2"
+    assert table.owner_for_peer("203.0.113.12") is None and table.owner_for_peer(None) is None
 
 
 def test_negotiating_entries_expire_and_established_ones_do_not():
@@ -82,7 +91,7 @@ def test_announcements_overwrite_and_rows_show_state_and_age():
     table.record(ike_sa_key(A), "m2", NEGOTIATING, 5)
     [row] = table.rows(7.5)
     assert row == {"key": f"{A.hex()}/0/i", "owner": "m2", "state": "negotiating",
-                   "age_s": 2.5, "rspi": None}
+                   "age_s": 2.5, "rspi": None, "peer": None}
 
 
 def test_director_is_stable_and_spreads_keys():

@@ -14,11 +14,12 @@ def pair():
 def test_round_trip_keeps_every_field():
     m1, m2 = pair()
     msg = Message(ANNOUNCE, 0, ispi=b"\xaa" * 8, msgid=3, requester="r", owner=2,
-                  state="established", tag=77, rspi=b"\xbb" * 8)
+                  state="established", tag=77, rspi=b"\xbb" * 8, peer="203.0.113.11")
     got = m2.decode(m1.encode(msg))
     assert (got.type_name, got.sender, got.seq, got.ispi, got.msgid, got.requester, got.owner,
-            got.state, got.tag, got.rspi) == ("announce", 1, 1000, b"\xaa" * 8, 3, "r", 2,
-                                              "established", 77, b"\xbb" * 8)
+            got.state, got.tag, got.rspi, got.peer) == (
+        "announce", 1, 1000, b"\xaa" * 8, 3, "r", 2, "established", 77, b"\xbb" * 8,
+        "203.0.113.11")
     forward = m2.decode(m1.encode(Message(FORWARD, 0, payload=b"\x45" + b"\0" * 40)))
     assert forward.payload == b"\x45" + b"\0" * 40
 

@@ -18,6 +18,8 @@ from lab.topology import (CLUSTER_LAN, EXTERNAL_VIP, EXTERNAL_VMAC, INTERNAL_VIP
     (LabSpec(ike="3"), "ike must be one of 1, 2, mixed"),
     (LabSpec(auth="eap"), "auth must be one of psk, pubkey"),
     (LabSpec(members="3"), "members must be"),
+    (LabSpec(ownership="label"), "ownership must be one of table, table+label"),
+    (LabSpec(expiry=0), "expiry must be 0 to 3600 seconds"),
 ])
 def test_bad_specs_are_refused_with_one_line(spec, message):
     with pytest.raises(TopologyError) as err:

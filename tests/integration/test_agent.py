@@ -1,0 +1,225 @@
+"""The forwarding agent end to end: one owner per IKE SA in every hash mode, IKE version,
+cluster size and ownership mode; rekeys, cluster-initiated tunnels, races, expiry, deletion,
+hostile packets and hostile sync messages. LAN-to-LAN traffic across members is not asserted
+here: carrying it is the data plane's work.
+"""
+
+import itertools
+import json
+import subprocess
+import time
+
+import pytest
+
+from lab import strongswan
+from lab.agent.daemon import SYNC_PORT, query
+from lab.agent.sync import ANNOUNCE, Codec, Message
+from lab.lab import Lab
+from lab.render import CHILD_NAME, CLUSTER_CONNECTION
+from lab.topology import LabSpec
+
+from .helpers import ikelab_json, poll
+
+pytestmark = pytest.mark.root
+
+
+def assert_one_owner_each(report: dict):
+    for tunnel in report["tunnels"]:
+        assert tunnel["state"] == "ESTABLISHED", tunnel["problems"]
+        assert len(tunnel["ike_sa_holders"]) == 1, tunnel
+        assert tunnel["owner"] == tunnel["ike_sa_holders"][0], tunnel
+        assert [c["state"] for c in tunnel["child_sas"]] == ["INSTALLED"]
+        assert not [p for p in tunnel["problems"] if "traffic" not in p], tunnel["problems"]
+
+
+MATRIX = list(itertools.product(["l3", "l4", "split"], ["1", "2"], [2, 3],
+                                ["table", "table+label"]))
+
+
+@pytest.mark.parametrize("hash_mode, ike, members, ownership", MATRIX,
+                         ids=["-".join(map(str, m)) for m in MATRIX])
+def test_every_ike_sa_has_exactly_one_owner(hash_mode, ike, members, ownership):
+    _, report = ikelab_json("--hash", hash_mode, "--ike", ike, "--members", str(members),
+                            "--ownership", ownership)
+    assert report["agent"] is True
+    assert_one_owner_each(report)
+    if hash_mode == "split":
+        for tunnel in report["tunnels"]:
+            paths = tunnel["switch_paths"]
+            assert paths["udp500"] != paths["udp4500"]
+            assert tunnel["forwarded"] > 0, tunnel
+            assert report["agents"][paths["udp4500"]]["counters"]["forwarded"] > 0
+    if ownership == "table+label" and ike == "2" and members > 1:
+        assert sum(a["counters"]["label_hits"] for a in report["agents"].values()) > 0
+
+
+@pytest.mark.parametrize("options", [
+    ["--members", "5", "--peers", "8", "--ike", "mixed"],
+    ["--nat", "--ike", "mixed"],
+    ["--auth", "pubkey", "--ike", "mixed"],
+    ["--mode", "ha"],
+], ids=["5x8", "nat", "pubkey", "ha"])
+def test_split_hash_with_more_peers_nat_certificates_and_ha(options):
+    _, report = ikelab_json("--hash", "split", *options)
+    assert_one_owner_each(report)
+
+
+def statuses(lab) -> dict:
+    return {m.name: query(lab.node(m.name).files.agent_socket) for m in lab.plan.members}
+
+
+def owners_of(lab, ispi: str) -> dict:
+    return {m: row["owner"] for m, s in statuses(lab).items() for row in s["table"]
+            if row["key"] == f"{ispi}/0/i"}
+
+
+def bring_up(lab, peers=("p1",)):
+    sockets = {p: lab.node(p).files.vici_socket for p in peers}
+    for sock in sockets.values():
+        strongswan.initiate(sock, CLUSTER_CONNECTION, CHILD_NAME)
+    watch = strongswan.TunnelWatch(sockets)
+    watch.wait(20)
+    assert set(watch.up_after) == set(peers)
+    return {p: next(iter(strongswan.list_sas(s).values())) for p, s in sockets.items()}
+
+
+def holders(lab) -> dict:
+    """member -> {initiator SPI: state} of every IKE SA it holds."""
+    return {m.name: {sa["initiator-spi"]: sa["state"]
+                     for sa in strongswan.list_sas(lab.node(m.name).files.vici_socket).values()}
+            for m in lab.plan.members}
+
+
+def single_holder(lab, ispi: str) -> str:
+    held = [m for m, sas in holders(lab).items() if sas.get(ispi) == "ESTABLISHED"]
+    assert len(held) == 1, holders(lab)
+    return held[0]
+
+
+@pytest.mark.parametrize("ike", ["2", "1"])
+def test_rekeys_from_either_side_stay_with_the_owner_and_the_table_follows(ike):
+    with Lab(LabSpec(members=3, peers=1, hash="split", ike=ike)) as lab:
+        sa = bring_up(lab)["p1"]
+        owner = single_holder(lab, sa["initiator-spi"])
+        peer_sock = lab.node("p1").files.vici_socket
+        owner_sock = lab.node(owner).files.vici_socket
+        for sock, what in ((peer_sock, {"child": CHILD_NAME}), (owner_sock, {"child": CHILD_NAME}),
+                           (peer_sock, {"ike": CLUSTER_CONNECTION}), (owner_sock, {"ike": "p1"})):
+            sas = strongswan.list_sas(peer_sock).values()
+            ike_before = {s["initiator-spi"] for s in sas}
+            child_before = {c["spi-in"] for s in sas for c in s["child-sas"].values()}
+            with strongswan.session(sock) as sess:
+                sess.rekey(what)
+
+            def settled():
+                """The peer's one ESTABLISHED IKE SA with one INSTALLED CHILD SA, both new
+                where this step rekeyed them (IKEv1 keeps rekeyed SAs around a while)."""
+                sas = [s for s in strongswan.list_sas(peer_sock).values()
+                       if s["state"] == "ESTABLISHED"]
+                installed = [c for s in sas for c in s["child-sas"].values()
+                             if c["state"] == "INSTALLED"]
+                if len(sas) != 1 or len(installed) != 1:
+                    return None
+                if "ike" in what and sas[0]["initiator-spi"] in ike_before:
+                    return None
+                if "child" in what and installed[0]["spi-in"] in child_before:
+                    return None
+                return sas[0]
+            current = poll(settled, deadline=30)
+            ispi = current["initiator-spi"]
+            assert single_holder(lab, ispi) == owner
+            assert poll(lambda: set(owners_of(lab, ispi).values()) == {owner}
+                        and len(owners_of(lab, ispi)) == 3, deadline=10)
+
+
+def test_a_tunnel_the_cluster_initiates_is_owned_by_the_initiating_member_from_its_first_packet():
+    with Lab(LabSpec(members=3, peers=1, hash="split")) as lab:
+        m2 = lab.node("m2").files.vici_socket
+        strongswan.initiate(m2, "p1", CHILD_NAME)
+        sa = poll(lambda: next((s for s in strongswan.list_sas(m2).values()
+                                if s["state"] == "ESTABLISHED"), None), deadline=20)
+        assert single_holder(lab, sa["initiator-spi"]) == "m2"
+        assert set(owners_of(lab, sa["initiator-spi"]).values()) == {"m2"}
+        counters = statuses(lab)["m2"]["counters"]
+        assert counters["seen_out"] > 0 and counters["claims_won"] >= 1
+
+
+def test_a_first_packet_reaching_two_members_at_once_gets_one_owner():
+    """The switch copies p1's UDP 500 to m1 and m2: both see IKE_SA_INIT and claim it."""
+    with Lab(LabSpec(members=3, peers=1, hash="l4")) as lab:
+        switch = lab.switch("external").name
+        subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "add-flow", switch,
+                        "priority=500,udp,in_port=101,tp_dst=500,actions=output:1,output:2"],
+                       check=True)
+        sa = bring_up(lab)["p1"]
+        owner = single_holder(lab, sa["initiator-spi"])
+        assert owner in ("m1", "m2")
+        other = "m2" if owner == "m1" else "m1"
+        assert set(owners_of(lab, sa["initiator-spi"]).values()) == {owner}
+        status = statuses(lab)
+        assert status[owner]["counters"]["claims_won"] == 1
+        assert status[other]["counters"]["claims_lost"] == 1
+        assert status[other]["counters"]["forwarded"] >= 1
+
+
+def test_an_abandoned_negotiation_expires_and_a_deleted_sa_leaves_every_table():
+    with Lab(LabSpec(members=3, peers=1, hash="split", expiry=2)) as lab:
+        ispi = "5eed5eed5eed5eed"
+        header = bytes.fromhex(ispi) + b"\0" * 8 + bytes([33, 0x20, 34, 0x08]) + \
+            b"\0\0\0\0" + (28).to_bytes(4, "big")
+        lab.node("p1").cmd(f"python3 -c \"import socket; s = socket.socket(socket.AF_INET, "
+                           f"socket.SOCK_DGRAM); s.sendto(bytes.fromhex('{header.hex()}'), "
+                           f"('203.0.113.1', 500))\"")
+        assert poll(lambda: len(owners_of(lab, ispi)) == 3, deadline=5)
+        assert poll(lambda: not owners_of(lab, ispi), deadline=10)
+        assert all(s["counters"]["expired"] >= 1 for s in statuses(lab).values())
+
+        sa = bring_up(lab)["p1"]
+        assert poll(lambda: len(owners_of(lab, sa["initiator-spi"])) == 3, deadline=5)
+        with strongswan.session(lab.node("p1").files.vici_socket) as sess:
+            for _ in sess.terminate({"ike": CLUSTER_CONNECTION, "timeout": 5000}):
+                pass
+        assert poll(lambda: not owners_of(lab, sa["initiator-spi"]), deadline=10)
+
+
+HOSTILE = [
+    ("truncated on 500", 500, "00" * 10),
+    ("garbage on 500", 500, "ab" * 100),
+    ("bad length on 500", 500, "11" * 16 + "2120220800000000" + "0000ffff"),
+    ("oversized on 500", 500, "11" * 16 + "21202208" + "00000000" + "00002af8" + "00" * 10972),
+    ("garbage after the marker on 4500", 4500, "00000000" + "cd" * 50),
+    ("truncated after the marker on 4500", 4500, "00000000" + "11" * 5),
+]
+
+
+def test_hostile_packets_are_counted_and_dropped_and_tunnels_still_come_up():
+    with Lab(LabSpec(members=2, peers=1, hash="split")) as lab:
+        send = ("python3 -c \"import socket, sys; s = socket.socket(socket.AF_INET, "
+                "socket.SOCK_DGRAM); s.bind(('0.0.0.0', 0)); "
+                "s.sendto(bytes.fromhex(sys.argv[1]), ('203.0.113.1', int(sys.argv[2])))\"")
+        for _name, port, data in HOSTILE:
+            lab.node("p1").cmd(f"{send} {data} {port}")
+        poll(lambda: sum(s["counters"]["parse_errors"] for s in statuses(lab).values())
+             >= len(HOSTILE), deadline=10)
+        pids = {m: s["pid"] for m, s in statuses(lab).items()}
+        bring_up(lab)
+        assert {m: s["pid"] for m, s in statuses(lab).items()} == pids
+
+
+def test_forged_and_replayed_sync_messages_are_dropped_and_counted():
+    with Lab(LabSpec(members=2, peers=1)) as lab:
+        key = bytes.fromhex(json.loads(lab.node("m1").files.agent_config.read_text())["key"])
+        forged = Codec(b"\x00" * 32, 2, first_seq=time.time_ns()).encode(
+            Message(ANNOUNCE, 0, ispi=b"\x66" * 8, owner=2, state="established"))
+        genuine = Codec(key, 2, first_seq=time.time_ns() * 2).encode(
+            Message(ANNOUNCE, 0, ispi=b"\x77" * 8, owner=2, state="established"))
+        send = ("python3 -c \"import socket, sys; s = socket.socket(socket.AF_INET, "
+                "socket.SOCK_DGRAM); s.bind(('10.255.0.2', 0)); "
+                f"s.sendto(bytes.fromhex(sys.argv[1]), ('10.255.0.1', {SYNC_PORT}))\"")
+        for data in (forged, genuine, genuine):
+            lab.node("m2").cmd(f"{send} {data.hex()}")
+        counters = poll(lambda: (c := query(lab.node("m1").files.agent_socket)["counters"])
+                        ["sync_replayed"] >= 1 and c, deadline=5)
+        assert counters["sync_bad_mac"] == 1 and counters["sync_replayed"] == 1
+        assert owners_of(lab, "77" * 8)["m1"] == "m2"
+        assert "66" * 8 not in json.dumps(statuses(lab))
