@@ -204,5 +204,5 @@ def render_node(plan: Plan, node: str, files: NodeFiles, creds: Credentials,
     else:
         swanctl = peer_swanctl_data(plan, plan.peer(node), creds)
     return {files.strongswan_conf: env.get_template("strongswan.conf.j2").render(
-                strongswan_conf_data(files)),
+                strongswan_conf_data(files, spi_label(plan, node))),
             files.swanctl_conf: env.get_template("swanctl.conf.j2").render(swanctl)}

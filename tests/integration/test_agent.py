@@ -192,13 +192,15 @@ HOSTILE = [
 ]
 
 
-def test_hostile_packets_are_counted_and_dropped_and_tunnels_still_come_up():
+def test_hostile_packets_are_counted_and_dropped_and_tunnels_still_come_up(tmp_path):
     with Lab(LabSpec(members=2, peers=1, hash="split")) as lab:
         send = ("python3 -c \"import socket, sys; s = socket.socket(socket.AF_INET, "
                 "socket.SOCK_DGRAM); s.bind(('0.0.0.0', 0)); "
-                "s.sendto(bytes.fromhex(sys.argv[1]), ('203.0.113.1', int(sys.argv[2])))\"")
-        for _name, port, data in HOSTILE:
-            lab.node("p1").cmd(f"{send} {data} {port}")
+                "s.sendto(open(sys.argv[1], 'rb').read(), ('203.0.113.1', int(sys.argv[2])))\"")
+        for number, (_name, port, data) in enumerate(HOSTILE):
+            path = tmp_path / f"hostile{number}"
+            path.write_bytes(bytes.fromhex(data))
+            lab.node("p1").cmd(f"{send} {path} {port}")
         poll(lambda: sum(s["counters"]["parse_errors"] for s in statuses(lab).values())
              >= len(HOSTILE), deadline=10)
         pids = {m: s["pid"] for m, s in statuses(lab).items()}

@@ -74,3 +74,14 @@ def test_a_template_that_names_missing_data_fails_loudly(tmp_path):
     (tmp_path / "swanctl.conf.j2").write_text("connections {}\n")
     with pytest.raises(jinja2.UndefinedError):
         render(build_plan(LabSpec()), "m1", template_dir=tmp_path)
+
+
+def test_table_plus_label_stamps_each_member_index_into_its_ike_spis():
+    plan = build_plan(LabSpec(members=3, ownership="table+label"))
+    for member in ("m1", "m3"):
+        conf, _ = render(plan, member)
+        index = int(member[1:])
+        assert "spi_mask = 0xff00000000000000" in conf
+        assert f"spi_label = 0x{index:02x}00000000000000" in conf
+    assert "spi_label" not in render(plan, "p1")[0]
+    assert "spi_label" not in render(build_plan(LabSpec()), "m1")[0]
