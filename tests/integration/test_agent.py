@@ -225,3 +225,20 @@ def test_forged_and_replayed_sync_messages_are_dropped_and_counted():
         assert counters["sync_bad_mac"] == 1 and counters["sync_replayed"] == 1
         assert owners_of(lab, "77" * 8)["m1"] == "m2"
         assert "66" * 8 not in json.dumps(statuses(lab))
+
+
+def test_ikelab_status_shows_the_running_labs_table_from_another_process():
+    from .helpers import ikelab
+    with Lab(LabSpec(members=2, peers=1, hash="split")) as lab:
+        sa = bring_up(lab)["p1"]
+        result = ikelab("status", "--json", timeout=30)
+        assert result.returncode == 0, result.stderr
+        status = json.loads(result.stdout)
+        assert set(status) == {"m1", "m2"}
+        for member in status.values():
+            [row] = [r for r in member["table"] if r["key"] == f"{sa['initiator-spi']}/0/i"]
+            assert row["state"] == "established"
+        text = ikelab("status", timeout=30).stdout
+        assert f"{sa['initiator-spi']}/0/i" in text and "2/2" in text
+    result = ikelab("status", timeout=30)
+    assert result.returncode == 1 and "no lab is running" in result.stderr
