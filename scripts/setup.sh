@@ -12,7 +12,7 @@ fi
 
 packages=(mininet openvswitch-switch strongswan-charon strongswan-swanctl strongswan-pki
           libcharon-extra-plugins iproute2 iptables ethtool tcpdump iperf3 procps iputils-ping
-          python3-venv python3-dev gcc libnetfilter-queue-dev)
+          nftables python3-venv python3-dev gcc libnetfilter-queue-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
