@@ -6,7 +6,7 @@ from . import strongswan
 from .agent.daemon import query
 from .nodes import ClusterMember, PeerGateway, StrongSwanNode
 from .render import CHILD_NAME, CLUSTER_CONNECTION
-from .report import describe_ownership, describe_sas
+from .report import describe_ownership, describe_sas, describe_steering
 from .switch import HashingSwitch
 
 
@@ -14,7 +14,7 @@ UP_TIMEOUT = 20.0
 
 
 class LabCLI(CLI):
-    """Mininet's CLI plus `sas`, `up`, `ownership` and `hashing`; `help <command>` shows what each does."""
+    """Mininet's CLI plus `sas`, `up`, `ownership`, `steering` and `hashing`; `help <command>` shows what each does."""
 
     prompt = "ikelab> "
 
@@ -54,9 +54,7 @@ class LabCLI(CLI):
                 verdict = "given up" if peer in watch.gave_up else "not up yet"
                 self.stdout.write(f"{peer}: {verdict} (last state {state})\n")
 
-    def do_ownership(self, line):
-        """ownership: the cluster-wide IKE ownership table (key, owner, state, age, whether
-        every member's replica agrees) and each agent's counters."""
+    def _agents(self) -> dict[str, dict]:
         statuses = {}
         for node in self.mn.hosts:
             if isinstance(node, ClusterMember) and node.agent is not None:
@@ -66,8 +64,21 @@ class LabCLI(CLI):
                     self.stdout.write(f"{node.name}: agent does not answer: {exc}\n")
         if not statuses:
             self.stdout.write("no agents in this lab\n")
-            return
-        self.stdout.write("\n".join(describe_ownership(statuses)) + "\n")
+        return statuses
+
+    def do_ownership(self, line):
+        """ownership: the cluster-wide IKE ownership table (key, owner, state, age, whether
+        every member's replica agrees) and each agent's counters."""
+        statuses = self._agents()
+        if statuses:
+            self.stdout.write("\n".join(describe_ownership(statuses)) + "\n")
+
+    def do_steering(self, line):
+        """steering: on each member, the prefixes it holds CHILD SAs for, its routes to the
+        holders of the others, and the packet counters of its ESP and LAN steering rules."""
+        statuses = self._agents()
+        if statuses:
+            self.stdout.write("\n".join(describe_steering(statuses)) + "\n")
 
     def do_hashing(self, line):
         """hashing: each hashing switch's select groups, which member each bucket feeds, and

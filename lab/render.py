@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jinja2
 
+from .agent.steering import esp_spi_range
 from .topology import CLUSTER_ID, CLUSTER_LAN, EXTERNAL_VIP, Member, Peer, Plan
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -123,9 +124,18 @@ def spi_label(plan: Plan, node: str) -> int | None:
     return plan.member(node).index << 56
 
 
+def esp_range(plan: Plan, node: str) -> tuple[str, str] | None:
+    """A member's own inbound ESP SPI range (lab.agent.steering), as strongswan.conf spells it."""
+    if not any(m.name == node for m in plan.members):
+        return None
+    low, high = esp_spi_range(plan.member(node).index)
+    return f"{low:#010x}", f"{high:#010x}"
+
+
 def strongswan_conf_data(files: NodeFiles, label: int | None = None,
+                         esp: tuple[str, str] | None = None,
                          retransmit: Retransmit = Retransmit()) -> dict:
-    return {"node": files.node, "plugins": PLUGINS, "retransmit": retransmit,
+    return {"node": files.node, "plugins": PLUGINS, "retransmit": retransmit, "esp_range": esp,
             "log": files.log, "vici_socket": files.vici_socket, "log_levels": {"ike": 2},
             "swanctl_plugins": SWANCTL_PLUGINS,
             "spi_label": f"{label:#018x}" if label is not None else None,
@@ -178,7 +188,10 @@ def agent_config_data(plan: Plan, member: Member, files: NodeFiles,
             "members": {m.name: str(m.sync_address) for m in plan.members},
             "key": creds.sync_key(), "mode": plan.spec.mode, "ownership": plan.spec.ownership,
             "expiry": plan.spec.expiry,
-            "external_interface": f"{member.name}-eth0", "vici_socket": str(files.vici_socket),
+            "external_interface": f"{member.name}-eth0", "lan_interface": f"{member.name}-eth1",
+            "sync_interface": f"{member.name}-eth2",
+            "peers": {p.name: [str(p.seen_as), str(p.lan)] for p in plan.peers},
+            "vici_socket": str(files.vici_socket),
             "control_socket": str(files.agent_socket)}
 
 
@@ -204,5 +217,5 @@ def render_node(plan: Plan, node: str, files: NodeFiles, creds: Credentials,
     else:
         swanctl = peer_swanctl_data(plan, plan.peer(node), creds)
     return {files.strongswan_conf: env.get_template("strongswan.conf.j2").render(
-                strongswan_conf_data(files, spi_label(plan, node))),
+                strongswan_conf_data(files, spi_label(plan, node), esp_range(plan, node))),
             files.swanctl_conf: env.get_template("swanctl.conf.j2").render(swanctl)}

@@ -91,6 +91,8 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
     elif state == "ESTABLISHED" and not established_on:
         problems.append("no member holds the established IKE SA")
     owners, forwarded = ownership_of(sa.get("initiator-spi") if sa else None, agents or {})
+    steered = {kind: sum(a.get("steering", {}).get("counters", {}).get(f"{kind} {peer}", 0)
+                         for a in (agents or {}).values()) for kind in ("esp", "lan")}
     if agents and len(owners) > 1:
         problems.append(f"the members' tables disagree on the owner: {', '.join(owners)}")
     elif agents and established_on and owners and owners != established_on:
@@ -110,6 +112,7 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
             "responder_spi": sa.get("responder-spi") if sa else None,
             "child_sas": children, "up_after_s": up_after, "switch_paths": paths,
             "owner": owners[0] if len(owners) == 1 else None, "forwarded": forwarded,
+            "steered": steered,
             "traffic": traffic, "traffic_ok": traffic_ok, "problems": problems}
 
 
@@ -145,7 +148,7 @@ def format_text(report: dict) -> str:
                     else "not every tunnel came up"))
     lines.append("")
     header = ("peer", "ike", "IKE SA", "held by", "owner", "fwd", "CHILD SA", "500->", "4500->",
-              "LAN->peer", "peer->LAN")
+              "LAN->peer", "peer->LAN", "steered esp/lan")
     rows = [header]
     for t in report["tunnels"]:
         holders = ",".join(m if s == "ESTABLISHED" else f"{m}({s.lower()})"
@@ -156,7 +159,8 @@ def format_text(report: dict) -> str:
                      t["switch_paths"].get("udp500") or "-",
                      t["switch_paths"].get("udp4500") or "-",
                      _traffic_cell(t["traffic"].get("to_peer", {})),
-                     _traffic_cell(t["traffic"].get("from_peer", {}))))
+                     _traffic_cell(t["traffic"].get("from_peer", {})),
+                     f"{t['steered']['esp']}/{t['steered']['lan']}"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     for t in report["tunnels"]:
@@ -224,4 +228,18 @@ def describe_ownership(statuses: dict[str, dict], now_label: str = "") -> list[s
     for member, status in statuses.items():
         counters = " ".join(f"{k}={v}" for k, v in status["counters"].items() if v)
         lines.append(f"{member}: {counters or 'all counters zero'}")
+    return lines
+
+
+def describe_steering(statuses: dict[str, dict]) -> list[str]:
+    """Each member's steering in force: the prefixes it holds, its routes to holders, and
+    the packet counters of its nftables rules, for the CLI's `steering`."""
+    lines = []
+    for member, status in statuses.items():
+        steering = status.get("steering", {})
+        lines.append(f"{member}: holds {', '.join(steering.get('holds', [])) or 'nothing'}")
+        for prefix, holder in steering.get("routes", {}).items():
+            lines.append(f"{member}:   route {prefix} via {holder}")
+        for rule, packets in sorted(steering.get("counters", {}).items()):
+            lines.append(f"{member}:   {rule:12} {packets} packets")
     return lines

@@ -34,6 +34,9 @@ IKEv1 (whose header does not say) fall back to the table.
 The table follows charon: IKE SA up (vici `ike-updown`) makes the entry permanent, down deletes
 it on every member, `ike-rekey` gives the new SPIs to the old owner.
 
+The agent also programs the data plane's steering (`steering`: nftables and routes) and then
+stays out of its way: no ESP or LAN packet ever reaches this process.
+
 Run: python -m lab.agent.daemon --config agent_<member>.json
 """
 
@@ -52,7 +55,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import ike, sync
+from . import ike, steering, sync
 from .ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable, director_for, ike_sa_key
 
 SYNC_PORT = 4600
@@ -64,6 +67,7 @@ ANNOUNCE_TIMEOUT = 0.3
 LOOKUP_TIMEOUT = 2.0
 TICK = 0.05
 LATENCY_SAMPLES = 20000
+ADVERTISE_INTERVAL = 5.0
 # u32: the 4 bytes after the UDP header are zero, i.e. the RFC 3948 non-ESP marker.
 NON_ESP_MARKER_U32 = "0>>22&0x3C@8=0"
 
@@ -86,6 +90,9 @@ class AgentConfig:
     expiry: float = 120.0
     cap: int = 10000
     external_interface: str = ""
+    lan_interface: str = ""
+    sync_interface: str = ""
+    peers: dict = field(default_factory=dict)  # name -> [address as seen, protected LAN]
     vici_socket: str = ""
     control_socket: str = ""
 
@@ -146,6 +153,10 @@ class Agent:
         self.next_tag = 1
         self.refused_grants = 0  # claims the director refused because its table was full
         self.forwarded_by_spi: dict[str, int] = {}
+        self.holdings: set[str] = set()  # prefixes of this member's INSTALLED CHILD SAs
+        self.advertised: dict[int, set[str]] = {}  # member -> prefixes it holds
+        self.routes: dict[str, int] = {}  # steering routes in force: prefix -> member
+        self.next_advertisement = 0.0
         self.stopping = False
 
     # ---- helpers -------------------------------------------------------------------------
@@ -290,7 +301,8 @@ class Agent:
                    sync.ANNOUNCE: self.on_announce, sync.ACK: self.on_ack,
                    sync.LOOKUP: self.on_lookup, sync.ANSWER: self.on_answer,
                    sync.FORWARD: self.on_forward, sync.DELETE: self.on_delete,
-                   sync.REKEY: self.on_rekey, sync.ESTABLISHED: self.on_established}[msg.type]
+                   sync.REKEY: self.on_rekey, sync.ESTABLISHED: self.on_established,
+                   sync.ROUTES: self.on_routes}[msg.type]
         handler(msg)
 
     def on_claim(self, msg: sync.Message) -> None:
@@ -415,9 +427,68 @@ class Agent:
         self.table.establish(msg.ispi, msg.rspi, time.monotonic())
         self.learned(msg.ispi)
 
+    def on_routes(self, msg: sync.Message) -> None:
+        prefixes = msg.payload.decode(errors="replace")
+        self.advertised[msg.sender] = {p for p in prefixes.split(",") if p}
+        self.steer()
+
+    # ---- data plane steering (rules only: no data packet passes through here) -------------------
+    def steer(self) -> None:
+        """Make the kernel's steering routes match what the members hold."""
+        self.advertised[self.me] = self.holdings
+        replace, delete = steering.route_changes(
+            self.routes, steering.desired_routes(self.advertised, self.me))
+        for prefix in delete:
+            subprocess.run(["ip", "route", "del", prefix, "proto", "static"], capture_output=True)
+            del self.routes[prefix]
+        for prefix, member in replace.items():
+            via = self.config.members[self.config.name_of(member)]
+            result = subprocess.run(["ip", "route", "replace", prefix, "via", via, "dev",
+                                     self.config.sync_interface, "proto", "static"],
+                                    capture_output=True)
+            if result.returncode == 0:
+                self.routes[prefix] = member
+
+    def advertise(self) -> None:
+        self.next_advertisement = time.monotonic() + ADVERTISE_INTERVAL
+        self.broadcast(sync.Message(sync.ROUTES, self.me,
+                                    payload=",".join(sorted(self.holdings)).encode()))
+
+    def on_holdings(self, prefixes: set[str]) -> None:
+        if prefixes != self.holdings:
+            self.holdings = prefixes
+            self.steer()
+            self.advertise()
+
+    def install_steering(self) -> None:
+        peers = {name: tuple(value) for name, value in self.config.peers.items()}
+        members = {self.config.index_of(n): a for n, a in self.config.members.items()}
+        script = steering.ruleset(self.me, members, self.config.external_interface,
+                                  self.config.lan_interface, self.config.sync_interface, peers)
+        self.remove_steering()
+        subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True,
+                       capture_output=True)
+
+    def remove_steering(self) -> None:
+        for family, table in (("netdev", steering.TABLE_ESP), ("inet", steering.TABLE_LAN)):
+            subprocess.run(["nft", "delete", "table", family, table], capture_output=True)
+        for prefix in self.routes:
+            subprocess.run(["ip", "route", "del", prefix, "proto", "static"], capture_output=True)
+        self.routes = {}
+
+    def steering_counters(self) -> dict[str, int]:
+        result = subprocess.run(["nft", "-j", "list", "ruleset"], capture_output=True, text=True)
+        try:
+            return steering.counters(json.loads(result.stdout))
+        except ValueError:
+            return {}
+
     # ---- charon's events ------------------------------------------------------------------------
-    def on_event(self, name: str, message: dict) -> None:
+    def on_event(self, name: str, message) -> None:
         """charon's word on an IKE SA it holds (vici `ike-updown`, `ike-rekey`)."""
+        if name == "holdings":
+            self.on_holdings(message)
+            return
         sa = next((v for v in message.values() if isinstance(v, dict)), None)
         if sa is None:
             return
@@ -445,16 +516,24 @@ class Agent:
             self.broadcast(sync.Message(sync.DELETE, self.me, ispi=spis[0]))
 
     def listen_to_charon(self) -> None:
-        """Thread: charon's IKE SA events, handed to the loop through `events`."""
+        """Thread: charon's IKE and CHILD SA events, handed to the loop through `events`; after
+        each CHILD SA event, the prefixes this member now holds outbound SAs for."""
         import vici
 
-        from ..strongswan import decode
+        from ..strongswan import decode, list_sas
         while not self.stopping:
             try:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.connect(self.config.vici_socket)
-                for name, message in vici.Session(sock).listen(["ike-updown", "ike-rekey"]):
+                for name, message in vici.Session(sock).listen(
+                        ["ike-updown", "ike-rekey", "child-updown", "child-rekey"]):
                     self.events.put((decode(name), decode(dict(message))))
+                    if decode(name).startswith(("child", "ike-updown")):
+                        held = {ts for sa in list_sas(Path(self.config.vici_socket)).values()
+                                for child in sa.get("child-sas", {}).values()
+                                if child.get("state") == "INSTALLED"
+                                for ts in child.get("remote-ts", [])}
+                        self.events.put(("holdings", held))
                     os.write(self.wake_w, b"e")
             except Exception:  # charon restarting or gone: try again while we run
                 time.sleep(0.5)
@@ -488,6 +567,8 @@ class Agent:
                 del self.waiters[ispi]
             else:
                 self.waiters[ispi] = [w for w in waiting if now < w[2]]
+        if self.config.peers and now >= self.next_advertisement:
+            self.advertise()
         self.table.expire(now)
         self.counters["expired"] = self.table.expired
         self.counters["refused"] = self.table.refused + self.refused_grants
@@ -504,6 +585,10 @@ class Agent:
                                        "median": lat[len(lat) // 2] if lat else None,
                                        "p99": lat[int(len(lat) * 0.99)] if lat else None},
                 "forwarded_by_spi": dict(self.forwarded_by_spi),
+                "steering": {"counters": self.steering_counters() if self.config.peers else {},
+                             "routes": {p: self.config.name_of(m)
+                                        for p, m in sorted(self.routes.items())},
+                             "holds": sorted(self.holdings)},
                 "cpu_s": sum(os.times()[:2])}
 
     def on_control(self, conn: socket.socket) -> None:
@@ -576,6 +661,8 @@ class Agent:
                      max_len=4096)
             queues.append(nfq)
         self.install_rules()
+        if self.config.peers:
+            self.install_steering()
         # The member's private /run: `ikelab clean` finds us by this file after a crash.
         Path("/run/agent.pid").write_text(f"{os.getpid()}\n")
         threading.Thread(target=self.listen_to_charon, daemon=True).start()
@@ -597,6 +684,7 @@ class Agent:
                 self._drain_inbox()
         finally:
             self.remove_rules()
+            self.remove_steering()
             for nfq in queues:
                 nfq.unbind()
             control_path.unlink(missing_ok=True)

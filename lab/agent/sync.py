@@ -6,13 +6,15 @@ Every message is `header | body | payload | MAC`:
     body    initiator SPI (8), Message ID (4), requester (1), owner (member index, 0 = none),
             state (1), tag (4, matches answers to requests), responder SPI (8), the peer's
             IPv4 address (4, zero when unknown)
-    payload FORWARD: arrival time (ns, 8) + the original IP packet; REKEY: the old initiator SPI
+    payload FORWARD: arrival time (ns, 8) + the original IP packet; REKEY: the old initiator SPI;
+            ROUTES: the prefixes the sender holds outbound CHILD SAs for, comma-separated
     MAC     HMAC-SHA256 over everything before it, under the cluster key
 
 Types: CLAIM (member -> director; `owner` is the claimant when it must own the key because its
 own charon sent the packet, 0 when the director may give it to the peer's existing owner), GRANT (director -> claimant, after every ACK), ANNOUNCE
 (director -> all) and ACK, LOOKUP / ANSWER (owner unknown here), FORWARD (an IKE packet for its
-owner), ESTABLISHED / REKEY / DELETE (the owner, from charon's events, to all).
+owner), ESTABLISHED / REKEY / DELETE (the owner, from charon's events, to all), ROUTES (a member's
+outbound CHILD SA prefixes, for the data plane's steering routes).
 
 A receiver drops (and counts) a message that is short, foreign, forged, or replayed. Replay is
 judged per sender with a 64-message sliding window over sequence numbers (as RFC 4303 3.4.3
@@ -34,10 +36,11 @@ MAC_LEN = 32
 MIN_LEN = HEADER.size + BODY.size + MAC_LEN
 WINDOW = 64
 
-CLAIM, GRANT, ANNOUNCE, ACK, LOOKUP, ANSWER, FORWARD, DELETE, REKEY, ESTABLISHED = range(1, 11)
+(CLAIM, GRANT, ANNOUNCE, ACK, LOOKUP, ANSWER, FORWARD, DELETE, REKEY, ESTABLISHED,
+ ROUTES) = range(1, 12)
 TYPE_NAMES = {CLAIM: "claim", GRANT: "grant", ANNOUNCE: "announce", ACK: "ack",
               LOOKUP: "lookup", ANSWER: "answer", FORWARD: "forward", DELETE: "delete",
-              REKEY: "rekey", ESTABLISHED: "established"}
+              REKEY: "rekey", ESTABLISHED: "established", ROUTES: "routes"}
 STATE_CODES = {"": 0, "negotiating": 1, "established": 2, "rekeyed": 3}
 STATE_NAMES = {v: k for k, v in STATE_CODES.items()}
 

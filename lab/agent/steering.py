@@ -1,0 +1,97 @@
+"""Steering the data plane in the kernel: how a packet reaches the member that holds its SA.
+
+Only the member that negotiated a CHILD SA holds its keys (kernel-libipsec keeps them in
+charon), but the hashing switches hand each packet to any member. Two paths, neither through
+Python; the agent only writes the rules:
+
+- ESP from a peer (UDP 4500, non-zero SPI). Each member's charon allocates its inbound SPIs
+  from its own range (`charon.spi_min`/`spi_max`): member i uses 0x(c0+i)xxxxxx. An nftables
+  netdev ingress chain on the external interface reads the SPI's top byte and, when it belongs
+  to another member, forwards the frame unchanged (`fwd ip to <that member's sync address>`)
+  over the sync network; the holder receives a packet for the virtual IP, its charon decrypts
+  it and writes it to ipsec0. These rules are static: the SPI says who holds the SA.
+- Cleartext from the cluster's LAN towards a peer's protected network. kernel-libipsec routes
+  the holder's traffic selectors to ipsec0 in routing table 220, which precedes the main
+  table. Every other member gets a main-table route for those prefixes via the holder's sync
+  address, learned from the holder's CHILD SA events: the kernel forwards the packet to the
+  holder, which encrypts it. A rekey keeps the holder, so the route does not move; the holder
+  re-advertises its prefixes every few seconds, so a lost message heals.
+
+Counters on the nftables rules show how much was steered (the CLI's `steering`).
+This module is pure: it writes nftables scripts and plans route changes; `daemon` runs them.
+"""
+
+from ipaddress import IPv4Network
+
+ESP_LABEL_BASE = 0xC0
+TABLE_ESP = "ikelab_esp"
+TABLE_LAN = "ikelab_lan"
+
+
+def esp_spi_range(index: int) -> tuple[int, int]:
+    """The inbound ESP SPIs member `index` allocates: top byte 0xc0 + index."""
+    low = (ESP_LABEL_BASE + index) << 24
+    return low, low | 0xFFFFFF
+
+
+def esp_label(index: int) -> int:
+    return ESP_LABEL_BASE + index
+
+
+def ruleset(me: int, members: dict[int, str], external: str, lan: str, sync: str,
+            peers: dict[str, tuple[str, str]]) -> str:
+    """The nftables script for member `me`.
+
+    `members`: index -> sync address; `peers`: name -> (address as the cluster sees it, LAN).
+    """
+    others = sorted(i for i in members if i != me)
+    lines = [f"table netdev {TABLE_ESP} {{", "  chain steer {",
+             f'    type filter hook ingress device "{external}" priority 0; policy accept;']
+    if others:
+        labels = ", ".join(f"{esp_label(i):#04x}" for i in others)
+        for name, (address, _lan) in sorted(peers.items()):
+            lines.append(f"    ip saddr {address} udp dport 4500 @th,64,8 {{ {labels} }} "
+                         f'counter comment "esp {name}"')
+        for index in others:
+            lines.append(f"    udp dport 4500 @th,64,8 {esp_label(index):#04x} counter "
+                         f'fwd ip to {members[index]} device "{sync}" comment "to m{index}"')
+    lines += ["  }", "}", f"table inet {TABLE_LAN} {{", "  chain forward {",
+              "    type filter hook forward priority 0; policy accept;"]
+    for name, (_address, prefix) in sorted(peers.items()):
+        lines.append(f'    iifname "{lan}" oifname "{sync}" ip daddr {prefix} counter '
+                     f'comment "lan {name}"')
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def desired_routes(advertised: dict[int, set[str]], me: int) -> dict[str, int]:
+    """prefix -> the member to route it to, for the prefixes other members hold (the lowest
+    index wins if two ever advertise the same one); never a prefix this member holds."""
+    mine = advertised.get(me, set())
+    result = {}
+    for member in sorted(advertised, reverse=True):
+        if member != me:
+            for prefix in advertised[member]:
+                if prefix not in mine:
+                    result[str(IPv4Network(prefix))] = member
+    return result
+
+
+def route_changes(current: dict[str, int], desired: dict[str, int]) -> tuple[dict, list]:
+    """(prefix -> member to replace or add, prefixes to delete) to get from current to desired."""
+    replace = {p: m for p, m in desired.items() if current.get(p) != m}
+    delete = [p for p in current if p not in desired]
+    return replace, delete
+
+
+def counters(nft_json: dict) -> dict[str, int]:
+    """comment -> packets, from `nft -j list ruleset` output."""
+    result = {}
+    for item in nft_json.get("nftables", []):
+        rule = item.get("rule")
+        if not rule or "comment" not in rule:
+            continue
+        for expr in rule.get("expr", []):
+            if "counter" in expr:
+                result[rule["comment"]] = expr["counter"]["packets"]
+    return result
