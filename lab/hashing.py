@@ -74,40 +74,32 @@ def bucket_members(switch: Switch, spec: LabSpec) -> dict[int, dict[int, str]]:
 
 
 def flows(switch: Switch, spec: LabSpec) -> list[str]:
-    """The flow table, as `ovs-ofctl add-flow` arguments; a table miss drops."""
+    """The flow table of a hashing switch, as `ovs-ofctl add-flow` arguments; a miss drops."""
     others = switch.other_ports()
     to_others = ",".join(f"output:{p.port}" for p in others) or "drop"
-    result = []
-    if switch.vip is not None:
-        vmac_hex = "0x" + switch.vmac.replace(":", "")
-        # ARP for the virtual IP is answered by the switch itself, always with the one shared MAC.
-        result.append(
-            f"priority=400,arp,arp_op=1,arp_tpa={switch.vip},actions="
-            "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],"
-            f"mod_dl_src:{switch.vmac},"
-            "load:0x2->NXM_OF_ARP_OP[],"
-            "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],"
-            "move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],"
-            f"load:{vmac_hex}->NXM_NX_ARP_SHA[],"
-            f"load:{int(switch.vip):#x}->NXM_OF_ARP_SPA[],"
-            "in_port")
-        if splits(switch, spec):
-            result.append(f"priority=300,udp,dl_dst={switch.vmac},tp_dst=4500,"
-                          f"actions=group:{NATT_GROUP}")
-        result.append(f"priority=200,ip,dl_dst={switch.vmac},actions=group:{IKE_GROUP}")
-        # Anything else for the shared MAC (ARP replies to a member's request) reaches every
-        # member, so whichever member asked learns the answer.
-        members = ",".join(f"output:{p.port}" for p in switch.member_ports())
-        result.append(f"priority=150,dl_dst={switch.vmac},actions={members}")
-        for p in switch.member_ports():
-            result.append(f"priority=100,in_port={p.port},dl_dst={BROADCAST},actions={to_others}")
-    else:
-        for p in switch.member_ports():
-            result.append(f"priority=100,dl_dst={p.mac},actions=output:{p.port}")
-        every = ",".join(f"output:{p.port}" for p in switch.ports)
-        result.append(f"priority=50,dl_dst={BROADCAST},actions={every}")
+    vmac_hex = "0x" + switch.vmac.replace(":", "")
+    # ARP for the virtual IP is answered by the switch itself, always with the one shared MAC.
+    result = [
+        f"priority=400,arp,arp_op=1,arp_tpa={switch.vip},actions="
+        "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],"
+        f"mod_dl_src:{switch.vmac},"
+        "load:0x2->NXM_OF_ARP_OP[],"
+        "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],"
+        "move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],"
+        f"load:{vmac_hex}->NXM_NX_ARP_SHA[],"
+        f"load:{int(switch.vip):#x}->NXM_OF_ARP_SPA[],"
+        "in_port"]
+    if splits(switch, spec):
+        result.append(f"priority=300,udp,dl_dst={switch.vmac},tp_dst=4500,"
+                      f"actions=group:{NATT_GROUP}")
+    result.append(f"priority=200,ip,dl_dst={switch.vmac},actions=group:{IKE_GROUP}")
+    # Anything else for the shared MAC (ARP replies to a member's request) reaches every
+    # member, so whichever member asked learns the answer.
+    members = ",".join(f"output:{p.port}" for p in switch.member_ports())
+    result.append(f"priority=150,dl_dst={switch.vmac},actions={members}")
+    for p in switch.member_ports():
+        result.append(f"priority=100,in_port={p.port},dl_dst={BROADCAST},actions={to_others}")
     for p in others:
         result.append(f"priority=100,dl_dst={p.mac},actions=output:{p.port}")
-    if switch.vip is not None:
-        result.append(f"priority=50,dl_dst={BROADCAST},actions={to_others}")
+    result.append(f"priority=50,dl_dst={BROADCAST},actions={to_others}")
     return result

@@ -162,3 +162,16 @@ class NatRouter(LabNode):
         outside = f"{self.name}-{self.plan_host.interfaces[0].name}"
         self.cmd(f"iptables -t nat -A POSTROUTING -o {outside} -j MASQUERADE")
         return result
+
+
+class SyncBridge(LabNode):
+    """The sync network's switch: a kernel bridge inside a namespace of its own. Steered ESP
+    and LAN traffic crosses it, so it must be fast (OVS's userspace datapath adds a fraction of
+    a millisecond per hop), and it must stay out of the root namespace."""
+
+    def config(self, **params):
+        result = super().config(**params)
+        ports = " ".join(f"ip link set {intf} master br0 up;" for intf in self.intfNames()
+                         if intf != "lo")
+        self.cmd(f"ip link add br0 type bridge; ip link set br0 up; {ports}")
+        return result

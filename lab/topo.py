@@ -11,7 +11,7 @@
         |       |          |
         m1      m2    ...  mN ---+     cluster members, strongSwan, one VIP + one MAC
         |       |          |     |
-     +--+-------+----------+--+  +--- ikes: sync network 10.255.0.0/24
+     +--+-------+----------+--+  +--- ikes: sync network 10.255.0.0/24 (kernel bridge)
      |  ikei  internal hashing |       OVS select group on VIP 10.1.0.1
      +-----------+-------------+
                  |
@@ -23,10 +23,10 @@ from pathlib import Path
 
 from mininet.topo import Topo
 
-from .nodes import ClusterMember, LabNode, NatRouter, PeerGateway
+from .nodes import ClusterMember, LabNode, NatRouter, PeerGateway, SyncBridge
 from .render import NodeFiles
 from .switch import HashingSwitch
-from .topology import Plan
+from .topology import Host, Plan
 
 ROLE_CLASSES = {"member": ClusterMember, "peer": PeerGateway, "lan-host": LabNode,
                 "nat-router": NatRouter}
@@ -46,7 +46,12 @@ class IkeClusterTopo(Topo):
                 params.update(files=NodeFiles(host.name, Path(rundir)), strict=strict)
             self.addHost(host.name, **params)
         for switch in plan.switches:
-            self.addSwitch(switch.name, cls=HashingSwitch, plan_switch=switch, spec=plan.spec)
+            if switch.role == "sync":
+                self.addHost(switch.name, cls=SyncBridge, rundir=str(rundir),
+                             plan_host=Host(switch.name, "sync-bridge", ()))
+            else:
+                self.addSwitch(switch.name, cls=HashingSwitch, plan_switch=switch,
+                               spec=plan.spec)
             for port in switch.ports:
                 self.addLink(port.node, switch.name, port1=_port(port.interface),
                              port2=port.port, intfName1=f"{port.node}-{port.interface}",
@@ -60,5 +65,5 @@ class IkeClusterTopo(Topo):
 
 
 def root_interfaces(plan: Plan) -> list[str]:
-    """Names of the lab's interfaces that live in the root namespace (the switch ports)."""
-    return [f"{s.name}-eth{p.port}" for s in plan.switches for p in s.ports]
+    """Names of the lab's interfaces that live in the root namespace (the OVS switch ports)."""
+    return [f"{s.name}-eth{p.port}" for s in plan.hashing_switches() for p in s.ports]

@@ -12,7 +12,8 @@ Address plan (documentation prefixes on the "internet" side, RFC 5737)::
     198.51.100.0/24   the home network of the NATed peer (--nat): router .1, peer 1 .2
     10.1.0.0/24       the cluster's LAN: .1 internal virtual IP (the LAN's gateway), .10 its host
     10.2.i.0/24       peer i's protected LAN: .1 the peer gateway, .10 its host
-    10.255.0.0/24     the sync network: .i member i
+    10.255.0.0/24     the sync network: .i member i (a kernel bridge in its own namespace, so
+                      steered packets cross it at kernel speed)
 
 192.0.2.0/24 is left alone: machines like this one use it for their own network. The lab
 refuses to start if any of its prefixes overlaps an address or route of the host
@@ -145,7 +146,7 @@ class Switch:
 
     name: str
     dpid: str
-    role: str  # external, internal, sync
+    role: str  # external, internal (OVS hashing switches), sync (a kernel bridge)
     ports: tuple[SwitchPort, ...]
     vip: IPv4Address | None = None
     vmac: str | None = None
@@ -200,8 +201,12 @@ class Plan:
         nets = [INTERNET, CLUSTER_LAN, SYNC_NET] + [p.lan for p in self.peers]
         return nets + ([NAT_HOME] if self.nat_router else [])
 
+    def hashing_switches(self) -> list[Switch]:
+        """The OVS bridges; the sync network is a kernel bridge inside a namespace of its own."""
+        return [s for s in self.switches if s.role != "sync"]
+
     def bridge_names(self) -> list[str]:
-        return [s.name for s in self.switches]
+        return [s.name for s in self.hashing_switches()]
 
     @staticmethod
     def _peer_lan_host(peer: Peer) -> Host:

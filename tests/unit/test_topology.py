@@ -89,7 +89,7 @@ def test_ike_mixed_alternates_starting_with_v2():
 def test_interface_names_fit_linux_limit():
     plan = build_plan(LabSpec(members=8, peers=64, nat=True))
     names = [f"{h.name}-{i.name}" for h in plan.hosts() for i in h.interfaces]
-    names += [f"{s.name}-eth{p.port}" for s in plan.switches for p in s.ports]
+    names += [f"{s.name}-eth{p.port}" for s in plan.switches for p in s.ports]  # incl. sync
     assert max(len(n) for n in names) <= 15
 
 
