@@ -9,7 +9,7 @@
      |  ikex  external hashing |       OVS, OpenFlow 1.5 select group on VIP 203.0.113.1
      +--+-------+----------+--+
         |       |          |
-        m1      m2    ...  mN ---+     cluster members, strongSwan, one VIP + one MAC
+        m1      m2    ...  mN ---+     cluster members, strongSwan + agent, one VIP + one MAC
         |       |          |     |
      +--+-------+----------+--+  +--- ikes: sync network 10.255.0.0/24 (kernel bridge)
      |  ikei  internal hashing |       OVS select group on VIP 10.1.0.1

@@ -503,8 +503,8 @@ class Agent:
                 self.learned(new[0])
             return
         spis = _spis(sa)
-        if not spis:
-            return
+        if name != "ike-updown" or not spis:
+            return  # CHILD SA events only change what the data plane steers (on_holdings)
         if message.get("up") == "yes":
             peer = sa.get("remote-host")
             self.table.record(ike_sa_key(spis[0]), self.config.member, ESTABLISHED, now, peer)

@@ -106,8 +106,8 @@ def test_plain_mininet_runs_the_lab_with_its_cli_commands():
     result = subprocess.run(
         ["mn", "--custom", "topologies/ikecluster.py",
          "--topo", "ikecluster,members=2,peers=2,mode=ha,ike=mixed"],
-        cwd=ROOT, input="up\nsas\nhashing\nownership\nexit\n", capture_output=True, text=True,
-        timeout=120)
+        cwd=ROOT, input="up\nsas\nhashing\nownership\nsteering\nexit\n", capture_output=True,
+        text=True, timeout=120)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "p1: up after" in out and "p2: up after" in out
@@ -115,6 +115,7 @@ def test_plain_mininet_runs_the_lab_with_its_cli_commands():
     assert "ikex (external, virtual IP 203.0.113.1)" in out
     assert "m2: no IKE SAs" in out
     assert "established" in out and "3/3" not in out and "2/2" in out  # both replicas agree
+    assert "m1: holds 10.2.1.0/24, 10.2.2.0/24" in out  # HA: the active member holds both
 
 
 def test_plain_mininet_refuses_a_bad_topology_in_one_line():
