@@ -4,7 +4,10 @@ Every fact in the report is read from a daemon: IKE and CHILD SAs from each char
 bucket counters and packet paths from Open vSwitch, ping counts from ping itself.
 """
 
+import json
 import re
+import subprocess
+import time
 
 from . import hashing, strongswan
 from .agent.daemon import query
@@ -14,6 +17,9 @@ from .report import lab_report, tunnel_report
 from .topology import EXTERNAL_VIP, Plan
 
 PING_COUNT = 3
+TCP_BASE_PORT = 5201
+TCP_BYTES = "1M"
+TCP_PARALLEL = 8
 
 
 def switch_paths(lab: Lab) -> dict[str, dict[str, str | None]]:
@@ -74,6 +80,56 @@ def ping_all(lab: Lab, plan: Plan) -> dict[str, dict[str, dict[str, int]]]:
     return result
 
 
+def tcp_all(lab: Lab, plan: Plan) -> dict[str, dict[str, dict]]:
+    """An iperf3 TCP transfer of TCP_BYTES each way between the cluster's LAN host and every
+    peer's LAN host, TCP_PARALLEL peers at a time: bytes received and iperf3's error, per
+    direction. A byte count, not a duration: a lost SYN costs a second, not the verdict."""
+    result = {p.name: {} for p in plan.peers}
+    peers = list(plan.peers)
+    for start in range(0, len(peers), TCP_PARALLEL):
+        for peer, tcp in _tcp_batch(lab, plan, peers[start:start + TCP_PARALLEL]).items():
+            result[peer] = tcp
+    return result
+
+
+def _tcp_batch(lab: Lab, plan: Plan, peers: list) -> dict[str, dict[str, dict]]:
+    lan_host = lab.node(plan.lan_host.name)
+    lan_address = str(plan.lan_host.interfaces[0].address.ip)
+    ports = {(p.name, d): TCP_BASE_PORT + 2 * (p.index - 1) + n
+             for p in peers for n, d in enumerate(("from_peer", "to_peer"))}
+    servers = [lan_host.popen(["iperf3", "-s", "-1", "-p", str(port)]) for port in ports.values()]
+    result = {p.name: {} for p in peers}
+    try:
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            listening = lan_host.cmd("ss -ltnH")
+            if all(f":{port} " in listening for port in ports.values()):
+                break
+            time.sleep(0.05)
+        clients = {}
+        for (peer, direction), port in ports.items():
+            cmd = ["iperf3", "-J", "-c", lan_address, "-p", str(port), "-n", TCP_BYTES,
+                   "--connect-timeout", "3000"] + (["-R"] if direction == "to_peer" else [])
+            clients[(peer, direction)] = lab.node(plan.peer(peer).lan_host).popen(cmd)
+        for (peer, direction), proc in clients.items():
+            try:
+                out, _ = proc.communicate(timeout=30)
+                data = json.loads(out)
+            except (ValueError, subprocess.TimeoutExpired):
+                proc.kill()
+                data = {"error": "iperf3 printed no report within 30 s"}
+            received = data.get("end", {}).get("sum_received", {}).get("bytes", 0)
+            result[peer][f"tcp_{direction}"] = {
+                "bytes": received, "error": data.get("error") or (None if received else
+                                                                  "0 bytes received")}
+    finally:
+        for server in servers:
+            if server.poll() is None:
+                server.terminate()
+            server.wait()
+    return result
+
+
 def run_main_job(lab: Lab, timeout: float, lab_up_s: float, say) -> dict:
     """Initiate every tunnel, wait for them, test traffic; return the report dict."""
     plan = lab.plan
@@ -85,8 +141,10 @@ def run_main_job(lab: Lab, timeout: float, lab_up_s: float, say) -> dict:
     watch.wait(timeout, say)
     say(f"tunnels up: {len(watch.up_after)}/{len(plan.peers)}"
         + (f", given up: {', '.join(sorted(watch.gave_up))}" if watch.gave_up else ""))
-    say("sending LAN-to-LAN pings both ways")
+    say("sending LAN-to-LAN pings and TCP (iperf3) both ways")
     traffic = ping_all(lab, plan)
+    for peer, tcp in tcp_all(lab, plan).items():
+        traffic[peer].update(tcp)
     members = member_sas(lab)
     agents = agent_status(lab)
     paths = switch_paths(lab)

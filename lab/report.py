@@ -75,7 +75,9 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
     holder_states = _holders(sa.get("initiator-spi") if sa else None, member_sas)
     established_on = sorted(m for m, s in holder_states.items() if s == "ESTABLISHED")
     children = _child_sas(current, member_sas)
-    traffic_ok = all(traffic.get(d, {}).get("received", 0) > 0 for d in ("to_peer", "from_peer"))
+    traffic_ok = (all(traffic.get(d, {}).get("received", 0) > 0 for d in ("to_peer", "from_peer"))
+                  and all(traffic.get(f"tcp_{d}", {}).get("bytes", 0) > 0
+                          for d in ("to_peer", "from_peer")))
     problems = []
     if state != "ESTABLISHED":
         problems.append(f"IKE SA not established on {peer} (state {state})")
@@ -106,6 +108,9 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
         if counts.get("received", 0) == 0:
             problems.append(f"no traffic {label} ({counts.get('received', 0)}/"
                             f"{counts.get('sent', 0)} pings answered)")
+        tcp = traffic.get(f"tcp_{direction}", {})
+        if tcp.get("bytes", 0) == 0:
+            problems.append(f"no TCP {label} ({tcp.get('error') or 'nothing received'})")
     return {"peer": peer, "ike_version": ike_version, "state": state,
             "ike_sa_holders": sorted(holder_states), "holder_states": holder_states,
             "initiator_spi": sa.get("initiator-spi") if sa else None,
@@ -131,8 +136,11 @@ def lab_report(spec, tunnels: list[dict], buckets: dict, timings: dict,
             "timings": timings, "buckets": buckets, "run_dir": run_dir, "tunnels": tunnels}
 
 
-def _traffic_cell(counts: dict) -> str:
-    return f"{counts.get('received', 0)}/{counts.get('sent', 0)}"
+def _traffic_cell(traffic: dict, direction: str) -> str:
+    """Pings answered, and whether TCP went through: "3/3 +tcp"."""
+    pings = traffic.get(direction, {})
+    tcp = "+tcp" if traffic.get(f"tcp_{direction}", {}).get("bytes", 0) > 0 else "-tcp"
+    return f"{pings.get('received', 0)}/{pings.get('sent', 0)} {tcp}"
 
 
 def format_text(report: dict) -> str:
@@ -158,8 +166,8 @@ def format_text(report: dict) -> str:
                      t.get("owner") or "-", t.get("forwarded", 0), children,
                      t["switch_paths"].get("udp500") or "-",
                      t["switch_paths"].get("udp4500") or "-",
-                     _traffic_cell(t["traffic"].get("to_peer", {})),
-                     _traffic_cell(t["traffic"].get("from_peer", {})),
+                     _traffic_cell(t["traffic"], "to_peer"),
+                     _traffic_cell(t["traffic"], "from_peer"),
                      f"{t['steered']['esp']}/{t['steered']['lan']}"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

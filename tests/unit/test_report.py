@@ -5,8 +5,13 @@ import json
 from lab.report import describe_sas, format_text, lab_report, tunnel_report
 from lab.topology import LabSpec
 
-GOOD_TRAFFIC = {"to_peer": {"sent": 3, "received": 3}, "from_peer": {"sent": 3, "received": 3}}
-NO_TRAFFIC = {"to_peer": {"sent": 3, "received": 0}, "from_peer": {"sent": 3, "received": 0}}
+TCP_OK = {"tcp_to_peer": {"bytes": 10**6, "error": None},
+          "tcp_from_peer": {"bytes": 10**6, "error": None}}
+GOOD_TRAFFIC = {"to_peer": {"sent": 3, "received": 3}, "from_peer": {"sent": 3, "received": 3},
+                **TCP_OK}
+NO_TRAFFIC = {"to_peer": {"sent": 3, "received": 0}, "from_peer": {"sent": 3, "received": 0},
+              "tcp_to_peer": {"bytes": 0, "error": "unable to connect"},
+              "tcp_from_peer": {"bytes": 0, "error": None}}
 
 
 def ike_sa(state, ispi="aa", rspi="bb", name="cluster", children=None):
@@ -70,11 +75,20 @@ def test_two_established_holders_is_a_problem():
 
 def test_one_way_traffic_fails_the_tunnel():
     t = good_tunnel()
-    traffic = {"to_peer": {"sent": 3, "received": 3}, "from_peer": {"sent": 3, "received": 0}}
+    traffic = {"to_peer": {"sent": 3, "received": 3}, "from_peer": {"sent": 3, "received": 0},
+               **TCP_OK}
     t = tunnel_report("p1", 2, {"1": ike_sa("ESTABLISHED", children={"x": child("a", "b")})},
                       {"m1": {"1": ike_sa("ESTABLISHED")}}, {}, traffic, 1.0)
     assert not t["traffic_ok"]
     assert t["problems"] == ["no traffic peer LAN -> cluster LAN (0/3 pings answered)"]
+
+
+def test_tcp_failing_one_way_fails_the_tunnel_and_names_iperfs_error():
+    traffic = dict(GOOD_TRAFFIC, tcp_to_peer={"bytes": 0, "error": "unable to connect"})
+    t = tunnel_report("p1", 2, {"1": ike_sa("ESTABLISHED", children={"x": child("a", "b")})},
+                      {"m1": {"1": ike_sa("ESTABLISHED")}}, {}, traffic, 1.0)
+    assert not t["traffic_ok"]
+    assert t["problems"] == ["no TCP cluster LAN -> peer LAN (unable to connect)"]
 
 
 def test_describe_sas_lists_ike_and_child_sas():
