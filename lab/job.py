@@ -12,7 +12,6 @@ import time
 from . import hashing, strongswan
 from .agent.daemon import query
 from .lab import Lab
-from .render import CHILD_NAME, CLUSTER_CONNECTION
 from .report import lab_report, tunnel_report
 from .topology import EXTERNAL_VIP, Plan
 
@@ -134,11 +133,8 @@ def run_main_job(lab: Lab, timeout: float, lab_up_s: float, say) -> dict:
     """Initiate every tunnel, wait for them, test traffic; return the report dict."""
     plan = lab.plan
     say(f"initiating {len(plan.peers)} tunnels from the peers")
-    watch = strongswan.TunnelWatch({p.name: lab.node(p.name).files.vici_socket
-                                    for p in plan.peers})
-    for peer in plan.peers:
-        strongswan.initiate(lab.node(peer.name).files.vici_socket, CLUSTER_CONNECTION, CHILD_NAME)
-    watch.wait(timeout, say)
+    watch = strongswan.bring_up({p.name: lab.node(p.name).files.vici_socket
+                                 for p in plan.peers}, timeout, say)
     say(f"tunnels up: {len(watch.up_after)}/{len(plan.peers)}"
         + (f", given up: {', '.join(sorted(watch.gave_up))}" if watch.gave_up else ""))
     say("sending LAN-to-LAN pings and TCP (iperf3) both ways")

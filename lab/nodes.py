@@ -78,15 +78,18 @@ class StrongSwanNode(LabNode):
     def config(self, **params):
         result = super().config(**params)
         self.charon = Charon(self, self.files)
+        self.start_daemon(lambda: (self.charon.start(), self.charon.load()))
+        return result
+
+    def start_daemon(self, start) -> None:
+        """Run `start`; a daemon that refuses raises (strict) or is reported (under mn)."""
         try:
-            self.charon.start()
-            self.charon.load()
+            start()
         except DaemonConfigError as exc:
             self.startup_error = str(exc)
             if self.strict:
                 raise
             error(f"*** {exc}\n")
-        return result
 
     def terminate(self):
         if self.charon is not None:
@@ -107,13 +110,7 @@ class ClusterMember(StrongSwanNode):
     def config(self, **params):
         result = super().config(**params)
         if self.startup_error is None and self.files.agent_config.exists():
-            try:
-                self.start_agent()
-            except DaemonConfigError as exc:
-                self.startup_error = str(exc)
-                if self.strict:
-                    raise
-                error(f"*** {exc}\n")
+            self.start_daemon(self.start_agent)
         return result
 
     def start_agent(self) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import vici
 
-from .render import NodeFiles
+from .render import CHILD_NAME, CLUSTER_CONNECTION, NodeFiles
 
 CHARON = "/usr/lib/ipsec/charon"
 SWANCTL = "swanctl"
@@ -116,6 +116,16 @@ class TunnelWatch:
                 reported = len(self.up_after)
                 say(f"tunnels up: {reported}/{len(self.sockets)}")
             time.sleep(self.POLL_INTERVAL)
+
+
+def bring_up(sockets: dict[str, Path], timeout: float, say=lambda message: None) -> TunnelWatch:
+    """Have every peer (name -> vici socket) initiate its tunnel to the cluster and wait until
+    each is up or given up; the watch says which."""
+    watch = TunnelWatch(sockets)
+    for sock in sockets.values():
+        initiate(sock, CLUSTER_CONNECTION, CHILD_NAME)
+    watch.wait(timeout, say)
+    return watch
 
 
 class Charon:

@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 from lab import strongswan  # noqa: E402
 from lab.agent.daemon import query  # noqa: E402
 from lab.lab import Lab  # noqa: E402
-from lab.render import CHILD_NAME, CLUSTER_CONNECTION  # noqa: E402
 from lab.topology import EXTERNAL_VIP, LabSpec  # noqa: E402
 
 SENDER = """
@@ -44,10 +43,7 @@ for n in range(count):
 def forwarding_latency(packets: int) -> dict:
     with Lab(LabSpec(members=2, peers=1, hash="split")) as lab:
         sock = lab.node("p1").files.vici_socket
-        strongswan.initiate(sock, CLUSTER_CONNECTION, CHILD_NAME)
-        watch = strongswan.TunnelWatch({"p1": sock})
-        watch.wait(20)
-        if "p1" not in watch.up_after:
+        if "p1" not in strongswan.bring_up({"p1": sock}, 20).up_after:
             raise SystemExit("the tunnel did not come up")
         sa = next(iter(strongswan.list_sas(sock).values()))
         agents = {m: lab.node(m).files.agent_socket for m in ("m1", "m2")}

@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 from lab import strongswan  # noqa: E402
 from lab.agent.daemon import query  # noqa: E402
 from lab.lab import Lab  # noqa: E402
-from lab.render import CHILD_NAME, CLUSTER_CONNECTION  # noqa: E402
 from lab.topology import LabSpec  # noqa: E402
 
 LABS = {"single gateway": LabSpec(members=1, peers=1),
@@ -37,10 +36,7 @@ LABS = {"single gateway": LabSpec(members=1, peers=1),
 def measure(spec: LabSpec, seconds: int) -> dict:
     with Lab(spec) as lab:
         sock = lab.node("p1").files.vici_socket
-        strongswan.initiate(sock, CLUSTER_CONNECTION, CHILD_NAME)
-        watch = strongswan.TunnelWatch({"p1": sock})
-        watch.wait(20)
-        if "p1" not in watch.up_after:
+        if "p1" not in strongswan.bring_up({"p1": sock}, 20).up_after:
             raise SystemExit("the tunnel did not come up")
         end = time.monotonic() + 10
         while lab.node("h1").cmd("ping -c1 -W1 10.1.0.10").find(" 0% packet loss") < 0:

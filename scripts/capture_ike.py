@@ -1,33 +1,47 @@
 #!/usr/bin/env python3
 """Capture real IKEv1 and IKEv2 exchanges in the lab for the parser's unit tests.
 
-    .venv/bin/python scripts/capture_ike.py tests/data/capture
+    .venv/bin/python scripts/capture_ike.py PREFIX
 
 writes PREFIX.v2 (peer p1, IKEv2) and PREFIX.v1 (peer p2, IKEv1): initiation, pings, a CHILD
 and an IKE rekey, then deletion. tests/data/ikev2.pcap and ikev1.pcap came from it.
 """
-import time, subprocess, sys
-from lab.lab import Lab
-from lab.topology import LabSpec
-from lab import strongswan
-import vici
-out = sys.argv[1]
-with Lab(LabSpec(members=1, peers=2, ike="mixed")) as lab:
-    p1, p2 = lab.node("p1"), lab.node("p2")
-    dump = p1.popen(["tcpdump", "-i", "any", "-U", "-w", out + ".v2", "udp"])
-    dump1 = p2.popen(["tcpdump", "-i", "any", "-U", "-w", out + ".v1", "udp"])
-    time.sleep(1)
-    socks = {n: lab.node(n).files.vici_socket for n in ("p1", "p2")}
-    for s in socks.values():
-        strongswan.initiate(s, "cluster", "lan")
-    w = strongswan.TunnelWatch(socks); w.wait(10)
-    lab.node("hc").cmd("ping -c2 -i0.2 10.2.1.10; ping -c2 -i0.2 10.2.2.10")
-    for n, s in socks.items():
-        with strongswan.session(s) as sess:
-            sess.rekey({"child": "lan"}); sess.rekey({"ike": "cluster"})
-    time.sleep(2)
-    for n, s in socks.items():
-        with strongswan.session(s) as sess:
-            for _ in sess.terminate({"ike": "cluster", "timeout": 3000}): pass
-    time.sleep(1)
-    dump.terminate(); dump1.terminate(); dump.wait(); dump1.wait()
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lab import strongswan  # noqa: E402
+from lab.lab import Lab  # noqa: E402
+from lab.render import CLUSTER_CONNECTION  # noqa: E402
+from lab.topology import LabSpec  # noqa: E402
+
+
+def main(prefix: str) -> None:
+    with Lab(LabSpec(members=1, peers=2, ike="mixed", agent=False)) as lab:
+        dumps = [lab.node(peer).popen(["tcpdump", "-i", "any", "-U", "-w",
+                                       f"{prefix}.{suffix}", "udp"])
+                 for peer, suffix in (("p1", "v2"), ("p2", "v1"))]
+        # tcpdump says nothing when it is ready; give it a moment before the first packet.
+        time.sleep(1)
+        sockets = {n: lab.node(n).files.vici_socket for n in ("p1", "p2")}
+        strongswan.bring_up(sockets, 10)
+        lab.node("hc").cmd("ping -c2 -i0.2 10.2.1.10; ping -c2 -i0.2 10.2.2.10")
+        for sock in sockets.values():
+            with strongswan.session(sock) as sess:
+                sess.rekey({"child": "lan"})
+                sess.rekey({"ike": CLUSTER_CONNECTION})
+        time.sleep(2)
+        for sock in sockets.values():
+            with strongswan.session(sock) as sess:
+                for _ in sess.terminate({"ike": CLUSTER_CONNECTION, "timeout": 3000}):
+                    pass
+        for dump in dumps:
+            dump.terminate()
+            dump.wait()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

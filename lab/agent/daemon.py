@@ -127,7 +127,6 @@ class Announcement:
 
     key: Key
     owner: int
-    state: str
     waiting: set
     deadline: float
     grants: list = field(default_factory=list)  # (member index, claim tag)
@@ -140,6 +139,7 @@ class Agent:
         self.config = config
         self.me = config.index
         self.names = sorted(config.members, key=config.index_of)
+        self.indexes = {config.index_of(n) for n in self.names}
         self.table = OwnershipTable(expiry=config.expiry, cap=config.cap)
         self.codec = sync.Codec(bytes.fromhex(config.key), self.me, time.time_ns())
         self.counters = dict.fromkeys(COUNTERS, 0)
@@ -180,8 +180,9 @@ class Agent:
         except OSError:
             pass  # a member that cannot be reached answers nothing; timeouts take over
 
-    def broadcast(self, msg: sync.Message, exclude: set = frozenset()) -> set:
-        others = {self.config.index_of(n) for n in self.names} - {self.me} - set(exclude)
+    def broadcast(self, msg: sync.Message) -> set:
+        """Send `msg` to every other member; returns their indexes."""
+        others = self.indexes - {self.me}
         for index in others:
             self.send(index, msg)
         return others
@@ -190,7 +191,7 @@ class Agent:
         if self.config.ownership != "table+label":
             return None
         spi = header.cluster_spi(sent_by_cluster)
-        if spi is None or spi[0] not in {self.config.index_of(n) for n in self.names}:
+        if spi is None or spi[0] not in self.indexes:
             return None
         self.counters["label_hits"] += 1
         return spi[0]
@@ -326,7 +327,7 @@ class Agent:
                 sync.ANNOUNCE, self.me, ispi=key.ispi, msgid=key.msgid, requester=key.requester,
                 owner=owner_index, state=NEGOTIATING, tag=tag, peer=msg.peer))
             pending = self.announcing[tag] = Announcement(
-                key, owner_index, NEGOTIATING, waiting, time.monotonic() + ANNOUNCE_TIMEOUT)
+                key, owner_index, waiting, time.monotonic() + ANNOUNCE_TIMEOUT)
             self.learned(key.ispi)
         if pending:
             pending.grants.append((msg.sender, msg.tag))

@@ -94,3 +94,18 @@ def poll(check, deadline: float = 20, interval: float = 0.1):
 def interrupt(proc: subprocess.Popen, sig=signal.SIGINT) -> int:
     proc.send_signal(sig)
     return proc.wait(timeout=60)
+
+
+def bring_up(lab, peers=("p1",)) -> dict:
+    """Initiate the named peers' tunnels; fail unless all come up. Returns each peer's IKE SA."""
+    from lab import strongswan
+    sockets = {p: lab.node(p).files.vici_socket for p in peers}
+    watch = strongswan.bring_up(sockets, 20)
+    assert set(watch.up_after) == set(peers), watch.last_sa
+    return {p: next(iter(strongswan.list_sas(s).values())) for p, s in sockets.items()}
+
+
+def statuses(lab) -> dict:
+    """Every member's agent status."""
+    from lab.agent.daemon import query
+    return {m.name: query(lab.node(m.name).files.agent_socket) for m in lab.plan.members}

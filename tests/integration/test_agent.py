@@ -18,7 +18,7 @@ from lab.lab import Lab
 from lab.render import CHILD_NAME, CLUSTER_CONNECTION
 from lab.topology import LabSpec
 
-from .helpers import ikelab_json, poll
+from .helpers import bring_up, ikelab_json, poll, statuses
 
 pytestmark = pytest.mark.root
 
@@ -64,23 +64,9 @@ def test_split_hash_with_more_peers_nat_certificates_and_ha(options):
     assert_one_owner_each(report)
 
 
-def statuses(lab) -> dict:
-    return {m.name: query(lab.node(m.name).files.agent_socket) for m in lab.plan.members}
-
-
 def owners_of(lab, ispi: str) -> dict:
     return {m: row["owner"] for m, s in statuses(lab).items() for row in s["table"]
             if row["key"] == f"{ispi}/0/i"}
-
-
-def bring_up(lab, peers=("p1",)):
-    sockets = {p: lab.node(p).files.vici_socket for p in peers}
-    for sock in sockets.values():
-        strongswan.initiate(sock, CLUSTER_CONNECTION, CHILD_NAME)
-    watch = strongswan.TunnelWatch(sockets)
-    watch.wait(20)
-    assert set(watch.up_after) == set(peers)
-    return {p: next(iter(strongswan.list_sas(s).values())) for p, s in sockets.items()}
 
 
 def holders(lab) -> dict:
@@ -162,7 +148,7 @@ def test_a_first_packet_reaching_two_members_at_once_gets_one_owner():
         assert status[other]["counters"]["forwarded"] >= 1
 
 
-def test_an_abandoned_negotiation_expires_and_a_deleted_sa_leaves_every_table():
+def test_an_abandoned_negotiation_expires_and_a_deleted_sa_leaves_every_table_and_route():
     with Lab(LabSpec(members=3, peers=1, hash="split", expiry=2)) as lab:
         ispi = "5eed5eed5eed5eed"
         header = bytes.fromhex(ispi) + b"\0" * 8 + bytes([33, 0x20, 34, 0x08]) + \
@@ -176,10 +162,18 @@ def test_an_abandoned_negotiation_expires_and_a_deleted_sa_leaves_every_table():
 
         sa = bring_up(lab)["p1"]
         assert poll(lambda: len(owners_of(lab, sa["initiator-spi"])) == 3, deadline=5)
+
+        def steering_for_p1():
+            return {m: (s["steering"]["holds"], s["steering"]["routes"])
+                    for m, s in statuses(lab).items()
+                    if "10.2.1.0/24" in s["steering"]["holds"] + list(s["steering"]["routes"])}
+        assert poll(lambda: len(steering_for_p1()) == 3, deadline=10)
         with strongswan.session(lab.node("p1").files.vici_socket) as sess:
             for _ in sess.terminate({"ike": CLUSTER_CONNECTION, "timeout": 5000}):
                 pass
         assert poll(lambda: not owners_of(lab, sa["initiator-spi"]), deadline=10)
+        # The data plane's steering goes with the SA: no member routes p1's LAN any more.
+        assert poll(lambda: not steering_for_p1(), deadline=10)
 
 
 HOSTILE = [

@@ -7,12 +7,11 @@ import threading
 import pytest
 
 from lab import strongswan
-from lab.agent.daemon import query
 from lab.lab import Lab
-from lab.render import CHILD_NAME, CLUSTER_CONNECTION
+from lab.render import CHILD_NAME
 from lab.topology import LabSpec
 
-from .helpers import ikelab_json, poll
+from .helpers import bring_up, ikelab_json, poll, statuses
 
 pytestmark = pytest.mark.root
 
@@ -38,16 +37,10 @@ def test_ikelab_run_is_green_in_every_hash_mode(hash_mode, ike, members, peers, 
 
 
 def up(lab, peers=("p1",)):
-    sockets = {p: lab.node(p).files.vici_socket for p in peers}
-    for sock in sockets.values():
-        strongswan.initiate(sock, CLUSTER_CONNECTION, CHILD_NAME)
-    watch = strongswan.TunnelWatch(sockets)
-    watch.wait(20)
-    assert set(watch.up_after) == set(peers)
+    bring_up(lab, peers)
     # The holder advertises its prefixes on the CHILD SA event; wait until every member routes.
-    poll(lambda: all(query(lab.node(m.name).files.agent_socket)["steering"]["holds"]
-                     or query(lab.node(m.name).files.agent_socket)["steering"]["routes"]
-                     for m in lab.plan.members), deadline=10)
+    poll(lambda: all(s["steering"]["holds"] or s["steering"]["routes"]
+                     for s in statuses(lab).values()), deadline=10)
 
 
 def iperf(lab, client: str, server_address: str, *args: str, seconds: int = 2) -> dict:
@@ -56,9 +49,8 @@ def iperf(lab, client: str, server_address: str, *args: str, seconds: int = 2) -
 
 
 def agent_packets(lab) -> int:
-    return sum(query(lab.node(m.name).files.agent_socket)["counters"]["seen_in"]
-               + query(lab.node(m.name).files.agent_socket)["counters"]["seen_out"]
-               for m in lab.plan.members)
+    return sum(s["counters"]["seen_in"] + s["counters"]["seen_out"]
+               for s in statuses(lab).values())
 
 
 def test_tcp_both_ways_through_the_steered_cluster_never_touches_the_agent():
@@ -82,8 +74,7 @@ def test_tcp_both_ways_through_the_steered_cluster_never_touches_the_agent():
         assert "error" not in back and back["end"]["sum_received"]["bytes"] > 100_000
         # Thousands of ESP and LAN packets crossed; the agents saw none of them.
         assert agent_packets(lab) == before
-        steered = [query(lab.node(m.name).files.agent_socket)["steering"]["counters"]
-                   for m in lab.plan.members]
+        steered = [s["steering"]["counters"] for s in statuses(lab).values()]
         assert sum(c.get("esp p1", 0) for c in steered) > 100
         assert sum(c.get("lan p1", 0) for c in steered) > 100
 

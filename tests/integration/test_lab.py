@@ -9,10 +9,10 @@ import pytest
 
 from lab import strongswan
 from lab.lab import Lab, host_networks
-from lab.render import CHILD_NAME, CLUSTER_CONNECTION, TEMPLATE_DIR
+from lab.render import TEMPLATE_DIR
 from lab.topology import LabSpec, overlaps_host
 
-from .helpers import (ROOT, ikelab, interrupt, lab_bridges, leftovers, poll,
+from .helpers import (ROOT, bring_up, ikelab, interrupt, lab_bridges, leftovers, poll,
                       start_ikelab, wait_for_line)
 
 pytestmark = pytest.mark.root
@@ -49,13 +49,8 @@ def test_the_root_namespace_carries_no_lab_address_or_route_while_the_lab_runs()
 
 def test_the_nated_peer_reaches_the_cluster_from_the_routers_address():
     with Lab(LabSpec(members=1, peers=2, nat=True)) as lab:
-        sockets = {p: lab.node(p).files.vici_socket for p in ("p1", "p2")}
-        for sock in sockets.values():
-            strongswan.initiate(sock, CLUSTER_CONNECTION, CHILD_NAME)
-        watch = strongswan.TunnelWatch(sockets)
-        watch.wait(20)
-        assert set(watch.up_after) == {"p1", "p2"}
-        [peer_sa] = strongswan.list_sas(sockets["p1"]).values()
+        sas = bring_up(lab, ("p1", "p2"))
+        peer_sa = sas["p1"]
         assert peer_sa["local-host"] == "198.51.100.2" and peer_sa.get("nat-local") == "yes"
         member = strongswan.list_sas(lab.node("m1").files.vici_socket)
         by_peer = {sa["name"]: sa for sa in member.values()}
