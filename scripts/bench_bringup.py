@@ -17,9 +17,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {
+    "default lab": [],
     "default lab, --mode ha": ["--mode", "ha"],
-    "default lab (ls, l4, no agent)": [],
-    "--members 8 --peers 16 --mode ha": ["--members", "8", "--peers", "16", "--mode", "ha"],
+    "--members 8 --peers 16": ["--members", "8", "--peers", "16"],
+    "--members 8 --peers 16 --hash split": ["--members", "8", "--peers", "16", "--hash", "split"],
 }
 
 
