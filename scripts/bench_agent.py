@@ -89,21 +89,29 @@ def tunnels_up(report: dict) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packets", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
+    if not args.skip_latency:
+        latency(args.packets)
+    bring_up_cost(args.repeat)
 
-    lat = forwarding_latency(args.packets)
-    print(f"forwarded IKE packets: {lat['samples']} of {args.packets} (owner {lat['owner']})")
+
+def latency(packets: int) -> None:
+    lat = forwarding_latency(packets)
+    print(f"forwarded IKE packets: {lat['samples']} of {packets} (owner {lat['owner']})")
     print(f"  added latency, arrival at the non-owner to delivery at the owner: "
           f"median {lat['median_us'] / 1000:.3f} ms, p99 {lat['p99_us'] / 1000:.3f} ms")
     print(f"  agent CPU seconds per 1000 IKE packets (both agents): {lat['cpu_s_per_1000']:.3f}")
 
+
+def bring_up_cost(repeat: int) -> None:
     times = {}
     for label, options in (("split + agent (table)", ["--hash", "split"]),
                            ("split + agent (table+label)",
                             ["--hash", "split", "--ownership", "table+label"]),
                            ("ha", ["--mode", "ha"])):
-        runs = [run_json("--peers", "16", *options) for _ in range(args.repeat)]
+        runs = [run_json("--peers", "16", *options) for _ in range(repeat)]
         ups = [tunnels_up(r) for r in runs]
         done = [u for u in ups if u is not None]
         sync = [sum(a["counters"]["sync_sent"] for a in r["agents"].values()) / 16

@@ -155,7 +155,7 @@ class Agent:
         self.forwarded_by_spi: dict[str, int] = {}
         self.holdings: set[str] = set()  # prefixes of this member's INSTALLED CHILD SAs
         self.advertised: dict[int, set[str]] = {}  # member -> prefixes it holds
-        self.routes: dict[str, int] = {}  # steering routes in force: prefix -> member
+        self.route_keeper = RouteKeeper(config)
         self.next_advertisement = 0.0
         self.stopping = False
 
@@ -435,20 +435,9 @@ class Agent:
 
     # ---- data plane steering (rules only: no data packet passes through here) -------------------
     def steer(self) -> None:
-        """Make the kernel's steering routes match what the members hold."""
+        """Ask for the kernel's steering routes to match what the members hold."""
         self.advertised[self.me] = self.holdings
-        replace, delete = steering.route_changes(
-            self.routes, steering.desired_routes(self.advertised, self.me))
-        for prefix in delete:
-            subprocess.run(["ip", "route", "del", prefix, "proto", "static"], capture_output=True)
-            del self.routes[prefix]
-        for prefix, member in replace.items():
-            via = self.config.members[self.config.name_of(member)]
-            result = subprocess.run(["ip", "route", "replace", prefix, "via", via, "dev",
-                                     self.config.sync_interface, "proto", "static"],
-                                    capture_output=True)
-            if result.returncode == 0:
-                self.routes[prefix] = member
+        self.route_keeper.want(steering.desired_routes(self.advertised, self.me))
 
     def advertise(self) -> None:
         self.next_advertisement = time.monotonic() + ADVERTISE_INTERVAL
@@ -473,9 +462,6 @@ class Agent:
     def remove_steering(self) -> None:
         for family, table in (("netdev", steering.TABLE_ESP), ("inet", steering.TABLE_LAN)):
             subprocess.run(["nft", "delete", "table", family, table], capture_output=True)
-        for prefix in self.routes:
-            subprocess.run(["ip", "route", "del", prefix, "proto", "static"], capture_output=True)
-        self.routes = {}
 
     def steering_counters(self) -> dict[str, int]:
         result = subprocess.run(["nft", "-j", "list", "ruleset"], capture_output=True, text=True)
@@ -588,7 +574,7 @@ class Agent:
                 "forwarded_by_spi": dict(self.forwarded_by_spi),
                 "steering": {"counters": self.steering_counters() if self.config.peers else {},
                              "routes": {p: self.config.name_of(m)
-                                        for p, m in sorted(self.routes.items())},
+                                        for p, m in sorted(self.route_keeper.routes().items())},
                              "holds": sorted(self.holdings)},
                 "cpu_s": sum(os.times()[:2])}
 
@@ -664,6 +650,7 @@ class Agent:
         self.install_rules()
         if self.config.peers:
             self.install_steering()
+            self.route_keeper.start()
         # The member's private /run: `ikelab clean` finds us by this file after a crash.
         Path("/run/agent.pid").write_text(f"{os.getpid()}\n")
         threading.Thread(target=self.listen_to_charon, daemon=True).start()
@@ -686,6 +673,7 @@ class Agent:
         finally:
             self.remove_rules()
             self.remove_steering()
+            self.route_keeper.stop()
             for nfq in queues:
                 nfq.unbind()
             control_path.unlink(missing_ok=True)
@@ -706,6 +694,63 @@ class Agent:
     def _drain_inbox(self) -> None:
         while self.inbox:
             self.dispatch(self.inbox.popleft())
+
+
+class RouteKeeper(threading.Thread):
+    """Applies the steering routes the loop asks for, in the background: `ip` takes
+    milliseconds, and the loop must keep answering claims while tunnels come up."""
+
+    def __init__(self, config: AgentConfig):
+        super().__init__(daemon=True)
+        self.config = config
+        self.applied: dict[str, int] = {}  # prefix -> member, as the kernel has them
+        self.desired: dict[str, int] | None = None
+        self.changed = threading.Condition()
+        self.stopping = False
+
+    def want(self, desired: dict[str, int]) -> None:
+        """Ask for exactly these routes; only the latest wish counts."""
+        with self.changed:
+            self.desired = dict(desired)
+            self.changed.notify()
+
+    def routes(self) -> dict[str, int]:
+        with self.changed:
+            return dict(self.applied)
+
+    def run(self) -> None:
+        while True:
+            with self.changed:
+                while self.desired is None and not self.stopping:
+                    self.changed.wait()
+                if self.stopping:
+                    return
+                desired, self.desired = self.desired, None
+                current = dict(self.applied)
+            replace, delete = steering.route_changes(current, desired)
+            for prefix in delete:
+                subprocess.run(["ip", "route", "del", prefix, "proto", "static"],
+                               capture_output=True)
+                current.pop(prefix)
+            for prefix, member in replace.items():
+                via = self.config.members[self.config.name_of(member)]
+                done = subprocess.run(["ip", "route", "replace", prefix, "via", via, "dev",
+                                       self.config.sync_interface, "proto", "static"],
+                                      capture_output=True).returncode == 0
+                if done:
+                    current[prefix] = member
+            with self.changed:
+                self.applied = current
+
+    def stop(self) -> None:
+        """Stop, and take every steering route out of the kernel."""
+        with self.changed:
+            self.stopping = True
+            self.changed.notify()
+        if self.is_alive():
+            self.join(5)
+        for prefix in self.routes():
+            subprocess.run(["ip", "route", "del", prefix, "proto", "static"], capture_output=True)
 
 
 def _spis(sa: dict) -> tuple[bytes, bytes] | None:

@@ -72,11 +72,13 @@ def test_tcp_both_ways_through_the_steered_cluster_never_touches_the_agent():
         finally:
             server.wait(timeout=30)
         assert "error" not in back and back["end"]["sum_received"]["bytes"] > 100_000
-        # Thousands of ESP and LAN packets crossed; the agents saw none of them.
-        assert agent_packets(lab) == before
+        # Thousands of ESP and LAN packets crossed; the agents saw none of them, only (at most)
+        # the IKE of a DPD exchange that charon may start during the transfer.
+        seen = agent_packets(lab) - before
         steered = [s["steering"]["counters"] for s in statuses(lab).values()]
-        assert sum(c.get("esp p1", 0) for c in steered) > 100
-        assert sum(c.get("lan p1", 0) for c in steered) > 100
+        assert sum(c.get("esp p1", 0) for c in steered) > 1000
+        assert sum(c.get("lan p1", 0) for c in steered) > 1000
+        assert seen <= 8, f"the agents saw {seen} packets during the transfer"
 
 
 @pytest.mark.parametrize("ike", ["2", "1"])
