@@ -60,7 +60,9 @@ def test_tcp_both_ways_through_the_steered_cluster_never_touches_the_agent():
         try:
             poll(lambda: "5201" in lab.node("hc").cmd("ss -ltn"), deadline=5)
             before = agent_packets(lab)
-            sent = iperf(lab, "h1", "10.1.0.10", seconds=3)
+            # 8 parallel streams: the internal switch hashes each TCP flow to any member, and
+            # with 8 of them each way at least one crosses a member without the SA.
+            sent = iperf(lab, "h1", "10.1.0.10", "-P", "8", seconds=3)
         finally:
             server.wait(timeout=30)
         assert "error" not in sent, sent["error"]
@@ -68,7 +70,7 @@ def test_tcp_both_ways_through_the_steered_cluster_never_touches_the_agent():
         server = lab.node("hc").popen(["iperf3", "-s", "-1", "-J"])
         try:
             poll(lambda: "5201" in lab.node("hc").cmd("ss -ltn"), deadline=5)
-            back = iperf(lab, "h1", "10.1.0.10", "-R", seconds=3)
+            back = iperf(lab, "h1", "10.1.0.10", "-R", "-P", "8", seconds=3)
         finally:
             server.wait(timeout=30)
         assert "error" not in back and back["end"]["sum_received"]["bytes"] > 100_000
