@@ -68,6 +68,7 @@ LOOKUP_TIMEOUT = 2.0
 TICK = 0.05
 LATENCY_SAMPLES = 20000
 ADVERTISE_INTERVAL = 5.0
+HOLDINGS_SETTLE = 0.05
 # u32: the 4 bytes after the UDP header are zero, i.e. the RFC 3948 non-ESP marker.
 NON_ESP_MARKER_U32 = "0>>22&0x3C@8=0"
 
@@ -156,6 +157,7 @@ class Agent:
         self.holdings: set[str] = set()  # prefixes of this member's INSTALLED CHILD SAs
         self.advertised: dict[int, set[str]] = {}  # member -> prefixes it holds
         self.route_keeper = RouteKeeper(config)
+        self.holdings_stale = threading.Event()
         self.next_advertisement = 0.0
         self.stopping = False
 
@@ -503,11 +505,10 @@ class Agent:
             self.broadcast(sync.Message(sync.DELETE, self.me, ispi=spis[0]))
 
     def listen_to_charon(self) -> None:
-        """Thread: charon's IKE and CHILD SA events, handed to the loop through `events`; after
-        each CHILD SA event, the prefixes this member now holds outbound SAs for."""
+        """Thread: charon's IKE and CHILD SA events, handed to the loop through `events`."""
         import vici
 
-        from ..strongswan import decode, list_sas
+        from ..strongswan import decode
         while not self.stopping:
             try:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -516,14 +517,30 @@ class Agent:
                         ["ike-updown", "ike-rekey", "child-updown", "child-rekey"]):
                     self.events.put((decode(name), decode(dict(message))))
                     if decode(name).startswith(("child", "ike-updown")):
-                        held = {ts for sa in list_sas(Path(self.config.vici_socket)).values()
-                                for child in sa.get("child-sas", {}).values()
-                                if child.get("state") == "INSTALLED"
-                                for ts in child.get("remote-ts", [])}
-                        self.events.put(("holdings", held))
+                        self.holdings_stale.set()
                     os.write(self.wake_w, b"e")
             except Exception:  # charon restarting or gone: try again while we run
                 time.sleep(0.5)
+
+    def read_holdings(self) -> None:
+        """Thread: after CHILD SA events, the prefixes this member now holds outbound SAs for.
+        Events come in bursts while tunnels come up; one read of charon's SAs answers a burst,
+        so the loop's thread is not starved decoding vici."""
+        from ..strongswan import list_sas
+        while not self.stopping:
+            if not self.holdings_stale.wait(0.5):
+                continue
+            time.sleep(HOLDINGS_SETTLE)
+            self.holdings_stale.clear()
+            try:
+                held = {ts for sa in list_sas(Path(self.config.vici_socket)).values()
+                        for child in sa.get("child-sas", {}).values()
+                        if child.get("state") == "INSTALLED"
+                        for ts in child.get("remote-ts", [])}
+            except Exception:  # charon gone: the next event tries again
+                continue
+            self.events.put(("holdings", held))
+            os.write(self.wake_w, b"h")
 
     # ---- timers -----------------------------------------------------------------------------
     def tick(self) -> None:
@@ -654,6 +671,8 @@ class Agent:
         # The member's private /run: `ikelab clean` finds us by this file after a crash.
         Path("/run/agent.pid").write_text(f"{os.getpid()}\n")
         threading.Thread(target=self.listen_to_charon, daemon=True).start()
+        if self.config.peers:
+            threading.Thread(target=self.read_holdings, daemon=True).start()
         selector = selectors.DefaultSelector()
         for nfq in queues:
             selector.register(nfq.get_fd(), selectors.EVENT_READ,
