@@ -143,8 +143,12 @@ def test_a_first_packet_reaching_two_members_at_once_gets_one_owner():
         other = "m2" if owner == "m1" else "m1"
         assert set(owners_of(lab, sa["initiator-spi"]).values()) == {owner}
         status = statuses(lab)
+        # Exactly one claim won anywhere. The other member either lost its own claim or, when
+        # the director's announcement reached it first, never needed one: either way it
+        # forwarded its copy to the owner.
+        assert sum(s["counters"]["claims_won"] for s in status.values()) == 1
         assert status[owner]["counters"]["claims_won"] == 1
-        assert status[other]["counters"]["claims_lost"] == 1
+        assert status[other]["counters"]["claims_lost"] <= 1
         assert status[other]["counters"]["forwarded"] >= 1
 
 
