@@ -121,6 +121,11 @@ class Parked:
     peer: str | None = None
     inbound: bool = True
 
+    def drop_all(self) -> None:
+        """Give up: the peer retransmits what still matters."""
+        for pkt, _inbound, _arrival in self.packets:
+            pkt.drop()
+
 
 @dataclass
 class Announcement:
@@ -158,6 +163,7 @@ class Agent:
         self.advertised: dict[int, set[str]] = {}  # member -> prefixes it holds
         self.route_keeper = RouteKeeper(config)
         self.holdings_stale = threading.Event()
+        self.next_tick = 0.0
         self.next_advertisement = 0.0
         self.stopping = False
 
@@ -362,8 +368,7 @@ class Agent:
         del self.claims[key]
         if msg.owner == 0:
             self.refused_grants += 1
-            for pkt, _inbound, _arrival in parked.packets:
-                pkt.drop()
+            parked.drop_all()
             return
         self.table.record(key, self.config.name_of(msg.owner), NEGOTIATING, time.monotonic())
         self.counters["claims_won" if msg.owner == self.me else "claims_lost"] += 1
@@ -393,8 +398,7 @@ class Agent:
         if msg.owner == 0:
             del self.lookups[msg.ispi]
             self.counters["lookups_unresolved"] += 1
-            for pkt, _inbound, _arrival in parked.packets:
-                pkt.drop()
+            parked.drop_all()
             return
         self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner), NEGOTIATING,
                           time.monotonic())
@@ -544,13 +548,16 @@ class Agent:
 
     # ---- timers -----------------------------------------------------------------------------
     def tick(self) -> None:
+        """Timeouts, expiry and re-advertisement, at most once per TICK: not per packet."""
         now = time.monotonic()
+        if now < self.next_tick:
+            return
+        self.next_tick = now + TICK
         for key, parked in list(self.claims.items()):
             if now >= parked.deadline:
                 del self.claims[key]
                 self.counters["claim_timeouts"] += 1
-                for pkt, _inbound, _arrival in parked.packets:
-                    pkt.drop()
+                parked.drop_all()
             elif parked.resend_at and now >= parked.resend_at:
                 parked.resend_at = None
                 self._send_claim(parked)
@@ -558,8 +565,7 @@ class Agent:
             if now >= parked.deadline:
                 del self.lookups[ispi]
                 self.counters["lookups_unresolved"] += 1
-                for pkt, _inbound, _arrival in parked.packets:
-                    pkt.drop()
+                parked.drop_all()
         for announcement in list(self.announcing.values()):
             if now >= announcement.deadline:
                 self._maybe_grant(announcement, force=True)
