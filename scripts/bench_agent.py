@@ -9,20 +9,23 @@
    on arrival; the owner's agent measures arrival-to-delivery into its charon's stack.
    Median and p99, and the agents' CPU seconds per 1000 of these packets.
 2. Time for 16 peers to bring their tunnels up in `--hash split` with the agent against
-   `--mode ha` (median of REPEAT runs each), and sync messages per established tunnel in each
-   `--ownership` mode.
+   `--mode ha` (median of REPEAT runs each, the configurations taking turns): from the first
+   initiate to the last peer's CHILD SA, timed by each peer charon's own `child-updown` event;
+   and sync messages per established tunnel in each `--ownership` mode.
 """
 
 import argparse
-import json
+import socket
 import statistics
-import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import vici  # noqa: E402
 
 from lab import strongswan  # noqa: E402
 from lab.agent.daemon import query  # noqa: E402
@@ -71,19 +74,59 @@ def forwarding_latency(packets: int) -> dict:
                 "p99_us": latency["p99"], "cpu_s_per_1000": 1000 * cpu / packets}
 
 
-def run_json(*options: str) -> dict:
-    result = subprocess.run([sys.executable, "-m", "lab", "run", "--json", *options], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
-    if not result.stdout:
-        raise SystemExit(f"ikelab run {' '.join(options)}: {result.stderr.strip()}")
-    return json.loads(result.stdout)
+class UpClock(threading.Thread):
+    """Listens to one peer's charon for its first `child-updown` up event and notes when it
+    came: the event arrives the moment the CHILD SA is installed, so bring-up times are not
+    quantised by a polling sweep over the peers."""
+
+    def __init__(self, sock: Path):
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.listening = threading.Event()
+        self.up_at: float | None = None
+
+    def run(self) -> None:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(str(self.sock))
+        session = vici.Session(conn)
+        events = session.listen(["child-updown"])
+        try:
+            self.listening.set()
+            for _name, message in events:
+                if message.get("up") == b"yes":
+                    self.up_at = time.monotonic()
+                    return
+        finally:
+            events.close()  # unregisters from charon, while the connection is still open
+            conn.close()
 
 
-def tunnels_up(report: dict) -> float | None:
-    up = [t for t in report["tunnels"] if t["state"] == "ESTABLISHED"]
-    if len(up) != len(report["tunnels"]):
-        return None
-    return max(t["up_after_s"] for t in up if t["up_after_s"] is not None)
+def timed_bring_up(spec: LabSpec, timeout: float = 30.0) -> tuple[float | None, int]:
+    """Seconds from the first initiate to the last peer's CHILD SA up (None if one never came
+    up), and the sync messages the agents sent per tunnel."""
+    with Lab(spec) as lab:
+        peers = [p.name for p in lab.plan.peers]
+        clocks = [UpClock(lab.node(p).files.vici_socket) for p in peers]
+        for clock in clocks:
+            clock.start()
+        for clock in clocks:
+            clock.listening.wait(5)
+        # vici's listen registers the event before it returns the generator's first item;
+        # a status round trip on the same daemon makes sure registration is done.
+        for p in peers:
+            strongswan.list_sas(lab.node(p).files.vici_socket)
+        started = time.monotonic()
+        for p in peers:
+            strongswan.initiate(lab.node(p).files.vici_socket, strongswan.CLUSTER_CONNECTION,
+                                strongswan.CHILD_NAME)
+        for clock in clocks:
+            clock.join(max(0.0, started + timeout - time.monotonic()))
+        ups = [c.up_at for c in clocks]
+        sync_sent = sum(query(lab.node(m.name).files.agent_socket)["counters"]["sync_sent"]
+                        for m in lab.plan.members) if spec.agent else 0
+        if any(u is None for u in ups):
+            return None, sync_sent / len(peers)
+        return max(ups) - started, sync_sent / len(peers)
 
 
 def main() -> None:
@@ -105,21 +148,24 @@ def latency(packets: int) -> None:
     print(f"  agent CPU seconds per 1000 IKE packets (both agents): {lat['cpu_s_per_1000']:.3f}")
 
 
-def bring_up_cost(repeat: int) -> None:
+def bring_up_cost(repeat: int, peers: int = 16) -> None:
+    """Runs alternate between the configurations, so drift in the machine's load hits all."""
+    configs = {"split + agent (table)": LabSpec(peers=peers, hash="split"),
+               "split + agent (table+label)": LabSpec(peers=peers, hash="split",
+                                                      ownership="table+label"),
+               "ha": LabSpec(peers=peers, mode="ha")}
+    runs = {label: [] for label in configs}
+    for _ in range(repeat):
+        for label, spec in configs.items():
+            runs[label].append(timed_bring_up(spec))
     times = {}
-    for label, options in (("split + agent (table)", ["--hash", "split"]),
-                           ("split + agent (table+label)",
-                            ["--hash", "split", "--ownership", "table+label"]),
-                           ("ha", ["--mode", "ha"])):
-        runs = [run_json("--peers", "16", *options) for _ in range(repeat)]
-        ups = [tunnels_up(r) for r in runs]
-        done = [u for u in ups if u is not None]
-        sync = [sum(a["counters"]["sync_sent"] for a in r["agents"].values()) / 16
-                for r in runs]
+    for label, results in runs.items():
+        done = sorted(t for t, _ in results if t is not None)
         times[label] = statistics.median(done) if done else None
-        print(f"16 peers, {label}: all tunnels up in {len(done)}/{len(runs)} runs, median "
-              f"{times[label] if times[label] is not None else float('nan'):.3f} s; "
-              f"sync messages per tunnel {statistics.median(sync):.1f}")
+        print(f"{peers} peers, {label}: all tunnels up in {len(done)}/{len(results)} runs, "
+              f"median {times[label] if done else float('nan'):.3f} s "
+              f"(runs {', '.join(f'{t:.3f}' for t in done)}); sync messages per tunnel "
+              f"{statistics.median(s for _, s in results):.1f}")
     for label in ("split + agent (table)", "split + agent (table+label)"):
         if times[label] and times["ha"]:
             print(f"ratio {label} / ha: {times[label] / times['ha']:.2f}")
