@@ -16,6 +16,12 @@ Hash modes (`--hash`):
   ids, so a peer's 500 and 4500 traffic pick the same bucket id and thus different members.
 
 In ``--mode ha`` the group has a single bucket: the active member takes everything.
+
+The buckets are the *serving* members (`lab.switch` follows the members' agents), in plan
+order; each bucket watches its port, so a member whose link goes down stops getting traffic
+even before its agent's state says so. In HA the active member is the first serving one.
+Every function takes the hash mode and the serving members explicitly where they can change
+at run time (`rehash`, failover); by default they are the spec's mode and every member.
 """
 
 from .topology import LabSpec, Switch
@@ -28,52 +34,60 @@ L3_FIELDS = ("ip_src", "ip_dst")
 L4_FIELDS = L3_FIELDS + ("udp_src", "udp_dst", "tcp_src", "tcp_dst")
 
 
-def hash_fields(switch: Switch, spec: LabSpec) -> tuple[str, ...]:
-    """The header fields the switch's select group hashes on."""
-    if spec.hash == "l3" or (spec.hash == "split" and switch.role == "external"):
+def hash_fields(switch: Switch, spec: LabSpec, mode: str | None = None) -> tuple[str, ...]:
+    """The header fields the switch's select group hashes on (`mode` overrides spec.hash)."""
+    mode = mode or spec.hash
+    if mode == "l3" or (mode == "split" and switch.role == "external"):
         return L3_FIELDS
     return L4_FIELDS
 
 
-def active_ports(switch: Switch, spec: LabSpec) -> list[int]:
-    """Member ports that receive traffic: all of them in load sharing, the first in HA."""
-    ports = [p.port for p in switch.member_ports()]
+def active_ports(switch: Switch, spec: LabSpec, serving=None) -> list[int]:
+    """Ports of the members that receive traffic: every serving one in load sharing, the first
+    serving one in HA. `serving` (member names) defaults to every member."""
+    ports = [p.port for p in switch.member_ports() if serving is None or p.node in serving]
     return ports[:1] if spec.mode == "ha" else ports
 
 
-def splits(switch: Switch, spec: LabSpec) -> bool:
+def splits(switch: Switch, spec: LabSpec, mode: str | None = None) -> bool:
     """True when this switch sends UDP 4500 through the rotated group."""
-    return (spec.hash == "split" and spec.mode == "ls" and switch.role == "external"
+    return ((mode or spec.hash) == "split" and spec.mode == "ls" and switch.role == "external"
             and len(switch.member_ports()) >= 2)
 
 
-def groups(switch: Switch, spec: LabSpec) -> list[str]:
-    """The select groups, as `ovs-ofctl add-group` arguments."""
-    ports = active_ports(switch, spec)
-    fields = ",".join(hash_fields(switch, spec))
-    result = [_group(IKE_GROUP, fields, ports)]
-    if splits(switch, spec):
-        result.append(_group(NATT_GROUP, fields, ports[1:] + ports[:1]))
+def groups(switch: Switch, spec: LabSpec, serving=None, mode: str | None = None) -> list[str]:
+    """The select groups, as `ovs-ofctl add-group`/`mod-group` arguments."""
+    ports = active_ports(switch, spec, serving)
+    fields = ",".join(hash_fields(switch, spec, mode))
+    result = [_group(IKE_GROUP, fields, zip(ports, ports))]
+    if splits(switch, spec, mode):
+        result.append(_group(NATT_GROUP, fields, zip(ports, ports[1:] + ports[:1])))
     return result
 
 
-def _group(group_id: int, fields: str, ports: list[int]) -> str:
-    buckets = ",".join(f"bucket=bucket_id={i},output:{port}" for i, port in enumerate(ports, 1))
-    return f"group_id={group_id},type=select,selection_method=hash,fields({fields}),{buckets}"
+def _group(group_id: int, fields: str, buckets) -> str:
+    """`buckets`: (bucket id, output port) pairs. Bucket ids are member port numbers, not
+    positions, so a member leaving does not renumber (and so re-hash) the flows of those that
+    stay. No bucket at all: the group drops."""
+    buckets = ",".join(f"bucket=bucket_id={bucket},watch_port:{port},output:{port}"
+                       for bucket, port in buckets)
+    return (f"group_id={group_id},type=select,selection_method=hash,fields({fields})"
+            + (f",{buckets}" if buckets else ""))
 
 
-def bucket_members(switch: Switch, spec: LabSpec) -> dict[int, dict[int, str]]:
+def bucket_members(switch: Switch, spec: LabSpec, serving=None,
+                   mode: str | None = None) -> dict[int, dict[int, str]]:
     """For each group, bucket id -> member name, matching what `groups()` installs."""
     names = {p.port: p.node for p in switch.member_ports()}
-    ports = active_ports(switch, spec)
-    result = {IKE_GROUP: {i: names[p] for i, p in enumerate(ports, 1)}}
-    if splits(switch, spec):
+    ports = active_ports(switch, spec, serving)
+    result = {IKE_GROUP: {p: names[p] for p in ports}}
+    if splits(switch, spec, mode):
         rotated = ports[1:] + ports[:1]
-        result[NATT_GROUP] = {i: names[p] for i, p in enumerate(rotated, 1)}
+        result[NATT_GROUP] = {p: names[r] for p, r in zip(ports, rotated)}
     return result
 
 
-def flows(switch: Switch, spec: LabSpec) -> list[str]:
+def flows(switch: Switch, spec: LabSpec, mode: str | None = None) -> list[str]:
     """The flow table of a hashing switch, as `ovs-ofctl add-flow` arguments; a miss drops."""
     others = switch.other_ports()
     to_others = ",".join(f"output:{p.port}" for p in others) or "drop"
@@ -89,7 +103,7 @@ def flows(switch: Switch, spec: LabSpec) -> list[str]:
         f"load:{vmac_hex}->NXM_NX_ARP_SHA[],"
         f"load:{int(switch.vip):#x}->NXM_OF_ARP_SPA[],"
         "in_port"]
-    if splits(switch, spec):
+    if splits(switch, spec, mode):
         result.append(f"priority=300,udp,dl_dst={switch.vmac},tp_dst=4500,"
                       f"actions=group:{NATT_GROUP}")
     result.append(f"priority=200,ip,dl_dst={switch.vmac},actions=group:{IKE_GROUP}")

@@ -105,6 +105,7 @@ class ClusterMember(StrongSwanNode):
 
     def __init__(self, name, **params):
         self.agent = None
+        self.failed = None  # how `fail()` took it down, until `restore()`
         super().__init__(name, **params)
 
     def config(self, **params):
@@ -113,14 +114,16 @@ class ClusterMember(StrongSwanNode):
             self.start_daemon(self.start_agent)
         return result
 
-    def start_agent(self) -> None:
-        """Start the agent and return once it answers on its control socket."""
+    def start_agent(self, join: bool = False) -> None:
+        """Start the agent and return once it answers on its control socket; `join` makes it
+        fetch the table from a serving member before it serves."""
         # The agent runs the lab's own modules with whatever Python runs the lab (the venv's,
         # or Debian's under plain mn with the venv on its path).
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        with open(self.files.agent_log, "wb") as log:
+        with open(self.files.agent_log, "ab") as log:
             self.agent = self.popen([sys.executable, "-m", "lab.agent.daemon", "--config",
-                                     str(self.files.agent_config)], env=env, stdout=log,
+                                     str(self.files.agent_config)] + (["--join"] if join else []),
+                                    env=env, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         end = time.monotonic() + self.AGENT_DEADLINE
         while time.monotonic() < end:
@@ -135,6 +138,35 @@ class ClusterMember(StrongSwanNode):
                 time.sleep(0.05)
         raise DaemonConfigError(f"{self.name}: agent did not answer within "
                                 f"{self.AGENT_DEADLINE:.0f} s")
+
+    def fail(self, how: str = "daemons") -> None:
+        """Make this member die: `daemons` kills its charon and agent outright (SIGKILL, as a
+        crash would), `links` takes all its interfaces down and leaves the daemons running."""
+        if how == "daemons":
+            for process in (self.agent, self.charon.process if self.charon else None):
+                if process is not None and process.poll() is None:
+                    process.kill()
+                    process.wait()
+        elif how == "links":
+            for intf in self.intfNames():
+                if intf != "lo":
+                    self.cmd(f"ip link set {intf} down")
+        else:
+            raise ValueError(f"how must be daemons or links (got {how!r})")
+        self.failed = how
+
+    def restore(self) -> None:
+        """Undo `fail()`: restart the daemons (the agent joins, fetching the table first) or
+        bring the links back up (the agent notices and rejoins by itself)."""
+        how, self.failed = getattr(self, "failed", None), None
+        if how == "daemons":
+            self.charon.start()
+            self.charon.load()
+            self.start_agent(join=True)
+        elif how == "links":
+            for intf in self.intfNames():
+                if intf != "lo":
+                    self.cmd(f"ip link set {intf} up")
 
     def terminate(self):
         if self.agent is not None and self.agent.poll() is None:
@@ -164,11 +196,49 @@ class NatRouter(LabNode):
 class SyncBridge(LabNode):
     """The sync network's switch: a kernel bridge inside a namespace of its own. Steered ESP
     and LAN traffic crosses it, so it must be fast (OVS's userspace datapath adds a fraction of
-    a millisecond per hop), and it must stay out of the root namespace."""
+    a millisecond per hop), and it must stay out of the root namespace.
+
+    The bridge answers pings on the sync network's witness address: a member that cannot
+    reach it knows its own sync link is down (see `lab.agent.membership`). `partition(member)`
+    silently drops every frame to and from that member's port (carrier stays up, as when a
+    switch port or VLAN fails), `heal(member)` lets them through again.
+    """
+
+    PARTITION_TABLE = "ikelab_partition"
 
     def config(self, **params):
         result = super().config(**params)
         ports = " ".join(f"ip link set {intf} master br0 up;" for intf in self.intfNames()
                          if intf != "lo")
-        self.cmd(f"ip link add br0 type bridge; ip link set br0 up; {ports}")
+        self.cmd(f"ip link add br0 type bridge; ip link set br0 up; {ports} "
+                 f"ip addr add {topology.SYNC_WITNESS} dev br0")
+        self.partitioned: set[str] = set()
         return result
+
+    def port_of(self, member: str) -> str:
+        return f"{self.name}-eth{int(member.removeprefix('m'))}"
+
+    def partition(self, member: str) -> None:
+        """Cut `member` off the sync network."""
+        self.partitioned.add(member)
+        self._apply()
+
+    def heal(self, member: str) -> None:
+        """Let `member`'s sync traffic through again."""
+        self.partitioned.discard(member)
+        self._apply()
+
+    def _apply(self) -> None:
+        self.cmd(f"nft delete table bridge {self.PARTITION_TABLE} 2>/dev/null")
+        if not self.partitioned:
+            return
+        ports = ", ".join(f'"{self.port_of(m)}"' for m in sorted(self.partitioned))
+        script = (f"table bridge {self.PARTITION_TABLE} {{\n"
+                  f"  chain in {{ type filter hook prerouting priority 0; "
+                  f"iifname {{ {ports} }} drop; }}\n"
+                  f"  chain out {{ type filter hook postrouting priority 0; "
+                  f"oifname {{ {ports} }} drop; }}\n}}\n")
+        result = subprocess.run(["mnexec", "-a", str(self.pid), "nft", "-f", "-"], input=script,
+                                text=True, capture_output=True)
+        if result.returncode:
+            raise RuntimeError(f"{self.name}: nft: {result.stderr.strip()}")

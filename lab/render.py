@@ -17,7 +17,7 @@ from pathlib import Path
 import jinja2
 
 from .agent.steering import esp_spi_range
-from .topology import CLUSTER_ID, CLUSTER_LAN, EXTERNAL_VIP, Member, Peer, Plan
+from .topology import CLUSTER_ID, CLUSTER_LAN, EXTERNAL_VIP, SYNC_WITNESS, Member, Peer, Plan
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 
@@ -36,11 +36,20 @@ CLUSTER_CONNECTION = "cluster"
 
 @dataclass(frozen=True)
 class Retransmit:
-    """charon's retransmission schedule: a dead negotiation gives up in about 14 s."""
+    """charon's retransmission schedule: a dead negotiation, or a DPD check of a dead member,
+    gives up after 1 + 1.4 + 1.96 + 2.74 = about 7 s."""
 
-    timeout: float = 2.0
+    timeout: float = 1.0
     base: float = 1.4
     tries: int = 3
+
+
+# DPD: a peer checks the cluster after this much silence and restarts its tunnel when the
+# check goes unanswered (Retransmit), so a dead owner costs PEER_DPD_DELAY + ~7 s + one
+# negotiation. Members check less often: the peers are the ones that must notice.
+PEER_DPD_DELAY = "3s"
+MEMBER_DPD_DELAY = "5s"
+IKEV1_DPD_TIMEOUT = "10s"
 
 
 @dataclass(frozen=True)
@@ -143,9 +152,10 @@ def strongswan_conf_data(files: NodeFiles, label: int | None = None,
 
 
 def _connection(name, version, local_addrs, remote_addrs, local_id, remote_id, local_ts,
-                remote_ts, auth, cert, dpd_action):
+                remote_ts, auth, cert, dpd_action, dpd_delay=MEMBER_DPD_DELAY, keyingtries=1):
     return {"name": name, "version": version, "local_addrs": local_addrs,
-            "remote_addrs": remote_addrs, "proposals": IKE_PROPOSALS, "dpd_delay": "5s",
+            "remote_addrs": remote_addrs, "proposals": IKE_PROPOSALS, "dpd_delay": dpd_delay,
+            "dpd_timeout": IKEV1_DPD_TIMEOUT, "keyingtries": keyingtries,
             "local_id": local_id, "remote_id": remote_id, "auth": auth, "cert": cert,
             "child": CHILD_NAME, "local_ts": local_ts, "remote_ts": remote_ts,
             "esp_proposals": ESP_PROPOSALS, "dpd_action": dpd_action}
@@ -171,11 +181,13 @@ def member_swanctl_data(plan: Plan, member: Member, creds: Credentials) -> dict:
 
 
 def peer_swanctl_data(plan: Plan, peer: Peer, creds: Credentials) -> dict:
-    """The peer's one connection to the cluster's virtual IP; DPD restarts it if it dies."""
+    """The peer's one connection to the cluster's virtual IP; DPD restarts it if it dies, and
+    a negotiation that fails (its responder died halfway) is tried again, without end."""
     auth, cert = _auth_data(creds, peer.identity)
     connection = _connection(CLUSTER_CONNECTION, peer.ike_version, str(peer.address),
                              str(EXTERNAL_VIP), peer.identity, CLUSTER_ID, str(peer.lan),
-                             str(CLUSTER_LAN), auth, cert, "restart")
+                             str(CLUSTER_LAN), auth, cert, "restart", PEER_DPD_DELAY,
+                             keyingtries=0)
     psks = [{"name": CLUSTER_CONNECTION, "ids": [peer.identity, CLUSTER_ID],
              "secret": creds.psk(peer)}] if auth == "psk" else []
     return {"node": peer.name, "connections": [connection], "psks": psks}
@@ -192,7 +204,8 @@ def agent_config_data(plan: Plan, member: Member, files: NodeFiles,
             "sync_interface": f"{member.name}-eth2",
             "peers": {p.name: [str(p.seen_as), str(p.lan)] for p in plan.peers},
             "vici_socket": str(files.vici_socket),
-            "control_socket": str(files.agent_socket)}
+            "control_socket": str(files.agent_socket),
+            "dead_after": plan.spec.dead_after, "witness": str(SYNC_WITNESS.ip)}
 
 
 def environment(template_dir: Path = TEMPLATE_DIR) -> jinja2.Environment:

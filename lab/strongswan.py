@@ -70,6 +70,13 @@ def initiate(socket_path: Path, ike: str, child: str) -> None:
         raise DaemonConfigError(f"initiate {ike}/{child}: {exc}") from None
 
 
+def terminate(socket_path: Path, unique_id: str) -> None:
+    """End one IKE SA at once, without waiting for the peer to confirm its DELETE."""
+    with session(socket_path) as sess:
+        for _ in sess.terminate({"ike-id": str(unique_id), "force": "yes", "timeout": -1}):
+            pass
+
+
 class TunnelWatch:
     """Polls peers' charons until each tunnel is up or its negotiation was given up.
 

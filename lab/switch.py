@@ -3,16 +3,29 @@
 There is no OpenFlow controller: `start()` installs the groups and flows that `lab.hashing`
 computes from the plan, and the switch answers questions about itself (per-bucket counters,
 where it would send a given packet) straight from OVS.
+
+Like a load balancer's health monitor, a hashing switch in front of agents asks each member's
+agent for its membership state several times a second and keeps one bucket per *serving*
+member: a member that dies, is cut off from the sync network, or is still fetching the table
+after a restart gets no traffic. The members decide among themselves who serves (see
+`lab.agent.membership`); the switch only follows. `rehash()` changes the hash fields live.
 """
 
 import re
 import subprocess
+import threading
 import time
+from pathlib import Path
 
 from mininet.node import OVSSwitch
 
 from . import hashing
-from .topology import LabSpec, Switch
+from .agent.daemon import query
+from .render import NodeFiles
+from .topology import HASH_MODES, LabSpec, Switch
+
+HEALTH_INTERVAL = 0.1
+HEALTH_TIMEOUT = 0.3
 
 
 class SwitchError(RuntimeError):
@@ -30,9 +43,20 @@ def ofctl(*args: str, stdin: str | None = None) -> str:
 class HashingSwitch(OVSSwitch):
     """An OVS bridge whose select group spreads the virtual IP's traffic across members."""
 
-    def __init__(self, name, plan_switch: Switch = None, spec: LabSpec = None, **params):
+    def __init__(self, name, plan_switch: Switch = None, spec: LabSpec = None, rundir=None,
+                 **params):
         self.plan_switch = plan_switch
         self.spec = spec
+        members = [p.node for p in plan_switch.member_ports()]
+        # Without agents there is nobody to ask: every member keeps its bucket.
+        self.agent_sockets = ({m: NodeFiles(m, Path(rundir)).agent_socket for m in members}
+                              if spec.agent and rundir else {})
+        self.serving = members
+        self.hash_mode = spec.hash
+        self.history: list[tuple[float, tuple[str, ...]]] = []  # (monotonic time, buckets)
+        self.program_lock = threading.Lock()
+        self.health_stop = threading.Event()
+        self.health_thread = None
         # batch=False: Mininet would otherwise defer add-br until after start() returns.
         params.update(datapath="user", protocols="OpenFlow15", failMode="secure", batch=False,
                       dpid=plan_switch.dpid)
@@ -42,10 +66,63 @@ class HashingSwitch(OVSSwitch):
         super().start([])
         self._wait_for_bridge()
         ofctl("del-flows", self.name)
-        for group in hashing.groups(self.plan_switch, self.spec):
-            ofctl("add-group", self.name, group)
-        ofctl("add-flows", self.name, "-",
-              stdin="\n".join(hashing.flows(self.plan_switch, self.spec)) + "\n")
+        ofctl("del-groups", self.name)
+        self.program()
+        if self.agent_sockets and self.health_thread is None:
+            self.health_thread = threading.Thread(target=self._follow_members, daemon=True,
+                                                  name=f"{self.name}-health")
+            self.health_thread.start()
+
+    def stop(self, deleteIntfs=True):
+        self.health_stop.set()
+        if self.health_thread is not None:
+            self.health_thread.join(5)
+            self.health_thread = None
+        super().stop(deleteIntfs)
+
+    def program(self, serving: list[str] | None = None, mode: str | None = None) -> None:
+        """Install the groups and flows for these serving members and hash mode (default: the
+        current ones), in an order that never leaves a flow pointing at a missing group."""
+        with self.program_lock:
+            if serving is not None:
+                self.serving = [p.node for p in self.plan_switch.member_ports()
+                                if p.node in serving]
+            if mode is not None:
+                self.hash_mode = mode
+            for group in hashing.groups(self.plan_switch, self.spec, self.serving,
+                                        self.hash_mode):
+                ofctl("--may-create", "mod-group", self.name, group)
+            ofctl("replace-flows", self.name, "-", stdin="\n".join(
+                hashing.flows(self.plan_switch, self.spec, self.hash_mode)) + "\n")
+            if not hashing.splits(self.plan_switch, self.spec, self.hash_mode):
+                ofctl("del-groups", self.name, f"group_id={hashing.NATT_GROUP}")
+            self.history.append((time.monotonic(), tuple(self.serving)))
+
+    def rehash(self, mode: str) -> None:
+        """Hash on other fields from now on (`l3`, `l4`, `split`), tunnels and all."""
+        if mode not in HASH_MODES:
+            raise SwitchError(f"hash must be one of {', '.join(HASH_MODES)} (got {mode!r})")
+        self.program(mode=mode)
+
+    def members_serving(self) -> list[str]:
+        """The members whose agents say they serve, asked now."""
+        serving = []
+        for member, sock in self.agent_sockets.items():
+            try:
+                if query(sock, "state", timeout=HEALTH_TIMEOUT).get("state") == "serving":
+                    serving.append(member)
+            except (OSError, ValueError):
+                pass  # no agent, no traffic
+        return serving
+
+    def _follow_members(self) -> None:
+        while not self.health_stop.wait(HEALTH_INTERVAL):
+            serving = self.members_serving()
+            if serving != self.serving and not self.health_stop.is_set():
+                try:
+                    self.program(serving)
+                except (SwitchError, subprocess.SubprocessError):
+                    pass  # the bridge is going away with the lab; the next round retries
 
     def _wait_for_bridge(self, deadline: float = 10.0) -> None:
         # ovs-vswitchd opens the bridge's OpenFlow socket a moment after ovs-vsctl returns.
@@ -66,15 +143,17 @@ class HashingSwitch(OVSSwitch):
 
     def bucket_stats(self) -> dict[int, dict[str, int]]:
         """For each group: member name -> packets its bucket has sent."""
-        members = hashing.bucket_members(self.plan_switch, self.spec)
+        members = hashing.bucket_members(self.plan_switch, self.spec, self.serving,
+                                         self.hash_mode)
         result = {}
         for line in ofctl("dump-group-stats", self.name).splitlines():
             group = re.search(r"group_id=(\d+)", line)
             if not group or int(group.group(1)) not in members:
                 continue
             gid = int(group.group(1))
+            # OVS numbers bucket statistics by position (from 0), in installation order.
             counts = [int(n) for n in re.findall(r"bucket\d+:packet_count=(\d+)", line)]
-            result[gid] = {members[gid][i]: n for i, n in enumerate(counts, 1)}
+            result[gid] = dict(zip(members[gid].values(), counts))
         return result
 
     def member_for(self, packet: str) -> str | None:

@@ -51,7 +51,7 @@ class IkeClusterTopo(Topo):
                              plan_host=Host(switch.name, "sync-bridge", ()))
             else:
                 self.addSwitch(switch.name, cls=HashingSwitch, plan_switch=switch,
-                               spec=plan.spec)
+                               spec=plan.spec, rundir=str(rundir))
             for port in switch.ports:
                 self.addLink(port.node, switch.name, port1=_port(port.interface),
                              port2=port.port, intfName1=f"{port.node}-{port.interface}",

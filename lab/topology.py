@@ -13,7 +13,8 @@ Address plan (documentation prefixes on the "internet" side, RFC 5737)::
     10.1.0.0/24       the cluster's LAN: .1 internal virtual IP (the LAN's gateway), .10 its host
     10.2.i.0/24       peer i's protected LAN: .1 the peer gateway, .10 its host
     10.255.0.0/24     the sync network: .i member i (a kernel bridge in its own namespace, so
-                      steered packets cross it at kernel speed)
+                      steered packets cross it at kernel speed); .254 the bridge itself, the
+                      witness a member pings to know its own sync link works
 
 192.0.2.0/24 is left alone: machines like this one use it for their own network. The lab
 refuses to start if any of its prefixes overlaps an address or route of the host
@@ -37,6 +38,7 @@ CLUSTER_LAN = IPv4Network("10.1.0.0/24")
 SYNC_NET = IPv4Network("10.255.0.0/24")
 EXTERNAL_VIP = IPv4Address("203.0.113.1")
 INTERNAL_VIP = IPv4Address("10.1.0.1")
+SYNC_WITNESS = IPv4Interface("10.255.0.254/24")
 CLUSTER_ID = "cluster.ikelab.test"
 
 # Locally administered MACs; the shared ones are what every member answers with.
@@ -65,6 +67,7 @@ class LabSpec:
     agent: bool = True
     ownership: str = "table"
     expiry: float = 120.0
+    dead_after: float = 2.0  # seconds of silence after which members count one dead
 
     def validate(self) -> "LabSpec":
         """Return self, or raise TopologyError naming the first bad option."""
@@ -74,6 +77,8 @@ class LabSpec:
             raise TopologyError(f"peers must be 1 to {MAX_PEERS} (got {self.peers!r})")
         if not isinstance(self.expiry, (int, float)) or not 0 < self.expiry <= 3600:
             raise TopologyError(f"expiry must be 0 to 3600 seconds (got {self.expiry!r})")
+        if not isinstance(self.dead_after, (int, float)) or not 0.5 <= self.dead_after <= 30:
+            raise TopologyError(f"dead-after must be 0.5 to 30 seconds (got {self.dead_after!r})")
         for name, value, choices in (("hash", self.hash, HASH_MODES),
                                      ("mode", self.mode, CLUSTER_MODES),
                                      ("ike", self.ike, IKE_CHOICES),

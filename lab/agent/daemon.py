@@ -34,6 +34,22 @@ IKEv1 (whose header does not say) fall back to the table.
 The table follows charon: IKE SA up (vici `ike-updown`) makes the entry permanent, down deletes
 it on every member, `ike-rekey` gives the new SPIs to the old owner.
 
+Membership (`membership`): heartbeats decide which members are live and which serve. Only
+serving members handle IKE and direct keys, and a director waits for the ACK of every live
+member, whatever its state. When a member leaves the live set, the survivors drop the entries
+it owned (`OwnershipTable.drop_owner`: its IKE SAs died with its charon; the peers' DPD brings
+them back on a survivor), its steering routes, and its place in pending announcements; claims
+it was directing go to the key's next director. A member that joins asks a serving member for
+the whole table (SNAPSHOT_REQUEST), applies it, replays what changed while the snapshot was in
+flight, drops whatever its own charon holds that the table gives to someone else, and only then
+serves. The hashing switches follow each agent's state (`lab.switch`): a member gets traffic
+only while it serves.
+
+Two directors of one key during a change of membership would each wait for the other's ACK;
+an ACK carries the acker's owner for the key, an ANNOUNCE that conflicts with a negotiating
+entry keeps the lower member index, and a director grants the lowest owner it has heard of, so
+both grant the same member.
+
 The agent also programs the data plane's steering (`steering`: nftables and routes) and then
 stays out of its way: no ESP or LAN packet ever reaches this process.
 
@@ -47,6 +63,7 @@ import queue
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -56,6 +73,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ike, steering, sync
+from .membership import ISOLATED, JOINING, SERVING, STATE_CODES, STATES, Membership
 from .ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable, director_for, ike_sa_key
 
 SYNC_PORT = 4600
@@ -63,7 +81,8 @@ QUEUE_IN, QUEUE_OUT = 1, 2
 CHAIN_IN, CHAIN_OUT = "IKELAB_IN", "IKELAB_OUT"
 CLAIM_TIMEOUT = 1.0
 CLAIM_RESEND = 0.3
-ANNOUNCE_TIMEOUT = 0.3
+ANNOUNCE_RESEND = 0.3
+SNAPSHOT_RESEND = 1.0
 LOOKUP_TIMEOUT = 2.0
 TICK = 0.05
 LATENCY_SAMPLES = 20000
@@ -75,7 +94,12 @@ NON_ESP_MARKER_U32 = "0>>22&0x3C@8=0"
 COUNTERS = ("seen_in", "seen_out", "delivered_local", "forwarded", "received_forwarded",
             "claims_won", "claims_lost", "claim_timeouts", "lookups", "lookups_unresolved",
             "label_hits", "expired", "refused", "parse_errors", "outbound_refused",
-            "sync_sent", "sync_received", "sync_bad_mac", "sync_replayed", "sync_malformed")
+            "sync_sent", "sync_received", "sync_bad_mac", "sync_replayed", "sync_malformed",
+            "heartbeats_sent", "heartbeats_received", "not_serving_drops", "members_died",
+            "dead_owner_entries_dropped", "isolations", "snapshots_sent", "snapshots_applied",
+            "stale_sas_dropped")
+# Messages that change the table: a joining member replays them over the snapshot it applies.
+TABLE_CHANGES = (sync.ANNOUNCE, sync.ANSWER, sync.DELETE, sync.REKEY, sync.ESTABLISHED)
 
 
 @dataclass
@@ -96,6 +120,8 @@ class AgentConfig:
     peers: dict = field(default_factory=dict)  # name -> [address as seen, protected LAN]
     vici_socket: str = ""
     control_socket: str = ""
+    dead_after: float = 2.0
+    witness: str = ""  # the sync switch's own address (see membership)
 
     @classmethod
     def load(cls, path: Path) -> "AgentConfig":
@@ -129,23 +155,47 @@ class Parked:
 
 @dataclass
 class Announcement:
-    """A director's decision waiting for every other member's ACK before its grants go out."""
+    """A director's decision waiting for every other live member's ACK before its grants go
+    out. It never grants early: a member that does not answer is either still live (the
+    announcement is sent again) or leaves the live set (and the wait for it ends)."""
 
     key: Key
     owner: int
+    state: str
+    peer: str | None
+    tag: int
     waiting: set
-    deadline: float
+    resend_at: float
+    abandon_at: float
     grants: list = field(default_factory=list)  # (member index, claim tag)
+
+
+@dataclass
+class Snapshot:
+    """A joining member's request for the whole table, and what has come back so far."""
+
+    tag: int
+    source: int
+    resend_at: float
+    entries: list = field(default_factory=list)
+    replay: list = field(default_factory=list)  # table changes received meanwhile
 
 
 class Agent:
     """One member's agent; `run()` until SIGTERM."""
 
-    def __init__(self, config: AgentConfig):
+    def __init__(self, config: AgentConfig, join: bool = False):
         self.config = config
         self.me = config.index
         self.names = sorted(config.members, key=config.index_of)
         self.indexes = {config.index_of(n) for n in self.names}
+        self.membership = Membership(config.member, tuple(self.names), config.dead_after)
+        self.membership.start(time.monotonic(), joining=join)
+        self.joining_since = time.monotonic()
+        self.snapshot: Snapshot | None = None
+        self.replaying = False
+        self.next_heartbeat = 0.0
+        self.witness_seq = 0
         self.table = OwnershipTable(expiry=config.expiry, cap=config.cap)
         self.codec = sync.Codec(bytes.fromhex(config.key), self.me, time.time_ns())
         self.counters = dict.fromkeys(COUNTERS, 0)
@@ -166,34 +216,50 @@ class Agent:
         self.next_tick = 0.0
         self.next_advertisement = 0.0
         self.stopping = False
+        self.sync_sock = None
+        self.raw_sock = None
+        self.icmp_sock = None
 
     # ---- helpers -------------------------------------------------------------------------
     def _tag(self) -> int:
         self.next_tag = (self.next_tag + 1) & 0xFFFFFFFF or 1
         return self.next_tag
 
-    def director(self, ispi: bytes) -> int:
-        if self.config.mode == "ha":
-            return 1
-        return self.config.index_of(director_for(ispi, self.names))
+    @property
+    def serving(self) -> bool:
+        return self.membership.state == SERVING
 
-    def send(self, to: int, msg: sync.Message) -> None:
+    def director(self, ispi: bytes) -> int | None:
+        """The serving member that decides `ispi`'s owner (None if nobody serves): in HA
+        mode the active member, the lowest serving one."""
+        serving = self.membership.serving()
+        if not serving:
+            return None
+        if self.config.mode == "ha":
+            return self.config.index_of(serving[0])
+        return self.config.index_of(director_for(ispi, serving))
+
+    def live_others(self) -> set:
+        return {self.config.index_of(m) for m in self.membership.live()} - {self.me}
+
+    def send(self, to: int | None, msg: sync.Message, counter: str = "sync_sent") -> None:
+        if self.replaying or to is None:
+            return
         if to == self.me:
             self.inbox.append(msg)
             return
         address = self.config.members[self.config.name_of(to)]
         try:
             self.sync_sock.sendto(self.codec.encode(msg), (address, SYNC_PORT))
-            self.counters["sync_sent"] += 1
+            self.counters[counter] += 1
         except OSError:
             pass  # a member that cannot be reached answers nothing; timeouts take over
 
-    def broadcast(self, msg: sync.Message) -> set:
-        """Send `msg` to every other member; returns their indexes."""
-        others = self.indexes - {self.me}
-        for index in others:
-            self.send(index, msg)
-        return others
+    def broadcast(self, msg: sync.Message, counter: str = "sync_sent") -> None:
+        """Send `msg` to every other configured member, live or not: UDP to a dead one costs
+        nothing, and one that is coming back hears what changed."""
+        for index in self.indexes - {self.me}:
+            self.send(index, msg, counter)
 
     def label_owner(self, header: ike.IkeHeader, sent_by_cluster: bool) -> int | None:
         if self.config.ownership != "table+label":
@@ -208,6 +274,12 @@ class Agent:
     def on_packet(self, pkt, inbound: bool) -> None:
         arrival = time.monotonic_ns()
         self.counters["seen_in" if inbound else "seen_out"] += 1
+        if not self.serving:
+            # Joining or cut off: the switches send us nothing, and our charon must not
+            # speak for the cluster until the table says what is ours.
+            self.counters["not_serving_drops"] += 1
+            pkt.drop()
+            return
         try:
             dgram = ike.parse_datagram(pkt.get_payload())
             port = dgram.dport if inbound else dgram.sport
@@ -262,6 +334,7 @@ class Agent:
         parked.packets.append((pkt, inbound, arrival))
 
     def _send_claim(self, parked: Parked) -> None:
+        parked.director = self.director(parked.key.ispi)
         self.send(parked.director, sync.Message(
             sync.CLAIM, self.me, ispi=parked.key.ispi, msgid=parked.key.msgid,
             requester=parked.key.requester, tag=parked.tag, peer=parked.peer,
@@ -273,10 +346,14 @@ class Agent:
             self.counters["lookups"] += 1
             parked = self.lookups[key.ispi] = Parked(
                 key, self._tag(), time.monotonic() + LOOKUP_TIMEOUT, self.director(key.ispi))
-            self.send(parked.director, sync.Message(sync.LOOKUP, self.me, ispi=key.ispi,
-                                                    tag=parked.tag))
+            self._send_lookup(parked)
         pkt.retain()
         parked.packets.append((pkt, inbound, arrival))
+
+    def _send_lookup(self, parked: Parked) -> None:
+        parked.director = self.director(parked.key.ispi)
+        self.send(parked.director, sync.Message(sync.LOOKUP, self.me, ispi=parked.key.ispi,
+                                                tag=parked.tag))
 
     def learned(self, ispi: bytes) -> None:
         """The table now knows more about `ispi`: release what waited for it, here and for
@@ -302,8 +379,16 @@ class Agent:
                                                                           "sync_malformed")
             self.counters[name] += 1
             return
-        self.counters["sync_received"] += 1
-        self.dispatch(msg)
+        if msg.type == sync.HEARTBEAT:
+            self.counters["heartbeats_received"] += 1
+        else:
+            self.counters["sync_received"] += 1
+        if self.membership.state == ISOLATED and msg.type != sync.HEARTBEAT:
+            return  # cut off: nothing but the heartbeats that tell us the network is back
+        try:
+            self.dispatch(msg)
+        except sync.SyncError:
+            self.counters["sync_malformed"] += 1
 
     def dispatch(self, msg: sync.Message) -> None:
         handler = {sync.CLAIM: self.on_claim, sync.GRANT: self.on_grant,
@@ -311,12 +396,19 @@ class Agent:
                    sync.LOOKUP: self.on_lookup, sync.ANSWER: self.on_answer,
                    sync.FORWARD: self.on_forward, sync.DELETE: self.on_delete,
                    sync.REKEY: self.on_rekey, sync.ESTABLISHED: self.on_established,
-                   sync.ROUTES: self.on_routes}[msg.type]
+                   sync.ROUTES: self.on_routes, sync.HEARTBEAT: self.on_heartbeat,
+                   sync.SNAPSHOT_REQUEST: self.on_snapshot_request,
+                   sync.SNAPSHOT: self.on_snapshot,
+                   sync.SNAPSHOT_END: self.on_snapshot_end}[msg.type]
+        if self.snapshot is not None and msg.type in TABLE_CHANGES:
+            self.snapshot.replay.append(msg)
         handler(msg)
 
     def on_claim(self, msg: sync.Message) -> None:
         """Director: the first claimant of a key owns it, once every member has heard so;
         a peer's new Phase 1 while it has an IKE SA goes to that SA's owner (reauth)."""
+        if not self.serving:
+            return  # the claimant asks the key's next director when its resend is due
         key = Key(msg.ispi, msg.msgid, msg.requester)
         chosen = self.config.name_of(msg.owner or msg.sender)
         if msg.owner == 0:
@@ -330,12 +422,13 @@ class Agent:
         owner_index = self.config.index_of(owner)
         pending = next((a for a in self.announcing.values() if a.key == key), None)
         if won:
-            tag = self._tag()
-            waiting = self.broadcast(sync.Message(
-                sync.ANNOUNCE, self.me, ispi=key.ispi, msgid=key.msgid, requester=key.requester,
-                owner=owner_index, state=NEGOTIATING, tag=tag, peer=msg.peer))
-            pending = self.announcing[tag] = Announcement(
-                key, owner_index, waiting, time.monotonic() + ANNOUNCE_TIMEOUT)
+            now = time.monotonic()
+            pending = Announcement(key, owner_index, NEGOTIATING, msg.peer, self._tag(),
+                                   self.live_others(), now + ANNOUNCE_RESEND,
+                                   now + 2 * self.config.dead_after)
+            self.announcing[pending.tag] = pending
+            # Every configured member hears it (a joining one keeps up); the live ones ACK.
+            self.broadcast(self._announcement(pending))
             self.learned(key.ispi)
         if pending:
             pending.grants.append((msg.sender, msg.tag))
@@ -347,18 +440,33 @@ class Agent:
         self.send(to, sync.Message(sync.GRANT, self.me, ispi=key.ispi, msgid=key.msgid,
                                    requester=key.requester, owner=owner, tag=tag))
 
-    def _maybe_grant(self, announcement: Announcement, force: bool = False) -> None:
-        if announcement.waiting and not force:
+    def _announcement(self, a: Announcement) -> sync.Message:
+        return sync.Message(sync.ANNOUNCE, self.me, ispi=a.key.ispi, msgid=a.key.msgid,
+                            requester=a.key.requester, owner=a.owner, state=a.state, tag=a.tag,
+                            peer=a.peer)
+
+    def _maybe_grant(self, announcement: Announcement) -> None:
+        if announcement.waiting or announcement.tag not in self.announcing:
             return
+        del self.announcing[announcement.tag]
         for member, tag in announcement.grants:
             self._grant(announcement.key, announcement.owner, member, tag)
-        self.announcing = {t: a for t, a in self.announcing.items() if a is not announcement}
+
+    def _lower(self, a: int, b: int) -> int:
+        """Of two conflicting owners of one negotiating key, the one every member keeps."""
+        return min(a, b)
 
     def on_ack(self, msg: sync.Message) -> None:
         announcement = self.announcing.get(msg.tag)
-        if announcement:
-            announcement.waiting.discard(msg.sender)
-            self._maybe_grant(announcement)
+        if announcement is None:
+            return
+        if msg.owner and msg.owner != announcement.owner:
+            # Another director announced this key to the acker first: both keep the lower.
+            announcement.owner = self._lower(announcement.owner, msg.owner)
+            self.table.record(announcement.key, self.config.name_of(announcement.owner),
+                              NEGOTIATING, time.monotonic(), announcement.peer)
+        announcement.waiting.discard(msg.sender)
+        self._maybe_grant(announcement)
 
     def on_grant(self, msg: sync.Message) -> None:
         key = Key(msg.ispi, msg.msgid, msg.requester)
@@ -377,12 +485,19 @@ class Agent:
 
     def on_announce(self, msg: sync.Message) -> None:
         key = Key(msg.ispi, msg.msgid, msg.requester)
-        self.table.record(key, self.config.name_of(msg.owner), msg.state, time.monotonic(),
+        owner = msg.owner
+        existing = self.table.entries.get(key)
+        if existing and existing.state == NEGOTIATING:
+            owner = self._lower(owner, self.config.index_of(existing.owner))
+        self.table.record(key, self.config.name_of(owner), msg.state, time.monotonic(),
                           msg.peer)
-        self.send(msg.sender, sync.Message(sync.ACK, self.me, tag=msg.tag))
+        self.send(msg.sender, sync.Message(sync.ACK, self.me, ispi=key.ispi, msgid=key.msgid,
+                                           requester=key.requester, owner=owner, tag=msg.tag))
         self.learned(msg.ispi)
 
     def on_lookup(self, msg: sync.Message) -> None:
+        if not self.serving:
+            return
         name = self.table.owner_of(ike_sa_key(msg.ispi))
         if name:
             self.send(msg.sender, sync.Message(sync.ANSWER, self.me, ispi=msg.ispi,
@@ -406,6 +521,9 @@ class Agent:
 
     def on_forward(self, msg: sync.Message) -> None:
         """A member that must not handle an IKE packet sent it here: write it into our stack."""
+        if not self.serving:
+            self.counters["not_serving_drops"] += 1
+            return
         arrival, packet = int.from_bytes(msg.payload[:8], "big"), msg.payload[8:]
         try:
             dgram = ike.parse_datagram(packet)
@@ -438,6 +556,172 @@ class Agent:
         prefixes = msg.payload.decode(errors="replace")
         self.advertised[msg.sender] = {p for p in prefixes.split(",") if p}
         self.steer()
+
+    # ---- membership ----------------------------------------------------------------------------
+    def on_heartbeat(self, msg: sync.Message) -> None:
+        code, live = sync.decode_heartbeat(msg.payload)
+        if code >= len(STATES) or msg.sender not in self.indexes:
+            raise sync.SyncError("malformed")
+        self.membership.on_heartbeat(self.config.name_of(msg.sender), STATES[code],
+                                     frozenset(self.config.name_of(i) for i in live
+                                               if i in self.indexes), time.monotonic())
+
+    def heartbeat(self, now: float) -> None:
+        self.next_heartbeat = now + self.membership.heartbeat
+        payload = sync.encode_heartbeat(STATE_CODES[self.membership.state],
+                                        {self.config.index_of(m) for m in self.membership.live()})
+        self.broadcast(sync.Message(sync.HEARTBEAT, self.me, payload=payload),
+                       counter="heartbeats_sent")
+        self.ping_witness()
+
+    def ping_witness(self) -> None:
+        """ICMP echo to the sync switch's own address; the answer proves our sync link."""
+        if self.icmp_sock is None:
+            return
+        self.witness_seq = (self.witness_seq + 1) & 0xFFFF
+        header = struct.pack("!BBHHH", 8, 0, 0, os.getpid() & 0xFFFF, self.witness_seq)
+        packet = header[:2] + _checksum(header).to_bytes(2, "big") + header[4:]
+        try:
+            self.icmp_sock.sendto(packet, (self.config.witness, 0))
+        except OSError:
+            pass  # no route while our link is down: the missing answer says so
+
+    def _read_icmp(self) -> None:
+        while True:
+            try:
+                data, (source, _port) = self.icmp_sock.recvfrom(2048)
+            except BlockingIOError:
+                return
+            offset = (data[0] & 0x0F) * 4
+            if (source == self.config.witness and len(data) >= offset + 8 and data[offset] == 0
+                    and int.from_bytes(data[offset + 4:offset + 6], "big")
+                    == os.getpid() & 0xFFFF):
+                self.membership.on_witness(time.monotonic())
+
+    def judge_membership(self, now: float) -> None:
+        changes = self.membership.update(now)
+        if changes.state:
+            self.on_state(changes.state, now)
+        for name in sorted(changes.died):
+            self.on_member_died(name)
+        if changes.appeared and self.serving and self.config.peers:
+            self.advertise()  # a newcomer learns our routes now, not in 5 s
+        if now >= self.next_heartbeat:
+            self.heartbeat(now)
+        if self.membership.state == JOINING and not self.membership.synced:
+            self.fetch_table(now)
+
+    def on_state(self, state: str, now: float) -> None:
+        print(f"agent {self.config.member}: {state}", flush=True)
+        if state == ISOLATED:
+            # Nothing started here may finish: the others cannot hear about it.
+            self.counters["isolations"] += 1
+            for parked in list(self.claims.values()) + list(self.lookups.values()):
+                parked.drop_all()
+            self.claims.clear()
+            self.lookups.clear()
+            self.announcing.clear()
+            self.waiters.clear()
+            self.snapshot = None
+        elif state == JOINING:
+            self.joining_since = now
+            self.snapshot = None
+
+    def on_member_died(self, name: str) -> None:
+        """`name` left the live set: nothing here may point at it any more."""
+        index = self.config.index_of(name)
+        print(f"agent {self.config.member}: {name} left the cluster", flush=True)
+        self.counters["members_died"] += 1
+        self.counters["dead_owner_entries_dropped"] += self.table.drop_owner(name)
+        if self.advertised.pop(index, None) is not None:
+            self.steer()
+        for announcement in list(self.announcing.values()):
+            announcement.waiting.discard(index)
+            self._maybe_grant(announcement)
+        for parked in self.claims.values():
+            if parked.director == index:
+                self._send_claim(parked)
+        for parked in self.lookups.values():
+            if parked.director == index:
+                self._send_lookup(parked)
+        for ispi, waiting in list(self.waiters.items()):
+            self.waiters[ispi] = [w for w in waiting if w[0] != index]
+
+    def fetch_table(self, now: float) -> None:
+        """Joining: ask the pivot for the table; with nobody serving, the cluster is
+        starting from nothing and this member serves what its own charon holds."""
+        if self.snapshot is not None and now < self.snapshot.resend_at:
+            return
+        pivot = self.membership.pivot()
+        if pivot is None:
+            if self.membership.nobody_serving_since(now, self.joining_since):
+                self.snapshot = None
+                self.membership.synced = True
+            return
+        source = self.config.index_of(pivot)
+        self.snapshot = Snapshot(self._tag(), source, now + SNAPSHOT_RESEND)
+        self.send(source, sync.Message(sync.SNAPSHOT_REQUEST, self.me, tag=self.snapshot.tag))
+
+    def on_snapshot_request(self, msg: sync.Message) -> None:
+        """A joining member wants the whole table: send it, then how many entries it was."""
+        if not self.serving:
+            return
+        now = time.monotonic()
+        entries = [(e.key, self.config.index_of(e.owner), e.state, e.rspi, e.peer,
+                    now - e.created) for e in self.table.entries.values()]
+        for start in range(0, len(entries), sync.ENTRIES_PER_SNAPSHOT):
+            chunk = entries[start:start + sync.ENTRIES_PER_SNAPSHOT]
+            self.send(msg.sender, sync.Message(sync.SNAPSHOT, self.me, tag=msg.tag,
+                                               payload=sync.encode_entries(chunk)))
+        self.send(msg.sender, sync.Message(sync.SNAPSHOT_END, self.me, tag=msg.tag,
+                                           payload=len(entries).to_bytes(4, "big")))
+        self.counters["snapshots_sent"] += 1
+
+    def on_snapshot(self, msg: sync.Message) -> None:
+        if self.snapshot and msg.tag == self.snapshot.tag and msg.sender == self.snapshot.source:
+            self.snapshot.entries += sync.decode_entries(msg.payload)
+
+    def on_snapshot_end(self, msg: sync.Message) -> None:
+        snapshot = self.snapshot
+        if not snapshot or msg.tag != snapshot.tag or msg.sender != snapshot.source:
+            return
+        if int.from_bytes(msg.payload[:4], "big") != len(snapshot.entries):
+            self.snapshot = None  # a chunk was lost: ask again on the next tick
+            return
+        now = time.monotonic()
+        self.table.entries.clear()
+        for ispi, msgid, requester, owner, state, rspi, peer, age in snapshot.entries:
+            if owner in self.indexes:
+                self.table.restore(Key(ispi, msgid, requester), self.config.name_of(owner),
+                                   state, rspi, peer, age, now)
+        # What changed while the snapshot was on its way, applied again on top of it.
+        self.snapshot = None
+        self.replaying = True
+        try:
+            for change in snapshot.replay:
+                self.dispatch(change)
+        finally:
+            self.replaying = False
+        self.counters["snapshots_applied"] += 1
+        mine = {e.key.ispi for e in self.table.entries.values()
+                if e.owner == self.config.member and e.key.is_ike_sa}
+        threading.Thread(target=self.drop_stale_sas, args=(mine,), daemon=True).start()
+
+    def drop_stale_sas(self, mine: set) -> None:
+        """Thread: end every IKE SA our charon holds that the cluster's table does not give to
+        this member (it was given up while we were gone), then report back to the loop."""
+        from ..strongswan import list_sas, terminate
+        dropped = 0
+        try:
+            for sa in list_sas(Path(self.config.vici_socket)).values():
+                spi = bytes.fromhex(sa.get("initiator-spi", ""))
+                if spi not in mine:
+                    terminate(Path(self.config.vici_socket), sa["uniqueid"])
+                    dropped += 1
+        except Exception as exc:  # charon gone: nothing of it to serve with anyway
+            print(f"agent {self.config.member}: reading charon's SAs: {exc}", flush=True)
+        self.events.put(("synced", dropped))
+        os.write(self.wake_w, b"s")
 
     # ---- data plane steering (rules only: no data packet passes through here) -------------------
     def steer(self) -> None:
@@ -481,6 +765,10 @@ class Agent:
         """charon's word on an IKE SA it holds (vici `ike-updown`, `ike-rekey`)."""
         if name == "holdings":
             self.on_holdings(message)
+            return
+        if name == "synced":
+            self.counters["stale_sas_dropped"] += message
+            self.membership.synced = True
             return
         sa = next((v for v in message.values() if isinstance(v, dict)), None)
         if sa is None:
@@ -553,13 +841,15 @@ class Agent:
         if now < self.next_tick:
             return
         self.next_tick = now + TICK
+        self.judge_membership(now)
         for key, parked in list(self.claims.items()):
             if now >= parked.deadline:
                 del self.claims[key]
                 self.counters["claim_timeouts"] += 1
                 parked.drop_all()
             elif parked.resend_at and now >= parked.resend_at:
-                parked.resend_at = None
+                # Again, to whoever directs the key now: the director may have died.
+                parked.resend_at = now + CLAIM_RESEND
                 self._send_claim(parked)
         for ispi, parked in list(self.lookups.items()):
             if now >= parked.deadline:
@@ -567,8 +857,15 @@ class Agent:
                 self.counters["lookups_unresolved"] += 1
                 parked.drop_all()
         for announcement in list(self.announcing.values()):
-            if now >= announcement.deadline:
-                self._maybe_grant(announcement, force=True)
+            announcement.waiting &= self.live_others()
+            if now >= announcement.abandon_at:
+                del self.announcing[announcement.tag]  # the claimants have given up
+            elif not announcement.waiting:
+                self._maybe_grant(announcement)
+            elif now >= announcement.resend_at:
+                announcement.resend_at = now + ANNOUNCE_RESEND
+                for index in announcement.waiting:
+                    self.send(index, self._announcement(announcement))
         for ispi, waiting in list(self.waiters.items()):
             late = [w for w in waiting if now >= w[2]]
             for member, tag, _deadline in late:
@@ -577,7 +874,7 @@ class Agent:
                 del self.waiters[ispi]
             else:
                 self.waiters[ispi] = [w for w in waiting if now < w[2]]
-        if self.config.peers and now >= self.next_advertisement:
+        if self.config.peers and now >= self.next_advertisement and self.serving:
             self.advertise()
         self.table.expire(now)
         self.counters["expired"] = self.table.expired
@@ -588,6 +885,7 @@ class Agent:
         lat = sorted(self.latencies_us)
         return {"member": self.config.member, "pid": os.getpid(), "mode": self.config.mode,
                 "ownership": self.config.ownership, "counters": dict(self.counters),
+                "membership": self.membership_state(),
                 "table": self.table.rows(time.monotonic()),
                 "pending": {"claims": len(self.claims), "lookups": len(self.lookups),
                             "announcements": len(self.announcing)},
@@ -601,11 +899,23 @@ class Agent:
                              "holds": sorted(self.holdings)},
                 "cpu_s": sum(os.times()[:2])}
 
+    def membership_state(self) -> dict:
+        """This member's state and view of the cluster: cheap enough for the switches to
+        ask several times a second."""
+        m = self.membership
+        return {"member": self.config.member, "state": m.state, "live": sorted(m.live()),
+                "serving": m.serving(), "connected": m.connected(time.monotonic()),
+                "dead_after": m.dead_after, "table_size": len(self.table.entries)}
+
     def on_control(self, conn: socket.socket) -> None:
         try:
             conn.settimeout(1.0)
             request = conn.recv(256).strip()
-            if request == b"status":
+            if request == b"state":
+                reply = self.membership_state()
+            elif request == b"owners":
+                reply = self.table.owners()
+            elif request == b"status":
                 reply = self.status()
             elif request == b"reset-latency":
                 self.latencies_us.clear()
@@ -657,6 +967,9 @@ class Agent:
         self.sync_sock.bind((self.config.members[self.config.member], SYNC_PORT))
         self.sync_sock.setblocking(False)
         self.raw_sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        if self.config.witness:
+            self.icmp_sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            self.icmp_sock.setblocking(False)
         control_path = Path(self.config.control_socket)
         control_path.unlink(missing_ok=True)
         control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -673,6 +986,8 @@ class Agent:
         self.install_rules()
         if self.config.peers:
             self.install_steering()
+            # A predecessor killed on this member left its steering routes behind.
+            subprocess.run(["ip", "route", "flush", "proto", "static"], capture_output=True)
             self.route_keeper.start()
         # The member's private /run: `ikelab clean` finds us by this file after a crash.
         Path("/run/agent.pid").write_text(f"{os.getpid()}\n")
@@ -687,7 +1002,9 @@ class Agent:
         selector.register(control, selectors.EVENT_READ,
                           lambda: self.on_control(control.accept()[0]))
         selector.register(self.wake_r, selectors.EVENT_READ, self._read_events)
-        print(f"agent {self.config.member}: running", flush=True)
+        if self.icmp_sock is not None:
+            selector.register(self.icmp_sock, selectors.EVENT_READ, self._read_icmp)
+        print(f"agent {self.config.member}: running, {self.membership.state}", flush=True)
         try:
             while not self.stopping:
                 for selected, _ in selector.select(TICK):
@@ -778,6 +1095,16 @@ class RouteKeeper(threading.Thread):
             subprocess.run(["ip", "route", "del", prefix, "proto", "static"], capture_output=True)
 
 
+def _checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
 def _spis(sa: dict) -> tuple[bytes, bytes] | None:
     """(initiator SPI, responder SPI) of a vici IKE SA dict, or None if it has none."""
     try:
@@ -809,13 +1136,16 @@ def query(control_socket: Path, request: str = "status", timeout: float = 5.0) -
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="ikelab forwarding agent for one member")
     parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--join", action="store_true",
+                        help="fetch the table from a serving member before serving (a member "
+                             "that comes back); without it the member starts with the cluster")
     args = parser.parse_args(argv)
     try:
         config = AgentConfig.load(args.config)
     except (OSError, ValueError, TypeError) as exc:
         print(f"agent: bad config {args.config}: {exc}", file=sys.stderr)
         return 2
-    Agent(config).run()
+    Agent(config, join=args.join).run()
     return 0
 
 

@@ -162,6 +162,29 @@ class OwnershipTable:
             del self.entries[key]
         return len(gone)
 
+    def drop_owner(self, member: str) -> int:
+        """Remove every entry `member` owns (it left the cluster); how many went.
+
+        The survivors cannot take its IKE SAs over (the keys live in its charon), so the peer
+        re-establishes through DPD, and the new negotiation is claimed afresh; meanwhile its
+        packets for the old SAs find no owner and are dropped, not sent to the dead member.
+        """
+        gone = [k for k, e in self.entries.items() if e.owner == member]
+        for key in gone:
+            del self.entries[key]
+        return len(gone)
+
+    def restore(self, key: Key, owner: str, state: str, rspi: bytes | None, peer: str | None,
+                age: float, now: float) -> None:
+        """Take one entry from a serving member's snapshot, ages and all (no cap: the sender's
+        table fit under the same cap)."""
+        entry = self.entries[key] = Entry(key, owner, state, now - age, None, rspi, peer)
+        self._set_state(entry, state, now)
+
+    def owners(self) -> dict[str, str]:
+        """key -> owner, for comparing replicas."""
+        return {str(k): e.owner for k, e in self.entries.items()}
+
     def expire(self, now: float) -> list[Entry]:
         """Remove and return the entries whose time is up."""
         gone = [e for e in self.entries.values() if e.expires is not None and e.expires <= now]

@@ -7,14 +7,19 @@ Every message is `header | body | payload | MAC`:
             state (1), tag (4, matches answers to requests), responder SPI (8), the peer's
             IPv4 address (4, zero when unknown)
     payload FORWARD: arrival time (ns, 8) + the original IP packet; REKEY: the old initiator SPI;
-            ROUTES: the prefixes the sender holds outbound CHILD SAs for, comma-separated
+            ROUTES: the prefixes the sender holds outbound CHILD SAs for, comma-separated;
+            HEARTBEAT: the sender's membership state and the members it hears (bitmap);
+            SNAPSHOT: table entries (ENTRY each); SNAPSHOT_END: how many entries were sent
     MAC     HMAC-SHA256 over everything before it, under the cluster key
 
 Types: CLAIM (member -> director; `owner` is the claimant when it must own the key because its
 own charon sent the packet, 0 when the director may give it to the peer's existing owner), GRANT (director -> claimant, after every ACK), ANNOUNCE
 (director -> all) and ACK, LOOKUP / ANSWER (owner unknown here), FORWARD (an IKE packet for its
 owner), ESTABLISHED / REKEY / DELETE (the owner, from charon's events, to all), ROUTES (a member's
-outbound CHILD SA prefixes, for the data plane's steering routes).
+outbound CHILD SA prefixes, for the data plane's steering routes), HEARTBEAT (every member to
+all, `membership`), SNAPSHOT_REQUEST / SNAPSHOT / SNAPSHOT_END (a joining member fetches the
+whole table; `tag` ties the answers to the request). ACK carries the key and the acker's owner
+for it, so a director learns of a conflicting announcement before it grants.
 
 A receiver drops (and counts) a message that is short, foreign, forged, or replayed. Replay is
 judged per sender with a 64-message sliding window over sequence numbers (as RFC 4303 3.4.3
@@ -37,10 +42,17 @@ MIN_LEN = HEADER.size + BODY.size + MAC_LEN
 WINDOW = 64
 
 (CLAIM, GRANT, ANNOUNCE, ACK, LOOKUP, ANSWER, FORWARD, DELETE, REKEY, ESTABLISHED,
- ROUTES) = range(1, 12)
+ ROUTES, HEARTBEAT, SNAPSHOT_REQUEST, SNAPSHOT, SNAPSHOT_END) = range(1, 16)
 TYPE_NAMES = {CLAIM: "claim", GRANT: "grant", ANNOUNCE: "announce", ACK: "ack",
               LOOKUP: "lookup", ANSWER: "answer", FORWARD: "forward", DELETE: "delete",
-              REKEY: "rekey", ESTABLISHED: "established", ROUTES: "routes"}
+              REKEY: "rekey", ESTABLISHED: "established", ROUTES: "routes",
+              HEARTBEAT: "heartbeat", SNAPSHOT_REQUEST: "snapshot-request",
+              SNAPSHOT: "snapshot", SNAPSHOT_END: "snapshot-end"}
+# One table entry in a SNAPSHOT: initiator SPI, Message ID, requester, owner, state,
+# responder SPI (zero when unknown), the peer's IPv4 (zero when unknown), age in milliseconds.
+ENTRY = struct.Struct("!8sIcBB8s4sI")
+ENTRIES_PER_SNAPSHOT = 40  # 1.2 KB: one unfragmented datagram
+HEARTBEAT_BODY = struct.Struct("!BI")  # sender's membership state code, bitmap of live members
 STATE_CODES = {"": 0, "negotiating": 1, "established": 2, "rekeyed": 3}
 STATE_NAMES = {v: k for k, v in STATE_CODES.items()}
 
@@ -128,3 +140,42 @@ class Codec:
             return False
         self.windows[sender] = (top, bitmap | 1 << offset)
         return True
+
+
+def encode_entries(entries) -> bytes:
+    """SNAPSHOT payload for (Key-like, owner index, state, rspi, peer, age s) tuples."""
+    out = bytearray()
+    for key, owner, state, rspi, peer, age in entries:
+        out += ENTRY.pack(key.ispi, key.msgid, key.requester.encode(), owner,
+                          STATE_CODES[state], rspi or b"\0" * 8,
+                          IPv4Address(peer).packed if peer else b"\0" * 4,
+                          min(int(age * 1000), 0xFFFFFFFF))
+    return bytes(out)
+
+
+def decode_entries(payload: bytes) -> list[tuple]:
+    """(ispi, msgid, requester, owner index, state, rspi or None, peer or None, age s) tuples;
+    raises SyncError('malformed') for a payload that is not whole entries."""
+    if len(payload) % ENTRY.size:
+        raise SyncError("malformed")
+    result = []
+    for offset in range(0, len(payload), ENTRY.size):
+        ispi, msgid, requester, owner, state, rspi, peer, age = ENTRY.unpack_from(payload, offset)
+        if state not in STATE_NAMES or requester not in (b"i", b"r", b"-") or not owner:
+            raise SyncError("malformed")
+        result.append((ispi, msgid, requester.decode(), owner, STATE_NAMES[state],
+                       rspi if rspi != b"\0" * 8 else None,
+                       str(IPv4Address(peer)) if peer != b"\0" * 4 else None, age / 1000))
+    return result
+
+
+def encode_heartbeat(state_code: int, live: set[int]) -> bytes:
+    return HEARTBEAT_BODY.pack(state_code, sum(1 << i for i in live))
+
+
+def decode_heartbeat(payload: bytes) -> tuple[int, set[int]]:
+    """(state code, live member indexes); SyncError('malformed') if it is not one."""
+    if len(payload) != HEARTBEAT_BODY.size:
+        raise SyncError("malformed")
+    code, bitmap = HEARTBEAT_BODY.unpack(payload)
+    return code, {i for i in range(32) if bitmap >> i & 1}

@@ -30,7 +30,7 @@ def test_every_member_gets_a_bucket_in_load_sharing():
 def test_ha_sends_everything_to_the_first_member():
     plan, spec = program(members=3, mode="ha", hash="split")
     [group] = hashing.groups(plan.switch("external"), spec)
-    assert group.endswith("),bucket=bucket_id=1,output:1")
+    assert group.endswith("),bucket=bucket_id=1,watch_port:1,output:1")
     assert not any("tp_dst=4500" in f for f in hashing.flows(plan.switch("external"), spec))
 
 

@@ -1,0 +1,156 @@
+"""Cluster membership: who is alive, who serves, and whether this member may act at all.
+
+Members send each other an authenticated HEARTBEAT every `heartbeat` seconds over the sync
+network, carrying the sender's state and the members it hears. A member unheard for
+`dead_after` seconds has left the live set.
+
+States of a member:
+
+- JOINING: it has started (or come back) and is fetching the whole table from a serving member
+  (the reference's full sync). It keeps up with live updates, directs nothing, and the hashing
+  switches give it no traffic.
+- SERVING: it takes traffic, claims, directs keys and forwards.
+- ISOLATED: it cannot reach the sync network's witness (the sync switch's own address), so it
+  cannot tell a dead cluster from its own cut cable. It stops claiming, directing and handling
+  IKE altogether and tells the switches, through its state, to stop sending it traffic. Why a
+  witness and not a majority vote: a two-member cluster must survive the death of either
+  member, and with a vote of two neither survivor would hold a majority. The witness breaks the
+  tie the way a quorum disk does: the side that still reaches the sync switch carries on.
+  Isolation is judged at half of `dead_after`, so a cut-off member stops acting before the
+  others give up on it and take its keys over.
+
+When the witness answers again, an isolated member rejoins: its table is replaced by a
+serving member's snapshot, and what its charon holds that the cluster gave away is dropped.
+
+A joining member serves only once every live member's heartbeat lists it as live: from then
+on, any member that might direct a key waits for its acknowledgement, and it waits for theirs,
+so two directors can never both grant one key during a change of membership.
+
+A member whose own loop stalled (CPU starvation) does not judge others on that round: a gap in
+its own clock is not evidence that anyone else died.
+
+Pure logic: time is passed in, nothing here touches a socket.
+"""
+
+from dataclasses import dataclass, field
+
+JOINING, SERVING, ISOLATED = "joining", "serving", "isolated"
+STATES = (JOINING, SERVING, ISOLATED)
+STATE_CODES = {JOINING: 0, SERVING: 1, ISOLATED: 2}
+
+
+@dataclass
+class Heard:
+    at: float
+    state: str
+    live: frozenset  # the members the sender hears, itself included
+
+
+@dataclass
+class Changes:
+    """What one `update()` found."""
+
+    died: set = field(default_factory=set)  # left the live set
+    appeared: set = field(default_factory=set)  # entered it
+    state: str | None = None  # this member's new state, if it changed
+
+
+@dataclass
+class Membership:
+    me: str
+    members: tuple  # every configured member, in index order
+    dead_after: float = 2.0
+    state: str = SERVING
+    heard: dict = field(default_factory=dict)  # member -> Heard
+    witness_at: float | None = None
+    live_set: set = field(default_factory=set)
+    last_update: float | None = None
+    synced: bool = False  # JOINING: the snapshot has been applied
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between heartbeats: several fit into one `dead_after`."""
+        return self.dead_after / 8
+
+    def start(self, now: float, joining: bool) -> None:
+        """A bootstrapping cluster starts SERVING together; a restored member JOINs."""
+        self.state = JOINING if joining else SERVING
+        self.synced = not joining
+        self.witness_at = now  # the witness gets one full period to answer the first time
+        self.live_set = {self.me}
+        self.last_update = now
+
+    def on_heartbeat(self, member: str, state: str, live: frozenset, now: float) -> None:
+        if member in self.members and member != self.me:
+            self.heard[member] = Heard(now, state, frozenset(live))
+
+    def on_witness(self, now: float) -> None:
+        self.witness_at = now
+
+    def connected(self, now: float) -> bool:
+        """The witness answered within half of `dead_after`."""
+        return self.witness_at is not None and now - self.witness_at < self.dead_after / 2
+
+    def live(self) -> set:
+        """Members heard within `dead_after` at the last update, this member included."""
+        return set(self.live_set)
+
+    def serving(self) -> list:
+        """Live members in SERVING state (their last heartbeat, or this member's own state),
+        in index order: the directors."""
+        result = []
+        for member in self.members:
+            if member == self.me:
+                if self.state == SERVING:
+                    result.append(member)
+            elif member in self.live_set and self.heard[member].state == SERVING:
+                result.append(member)
+        return result
+
+    def pivot(self) -> str | None:
+        """The lowest-indexed serving member: it answers joiners' snapshot requests."""
+        others = [m for m in self.serving() if m != self.me]
+        return others[0] if others else None
+
+    def accepted(self) -> bool:
+        """Every other live member lists this member as live."""
+        return all(self.me in self.heard[m].live for m in self.live_set if m != self.me)
+
+    def update(self, now: float) -> Changes:
+        """Re-judge the live set and this member's state."""
+        changes = Changes()
+        stalled = self.last_update is not None and now - self.last_update > self.dead_after / 4
+        self.last_update = now
+        if stalled:
+            # Our own loop did not run for a while: give everyone (and the witness) a
+            # fresh period instead of declaring them dead for our own delay.
+            for heard in self.heard.values():
+                heard.at = max(heard.at, now - self.dead_after / 2)
+            if self.witness_at is not None:
+                self.witness_at = max(self.witness_at, now - self.dead_after / 4)
+            return changes
+        before = set(self.live_set)
+        if self.state == ISOLATED or not self.connected(now):
+            # Cut off: nobody is judged dead from here, and nobody else's keys taken.
+            if self.state == SERVING or (self.state == JOINING and not self.connected(now)):
+                changes.state = self.state = ISOLATED
+            if self.state == ISOLATED and self.connected(now):
+                changes.state = self.state = JOINING
+                self.synced = False
+            self.live_set = {self.me} | {m for m, h in self.heard.items()
+                                         if now - h.at < self.dead_after}
+            changes.appeared = self.live_set - before
+            return changes
+        self.live_set = {self.me} | {m for m, h in self.heard.items()
+                                     if now - h.at < self.dead_after}
+        changes.died = before - self.live_set
+        changes.appeared = self.live_set - before
+        if self.state == JOINING and self.synced and self.accepted():
+            changes.state = self.state = SERVING
+        return changes
+
+    def nobody_serving_since(self, now: float, since: float) -> bool:
+        """JOINING with no serving member heard for `dead_after` after `since`: the whole
+        cluster is (re)starting, so there is no table to fetch."""
+        return (self.state == JOINING and not self.pivot()
+                and now - since >= self.dead_after and self.connected(now))
