@@ -80,6 +80,11 @@ def parser() -> Parser:
                      help="render configs from this template directory")
     run.add_argument("--expiry", type=_seconds, default=120.0,
                      help="seconds before an unfinished negotiation's entry expires (120)")
+    run.add_argument("--dead-after", type=_seconds, default=2.0,
+                     help="seconds of silence after which members count one dead, 0.5-30 (2)")
+    run.add_argument("--chaos", action="store_true",
+                     help="after the traffic test, fail, restore, rehash and partition members "
+                     "while the LANs ping each other, and report each outage")
     status = sub.add_parser("status", help="the running lab's ownership table and agent "
                             "counters")
     status.add_argument("--json", action="store_true", help="print what the agents said as JSON")
@@ -112,8 +117,12 @@ def cmd_run(args) -> int:
     from .report import format_text
 
     spec = LabSpec(args.members, args.peers, args.hash, args.mode, args.ike, args.auth, args.nat,
-                   args.agent, args.ownership, args.expiry)
+                   args.agent, args.ownership, args.expiry, args.dead_after)
     spec.validate()
+    if args.chaos and not spec.agent:
+        raise UsageError("--chaos needs the agent: without it no tunnel survives a member")
+    if args.chaos and spec.members < 2:
+        raise UsageError("--chaos needs at least 2 members: one fails, another takes over")
     if not (args.templates / "swanctl.conf.j2").is_file():
         raise UsageError(f"--templates {args.templates}: no swanctl.conf.j2 there")
     # Ctrl-C and SIGTERM both mean "tear down and leave", even when started from a context that
@@ -129,6 +138,10 @@ def cmd_run(args) -> int:
             lab_up = time.monotonic() - start
             say(f"lab up in {lab_up:.1f} s")
             report = run_main_job(lab, args.timeout, lab_up, say)
+            if args.chaos and report["ok"]:
+                from .chaos import run_chaos
+                from .report import with_chaos
+                report = with_chaos(report, run_chaos(lab, say))
             print(json.dumps(report, indent=2) if args.json else format_text(report), flush=True)
             if args.cli:
                 from .mncli import LabCLI

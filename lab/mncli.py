@@ -2,11 +2,14 @@
 
 from mininet.cli import CLI
 
-from . import strongswan
+import argparse
+import shlex
+
+from . import failover, strongswan
 from .agent.daemon import query
 from .nodes import ClusterMember, PeerGateway, StrongSwanNode
 from .render import CHILD_NAME, CLUSTER_CONNECTION
-from .report import describe_ownership, describe_sas, describe_steering
+from .report import describe_membership, describe_ownership, describe_sas, describe_steering
 from .switch import HashingSwitch
 
 
@@ -14,7 +17,8 @@ UP_TIMEOUT = 20.0
 
 
 class LabCLI(CLI):
-    """Mininet's CLI plus `sas`, `up`, `ownership`, `steering` and `hashing`; `help <command>` shows what each does."""
+    """Mininet's CLI plus `sas`, `up`, `ownership`, `steering`, `hashing`, `members`, `fail`,
+    `restore`, `rehash`, `partition` and `heal`; `help <command>` shows what each does."""
 
     prompt = "ikelab> "
 
@@ -93,3 +97,65 @@ class LabCLI(CLI):
                 self.stdout.write(f"  group {group}  {spread}\n")
             for definition in switch.group_definitions():
                 self.stdout.write(f"  {definition}\n")
+
+    # ---- failover: each takes effect at once; `members` shows what the cluster made of it --------
+    def _act(self, action, *args) -> None:
+        try:
+            action(self.mn, *args)
+        except failover.FailoverError as exc:
+            self.stdout.write(f"*** {exc}\n")
+            return
+        self.stdout.write("done; `members` shows the cluster's view as it changes\n")
+
+    def _one_argument(self, line: str, usage: str) -> str | None:
+        words = line.split()
+        if len(words) != 1:
+            self.stdout.write(f"*** usage: {usage}\n")
+            return None
+        return words[0]
+
+    def do_members(self, line):
+        """members: each member's state (serving, joining, isolated, failed), the members it
+        hears and sees serving, whether the sync witness answers it, its table size; and the
+        members each hashing switch gives buckets to."""
+        self.stdout.write("\n".join(describe_membership(failover.membership(self.mn))) + "\n")
+
+    def do_fail(self, line):
+        """fail MEMBER [--how daemons|links]: make a member die. daemons (default): its charon
+        and agent are killed outright; links: its interfaces go down, its daemons keep running.
+        Peers whose tunnels it held re-establish on survivors after their DPD gives up."""
+        parser = argparse.ArgumentParser(prog="fail", add_help=False, exit_on_error=False)
+        parser.add_argument("member")
+        parser.add_argument("--how", default="daemons")
+        try:
+            args = parser.parse_args(shlex.split(line))
+        except (argparse.ArgumentError, SystemExit, ValueError):
+            self.stdout.write("*** usage: fail MEMBER [--how daemons|links]\n")
+            return
+        self._act(failover.fail, args.member, args.how)
+
+    def do_restore(self, line):
+        """restore MEMBER: undo `fail`. Its agent fetches the whole table from a serving member
+        and serves (and gets switch buckets) only then; tunnels keep their owners."""
+        member = self._one_argument(line, "restore MEMBER")
+        if member:
+            self._act(failover.restore, member)
+
+    def do_partition(self, line):
+        """partition MEMBER: silently drop everything between the member and the sync network.
+        It stops serving once the sync witness goes quiet; the others count it dead."""
+        member = self._one_argument(line, "partition MEMBER")
+        if member:
+            self._act(failover.partition, member)
+
+    def do_heal(self, line):
+        """heal MEMBER: end a partition; the member rejoins with a fresh copy of the table."""
+        member = self._one_argument(line, "heal MEMBER")
+        if member:
+            self._act(failover.heal, member)
+
+    def do_rehash(self, line):
+        """rehash l3|l4|split: make the hashing switches hash on other fields, live."""
+        mode = self._one_argument(line, "rehash l3|l4|split")
+        if mode:
+            self._act(failover.rehash, mode)

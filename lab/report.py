@@ -184,14 +184,65 @@ def format_text(report: dict) -> str:
                      f"{c['received_forwarded']}, claims won {c['claims_won']} lost "
                      f"{c['claims_lost']}, lookups {c['lookups']}, parse errors "
                      f"{c['parse_errors']}, table {agent['table_size']}")
+    lines += describe_chaos(report.get("chaos"))
     bad = [t for t in report["tunnels"] if t["problems"]]
     if report["ok"]:
-        lines.append("OK: every tunnel is up on exactly one member and carries traffic both ways")
-    else:
+        lines.append("OK: every tunnel is up on exactly one member and carries traffic both ways"
+                     + (", and the cluster came back whole after every chaos step"
+                        if report.get("chaos") else ""))
+    elif bad:
         lines.append(f"FAIL: {len(bad)} of {len(report['tunnels'])} tunnels have problems")
+    else:
+        lines.append("FAIL: the cluster did not come back whole after a chaos step")
     if report.get("run_dir"):
         lines.append(f"configs and logs kept in {report['run_dir']}")
     return "\n".join(lines)
+
+
+def with_chaos(report: dict, steps: list[dict]) -> dict:
+    """The report with the chaos steps added; `ok` also needs every step to have recovered."""
+    ran_all = len(steps) == CHAOS_STEPS
+    return dict(report, chaos=steps,
+                ok=report["ok"] and ran_all and all(s["consistent_after_s"] is not None
+                                                    for s in steps))
+
+
+CHAOS_STEPS = 7
+
+
+def describe_chaos(steps: list[dict] | None) -> list[str]:
+    """One line per chaos step: what was done, the worst LAN outage, when it was whole again."""
+    if not steps:
+        return []
+    lines = ["chaos (LAN-to-LAN pings every 100 ms from every peer's LAN):"]
+    for s in steps:
+        after = (f"consistent again after {s['consistent_after_s']:.1f} s"
+                 if s["consistent_after_s"] is not None else f"NOT consistent: {s['problem']}")
+        lines.append(f"  {s['name']}: longest outage {s['outage_s']:.1f} s; {after}")
+    if len(steps) < CHAOS_STEPS:
+        lines.append(f"  stopped after {len(steps)} of {CHAOS_STEPS} steps")
+    return lines
+
+
+def describe_membership(states: dict[str, dict]) -> list[str]:
+    """Each member's state and view, and what the switches give buckets to (CLI `members`)."""
+    lines = []
+    for member, state in states.items():
+        if member == "switches":
+            continue
+        if "live" not in state:
+            lines.append(f"{member}: {state['state']}")
+            continue
+        failed = f" ({state['failed']})" if state.get("failed") else ""
+        lines.append(f"{member}: {state['state']}{failed}, "
+                     f"hears {','.join(state['live'])}, sees serving "
+                     f"{','.join(state['serving']) or 'nobody'}, witness "
+                     f"{'answers' if state['connected'] else 'SILENT'}, table "
+                     f"{state['table_size']}")
+    for switch, info in states.get("switches", {}).items():
+        lines.append(f"switch {switch}: hash {info['hash']}, buckets "
+                     f"{','.join(info['buckets']) or 'none (drops)'}")
+    return lines
 
 
 def describe_sas(node: str, sas: dict[str, dict]) -> list[str]:

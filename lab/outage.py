@@ -1,0 +1,35 @@
+"""Outages as LAN-to-LAN traffic saw them, from `ping -D` output. Pure: text in, numbers out.
+
+The lab pings every 100 ms (`ping -i 0.1 -D -O`): each reply line starts with its Unix time in
+brackets. An outage is the longest stretch without a reply, less the one interval that separates
+replies anyway.
+"""
+
+import re
+
+INTERVAL = 0.1
+_REPLY = re.compile(r"^\[(\d+(?:\.\d+)?)\] \d+ bytes from .*icmp_seq=(\d+)")
+
+
+def reply_times(text: str) -> list[float]:
+    """Unix times of the echo replies in `ping -D` output, in order."""
+    times = []
+    for line in text.splitlines():
+        match = _REPLY.match(line.strip())
+        if match:
+            times.append(float(match.group(1)))
+    return times
+
+
+def longest_outage(times: list[float], start: float, end: float,
+                   interval: float = INTERVAL) -> float:
+    """Seconds of the longest gap between replies that overlaps [start, end], not counting the
+    normal interval; the window's edges count as replies only if the pinger was answering
+    there, so a gap still open at `end` counts up to `end`."""
+    before = [t for t in times if t <= start]
+    inside = [t for t in times if start < t <= end]
+    points = ([before[-1]] if before else [start]) + inside
+    if not inside or inside[-1] < end - interval * 3:
+        points.append(end)  # still no answer when the window closed
+    gaps = [b - a for a, b in zip(points, points[1:])]
+    return round(max([g - interval for g in gaps] + [0.0]), 3)

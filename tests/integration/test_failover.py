@@ -1,0 +1,197 @@
+"""Membership and failover with the real lab: member death, a death mid-negotiation, rejoin,
+live rehash, a sync partition, and two deaths in a row. Every wait polls a daemon (charon over
+vici, the agents' state and tables, the switch's buckets) against a deadline."""
+
+import time
+
+import pytest
+
+from lab import failover, strongswan
+from lab.agent.daemon import query
+from lab.chaos import Pinger, consistency, tunnel_holders
+from lab.lab import Lab
+from lab.render import PEER_DPD_DELAY, Retransmit
+from lab.topology import LabSpec
+
+from .helpers import bring_up, poll
+
+pytestmark = pytest.mark.root
+
+# How long a peer takes to give up on a dead cluster member: DPD delay, then the
+# retransmissions of its liveness check (timeout * base**n for n = 0..tries).
+RETRANSMIT = Retransmit()
+DPD_TIMEOUT = float(PEER_DPD_DELAY.rstrip("s")) + sum(
+    RETRANSMIT.timeout * RETRANSMIT.base ** n for n in range(RETRANSMIT.tries + 1))
+DETECTION = LabSpec().dead_after + 1.0  # the default; a tick and a heartbeat of slack
+LAN_HOST = "10.1.0.10"
+
+
+def state(lab, member: str) -> dict:
+    return query(lab.node(member).files.agent_socket, "state")
+
+
+def owners(lab, member: str) -> dict[str, str]:
+    return query(lab.node(member).files.agent_socket, "owners")
+
+
+def holder(lab, peer: str, among) -> str | None:
+    """The one member of `among` holding `peer`'s tunnel, or None."""
+    held = tunnel_holders(lab, set(among))[peer]
+    return held[0] if len(held) == 1 else None
+
+
+def forgotten_by(lab, dead: str, survivors) -> bool:
+    """No survivor counts `dead` live, and no survivor's table names it."""
+    return all(dead not in state(lab, m)["live"] and dead not in owners(lab, m).values()
+               for m in survivors)
+
+
+def test_owner_death_moves_the_tunnel_to_a_survivor_and_traffic_resumes(tmp_path):
+    with Lab(LabSpec(members=3, peers=1, hash="split")) as lab:
+        bring_up(lab)
+        owner = holder(lab, "p1", {"m1", "m2", "m3"})
+        survivors = {"m1", "m2", "m3"} - {owner}
+        with Pinger(lab.node("h1"), LAN_HOST, tmp_path / "ping.txt") as ping:
+            poll(lambda: ping.replied_since(time.time() - 1), deadline=5)
+            killed = time.time()
+            failover.fail(lab.net, owner, "daemons")
+            poll(lambda: forgotten_by(lab, owner, survivors), deadline=DETECTION)
+            assert not set(lab.switch("external").serving) - survivors
+            new_owner = poll(lambda: holder(lab, "p1", survivors),
+                             deadline=DPD_TIMEOUT + 10)
+            poll(lambda: ping.replied_since(time.time()), deadline=5)
+        assert new_owner in survivors
+        assert consistency(lab, survivors) is None
+        outage = ping.outage(killed, time.time())
+        assert outage <= DPD_TIMEOUT + 10, f"LAN traffic was out for {outage} s"
+
+
+def test_owner_killed_mid_negotiation_the_peers_retry_completes_on_a_survivor():
+    with Lab(LabSpec(members=3, peers=1, hash="l3")) as lab:
+        peer = lab.node("p1")
+        # The peer's IKE_AUTH (UDP 4500 after IKE_SA_INIT) is held back: the negotiation stops
+        # halfway, with its IKE_SA_INIT claimed by and answered from one member.
+        peer.cmd("iptables -A OUTPUT -p udp --dport 4500 -j DROP")
+        strongswan.initiate(peer.files.vici_socket, strongswan.CLUSTER_CONNECTION,
+                            strongswan.CHILD_NAME)
+
+        def halfway_owner():
+            table = owners(lab, "m1")
+            return next(iter(table.values()), None) if table else None
+        owner = poll(halfway_owner, deadline=5)
+        [sa] = strongswan.list_sas(peer.files.vici_socket).values()
+        assert sa["state"] == "CONNECTING", "the negotiation was meant to stop halfway"
+        survivors = {"m1", "m2", "m3"} - {owner}
+        failover.fail(lab.net, owner, "daemons")
+        peer.cmd("iptables -D OUTPUT -p udp --dport 4500 -j DROP")
+        new_owner = poll(lambda: holder(lab, "p1", survivors), deadline=DPD_TIMEOUT + 20)
+        assert new_owner in survivors
+        poll(lambda: consistency(lab, survivors) is None, deadline=10)
+
+
+def test_restored_member_gets_the_table_before_traffic_and_tunnels_keep_their_sas(tmp_path):
+    with Lab(LabSpec(members=3, peers=2, hash="l4")) as lab:
+        peers = bring_up(lab, ("p1", "p2"))
+        busy = {holder(lab, p, {"m1", "m2", "m3"}) for p in peers}
+        idle = sorted({"m1", "m2", "m3"} - busy)[0]  # two tunnels leave one member idle
+        failover.fail(lab.net, idle, "daemons")
+        others = {"m1", "m2", "m3"} - {idle}
+        poll(lambda: forgotten_by(lab, idle, others), deadline=DETECTION)
+        switch = lab.switch("external")
+        with Pinger(lab.node("h1"), LAN_HOST, tmp_path / "p1.txt") as ping1, \
+                Pinger(lab.node("h2"), LAN_HOST, tmp_path / "p2.txt") as ping2:
+            poll(lambda: ping1.replied_since(time.time() - 1)
+                 and ping2.replied_since(time.time() - 1), deadline=5)
+            restored = time.time()
+            failover.restore(lab.net, idle)
+            # Until the agent serves, the switch gives it nothing; when it serves, its table is
+            # the others'.
+            def serving_yet():
+                seen = state(lab, idle)["state"]
+                assert seen == "serving" or idle not in switch.serving, \
+                    f"{idle} got traffic while {seen}"
+                return seen == "serving"
+            poll(serving_yet, deadline=5, interval=0.01)
+            assert owners(lab, idle) == owners(lab, sorted(others)[0])
+            poll(lambda: idle in switch.serving, deadline=2)
+            poll(lambda: consistency(lab, {"m1", "m2", "m3"}) is None, deadline=5)
+            # Traffic now crosses all three members; for two DPD periods no tunnel may be
+            # renegotiated (same IKE SA, same CHILD SA) and the LANs keep talking.
+            window = time.monotonic() + 2 * float(PEER_DPD_DELAY.rstrip("s"))
+            while time.monotonic() < window:
+                for p, sa in peers.items():
+                    now = next(iter(strongswan.list_sas(lab.node(p).files.vici_socket).values()))
+                    assert now["initiator-spi"] == sa["initiator-spi"], f"{p} renegotiated"
+                    assert now["child-sas"].keys() == sa["child-sas"].keys()
+                time.sleep(0.5)
+            worst = max(ping1.outage(restored, time.time()), ping2.outage(restored, time.time()))
+        assert worst < 1.0, f"a rejoin cost LAN traffic {worst} s"
+
+
+def test_live_rehash_takes_no_tunnel_down(tmp_path):
+    with Lab(LabSpec(members=3, peers=2, hash="l4")) as lab:
+        peers = bring_up(lab, ("p1", "p2"))
+        with Pinger(lab.node("h1"), LAN_HOST, tmp_path / "p1.txt") as ping1, \
+                Pinger(lab.node("h2"), LAN_HOST, tmp_path / "p2.txt") as ping2:
+            poll(lambda: ping1.replied_since(time.time() - 1)
+                 and ping2.replied_since(time.time() - 1), deadline=5)
+            began = time.time()
+            for mode in ("l3", "split", "l4"):
+                failover.rehash(lab.net, mode)
+                assert lab.switch("external").hash_mode == mode
+                mark = time.time()
+                poll(lambda: ping1.replied_since(mark + 1) and ping2.replied_since(mark + 1),
+                     deadline=5)
+            worst = max(ping1.outage(began, time.time()), ping2.outage(began, time.time()))
+        for p, sa in peers.items():
+            now = next(iter(strongswan.list_sas(lab.node(p).files.vici_socket).values()))
+            assert now["initiator-spi"] == sa["initiator-spi"] and now["state"] == "ESTABLISHED"
+        assert consistency(lab, {"m1", "m2", "m3"}) is None
+        assert worst < 1.0, f"rehashing cost LAN traffic {worst} s"
+
+
+def test_sync_partition_never_gives_a_key_two_owners_and_heals():
+    with Lab(LabSpec(members=3, peers=2, hash="l4")) as lab:
+        peers = bring_up(lab, ("p1", "p2"))
+        victim = holder(lab, "p1", {"m1", "m2", "m3"})
+        members = ["m1", "m2", "m3"]
+        samples, doubles = 0, []
+
+        def sample():
+            nonlocal samples
+            seen: dict[str, set] = {}
+            for m in members:
+                for key, owner in owners(lab, m).items():
+                    seen.setdefault(key, set()).add(owner)
+            doubles.extend((k, o) for k, o in seen.items() if len(o) > 1)
+            samples += 1
+
+        failover.partition(lab.net, victim)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            sample()
+            time.sleep(0.1)
+        assert state(lab, victim)["state"] == "isolated"
+        failover.heal(lab.net, victim)
+
+        def whole():
+            sample()
+            return consistency(lab, set(members)) is None
+        poll(whole, deadline=DPD_TIMEOUT + 10)
+        assert samples > 50 and not doubles, doubles
+        for p in peers:
+            assert holder(lab, p, set(members))
+
+
+def test_five_members_losing_two_in_turn_end_with_every_tunnel_on_the_survivors():
+    with Lab(LabSpec(members=5, peers=4, hash="split")) as lab:
+        peers = bring_up(lab, ("p1", "p2", "p3", "p4"))
+        alive = {"m1", "m2", "m3", "m4", "m5"}
+        for _ in range(2):
+            held = [holder(lab, p, alive) for p in peers]
+            victim = max(alive, key=held.count)  # the busiest member dies
+            failover.fail(lab.net, victim, "daemons")
+            alive.discard(victim)
+            poll(lambda: forgotten_by(lab, victim, alive), deadline=DETECTION)
+            poll(lambda: consistency(lab, alive) is None, deadline=DPD_TIMEOUT + 10)
+        assert all(holder(lab, p, alive) in alive for p in peers)
