@@ -206,22 +206,31 @@ def test_hostile_packets_are_counted_and_dropped_and_tunnels_still_come_up(tmp_p
         assert {m: s["pid"] for m, s in statuses(lab).items()} == pids
 
 
-def test_forged_and_replayed_sync_messages_are_dropped_and_counted():
+def test_forged_and_replayed_sync_messages_are_dropped_and_counted(tmp_path):
+    from scapy.all import UDP, rdpcap
     with Lab(LabSpec(members=2, peers=1)) as lab:
-        key = bytes.fromhex(json.loads(lab.node("m1").files.agent_config.read_text())["key"])
+        m1 = lab.node("m1")
+        # A real message: one of m2's heartbeats to m1, as it crossed the sync network.
+        capture = tmp_path / "sync.pcap"
+        m1.cmd(f"timeout 5 tcpdump -i m1-eth2 -c 1 -w {capture} udp and src 10.255.0.2 "
+               f"and dst port {SYNC_PORT} 2>/dev/null")
+        [packet] = rdpcap(str(capture))
+        replayed = bytes(packet[UDP].payload)
         forged = Codec(b"\x00" * 32, 2, first_seq=time.time_ns()).encode(
             Message(ANNOUNCE, 0, ispi=b"\x66" * 8, owner=2, state="established"))
-        genuine = Codec(key, 2, first_seq=time.time_ns() * 2).encode(
-            Message(ANNOUNCE, 0, ispi=b"\x77" * 8, owner=2, state="established"))
         send = ("python3 -c \"import socket, sys; s = socket.socket(socket.AF_INET, "
                 "socket.SOCK_DGRAM); s.bind(('10.255.0.2', 0)); "
                 f"s.sendto(bytes.fromhex(sys.argv[1]), ('10.255.0.1', {SYNC_PORT}))\"")
-        for data in (forged, genuine, genuine):
+        before = query(m1.files.agent_socket)["counters"]
+        for data in (forged, replayed):
             lab.node("m2").cmd(f"{send} {data.hex()}")
-        counters = poll(lambda: (c := query(lab.node("m1").files.agent_socket)["counters"])
+        counters = poll(lambda: (c := query(m1.files.agent_socket)["counters"])
                         ["sync_replayed"] >= 1 and c, deadline=5)
         assert counters["sync_bad_mac"] == 1 and counters["sync_replayed"] == 1
-        assert owners_of(lab, "77" * 8)["m1"] == "m2"
+        # m2's own messages still count: its heartbeats keep arriving, it stays live.
+        poll(lambda: query(m1.files.agent_socket)["counters"]["heartbeats_received"]
+             > before["heartbeats_received"] + 4, deadline=5)
+        assert query(m1.files.agent_socket, "state")["serving"] == ["m1", "m2"]
         assert "66" * 8 not in json.dumps(statuses(lab))
 
 

@@ -195,3 +195,27 @@ def test_five_members_losing_two_in_turn_end_with_every_tunnel_on_the_survivors(
             poll(lambda: forgotten_by(lab, victim, alive), deadline=DETECTION)
             poll(lambda: consistency(lab, alive) is None, deadline=DPD_TIMEOUT + 10)
         assert all(holder(lab, p, alive) in alive for p in peers)
+
+
+def test_cli_failover_commands_act_and_refuse_bad_input_in_one_line():
+    import subprocess
+    import sys
+
+    from .helpers import ROOT
+    commands = ["fail m9", "fail m2 --how sideways", "rehash l7", "restore m2", "heal",
+                "fail m2", "members", "fail m2", "restore m2", "rehash l3", "members",
+                "partition m3", "heal m3", "exit"]
+    result = subprocess.run([sys.executable, "-m", "lab", "run", "--members", "3", "--peers",
+                             "1", "--cli"], cwd=ROOT, input="\n".join(commands) + "\n",
+                            capture_output=True, text=True, timeout=120)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr
+    assert "*** 'm9' is not a cluster member (members: m1, m2, m3)" in out
+    assert "*** how must be one of daemons, links (got 'sideways')" in out
+    assert "*** hash must be one of l3, l4, split (got 'l7')" in out
+    assert "*** m2 has not failed" in out
+    assert "*** usage: heal MEMBER" in out
+    assert "m2: failed (daemons killed)" in out
+    assert "*** m2 has already failed (daemons); restore it first" in out
+    assert "switch ikex: hash l3" in out
+    assert "Traceback" not in out + result.stderr

@@ -70,3 +70,35 @@ def test_the_sync_network_is_no_ovs_bridge():
     plan, _ = program(members=3)
     assert plan.bridge_names() == ["ikex", "ikei"]
     assert [s.role for s in plan.hashing_switches()] == ["external", "internal"]
+
+
+def test_only_serving_members_get_buckets_and_ids_follow_the_port():
+    plan, spec = program(members=3, hash="split")
+    switch = plan.switch("external")
+    ip, natt = hashing.groups(switch, spec, serving=["m1", "m3"])
+    assert "output:2" not in ip and "bucket_id=1," in ip and "bucket_id=3," in ip
+    assert "bucket=bucket_id=1,watch_port:3,output:3" in natt
+    assert hashing.bucket_members(switch, spec, ["m1", "m3"])[hashing.NATT_GROUP] == {
+        1: "m3", 3: "m1"}
+
+
+def test_nobody_serving_leaves_a_group_without_buckets():
+    plan, spec = program(members=2)
+    [group] = hashing.groups(plan.switch("external"), spec, serving=[])
+    assert "bucket" not in group
+
+
+def test_ha_gives_the_first_serving_member_everything():
+    plan, spec = program(members=3, mode="ha")
+    [group] = hashing.groups(plan.switch("external"), spec, serving=["m2", "m3"])
+    assert group.endswith("bucket=bucket_id=2,watch_port:2,output:2")
+
+
+def test_rehash_mode_overrides_the_spec():
+    plan, spec = program(members=3, hash="l4")
+    switch = plan.switch("external")
+    assert len(hashing.groups(switch, spec, mode="split")) == 2
+    assert any("tp_dst=4500" in f for f in hashing.flows(switch, spec, mode="split"))
+    assert not any("tp_dst=4500" in f for f in hashing.flows(switch, spec))
+    [group] = hashing.groups(switch, spec, mode="l3")
+    assert "fields(ip_src,ip_dst)" in group

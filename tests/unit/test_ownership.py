@@ -103,3 +103,22 @@ def test_director_is_stable_and_spreads_keys():
     # Removing a member moves only that member's keys.
     after = [director_for(k, ["m1", "m2"]) for k in keys]
     assert all(a == d for a, d in zip(after, directors) if d != "m3")
+
+
+def test_a_dead_members_entries_go_and_nothing_else():
+    from lab.agent.ownership import Key, OwnershipTable
+    table = OwnershipTable()
+    table.claim(Key(b"\x01" * 8), "m1", 0.0)
+    table.claim(Key(b"\x02" * 8), "m2", 0.0)
+    table.claim(Key(b"\x02" * 8, 5, "r"), "m2", 0.0)
+    assert table.drop_owner("m2") == 2
+    assert table.owners() == {f"{'01' * 8}/0/i": "m1"}
+
+
+def test_restored_entries_keep_their_age_and_expiry():
+    from lab.agent.ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable
+    table = OwnershipTable(expiry=10.0)
+    table.restore(Key(b"\x01" * 8), "m2", NEGOTIATING, None, None, age=8.0, now=100.0)
+    table.restore(Key(b"\x02" * 8), "m3", ESTABLISHED, b"\x09" * 8, "203.0.113.11", 50.0, 100.0)
+    assert [e.key.ispi for e in table.expire(102.5)] == [b"\x01" * 8]
+    assert table.owner_by_spi(b"\x09" * 8) == "m3"

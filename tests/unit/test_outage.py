@@ -1,0 +1,28 @@
+"""Outages from `ping -D` output."""
+
+from lab.outage import longest_outage, reply_times
+
+PING = """PING 10.1.0.10 (10.1.0.10) 56(84) bytes of data.
+[100.000000] 64 bytes from 10.1.0.10: icmp_seq=1 ttl=62 time=0.5 ms
+[100.100000] 64 bytes from 10.1.0.10: icmp_seq=2 ttl=62 time=0.5 ms
+[100.200000] no answer yet for icmp_seq=3
+[103.300000] 64 bytes from 10.1.0.10: icmp_seq=34 ttl=62 time=0.5 ms
+[103.400000] 64 bytes from 10.1.0.10: icmp_seq=35 ttl=62 time=0.5 ms
+"""
+
+
+def test_reply_times_skip_everything_but_replies():
+    assert reply_times(PING) == [100.0, 100.1, 103.3, 103.4]
+
+
+def test_the_longest_gap_less_one_interval_is_the_outage():
+    assert longest_outage(reply_times(PING), 100.05, 103.45) == 3.1
+
+
+def test_a_gap_still_open_when_the_window_ends_counts_to_its_end():
+    assert longest_outage([100.0, 100.1], 100.05, 105.0) == 4.8
+
+
+def test_steady_replies_are_no_outage():
+    times = [100 + i / 10 for i in range(50)]
+    assert longest_outage(times, 100.5, 104.5) == 0.0
