@@ -33,8 +33,9 @@ class Pinger:
 
     def __enter__(self) -> "Pinger":
         self.out = open(self.path, "w")
-        self.process = self.node.popen(["ping", "-n", "-i", "0.1", "-D", "-O", self.address],
-                                       stdout=self.out, stderr=self.out)
+        # Line-buffered: ping's stdout to a file is otherwise flushed every 4 KB (5 s).
+        self.process = self.node.popen(["stdbuf", "-oL", "ping", "-n", "-i", "0.1", "-D", "-O",
+                                        self.address], stdout=self.out, stderr=self.out)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -173,20 +173,23 @@ def cmd_status(args) -> int:
     if not sockets:
         print(f"ikelab: run {runs[0].name} has no agents (--no-agent)", file=sys.stderr)
         return 1
-    statuses = {}
+    statuses, silent = {}, []
     for sock in sockets:
         member = sock.stem.removeprefix("agent_")
         try:
             statuses[member] = query(sock)
         except (OSError, ValueError) as exc:
+            # A member failed on purpose (`fail m2`) or crashed: say so, show the others.
             print(f"ikelab: agent {member} does not answer: {exc}", file=sys.stderr)
-            return 1
+            silent.append(member)
+    if not statuses:
+        return 1
     if args.json:
         print(json.dumps(statuses, indent=2))
     else:
         print(f"run {runs[0].name}: {runs[0].read()['description']}")
         print("\n".join(describe_ownership(statuses)))
-    return 0
+    return 1 if silent else 0
 
 
 def cmd_clean(args) -> int:

@@ -25,12 +25,17 @@ def _flag(value) -> bool:
 
 class IkeClusterMnTopo(IkeClusterTopo):
     """`--topo ikecluster,members=3,peers=2,hash=split,mode=ls,ike=2,auth=psk,nat=1,keep=1,
-    agent=0,ownership=table+label`."""
+    agent=0,ownership=table+label,dead_after=2`."""
 
     def __init__(self, members=3, peers=2, hash="l4", mode="ls", ike="2", auth="psk", nat=False,
-                 keep=False, agent=True, ownership="table"):
+                 keep=False, agent=True, ownership="table", dead_after=2.0):
+        try:
+            dead_after = float(dead_after)
+        except ValueError:
+            error(f"ikelab: error: dead_after must be a number of seconds (got {dead_after!r})\n")
+            raise SystemExit(2) from None
         spec = LabSpec(members, peers, str(hash), str(mode), str(ike), str(auth), _flag(nat),
-                       _flag(agent), str(ownership))
+                       _flag(agent), str(ownership), dead_after=dead_after)
         try:
             plan, run = prepare(spec, _flag(keep), say=lambda m: info(f"*** ikelab: {m}\n"))
         except (TopologyError, LabError) as exc:

@@ -286,7 +286,9 @@ def describe_ownership(statuses: dict[str, dict], now_label: str = "") -> list[s
     lines.append("")
     for member, status in statuses.items():
         counters = " ".join(f"{k}={v}" for k, v in status["counters"].items() if v)
-        lines.append(f"{member}: {counters or 'all counters zero'}")
+        state = status.get("membership", {}).get("state")
+        lines.append(f"{member}{f' ({state})' if state else ''}: "
+                     f"{counters or 'all counters zero'}")
     return lines
 
 

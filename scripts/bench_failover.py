@@ -114,7 +114,8 @@ def owner_death(directory: Path) -> dict:
             detected = wait(lambda: forgotten(lab, owner, survivors), 5, "detection")
             wait(lambda: consistency(lab, survivors) is None, DPD_GIVE_UP + 15, "consistency")
             consistent = time.monotonic() - t0
-            wait(lambda: traffic.pingers[0].replied_since(time.time()), 5, "pings back")
+            moved = time.time()
+            wait(lambda: traffic.pingers[0].replied_since(moved), 5, "pings back")
             return {"outage_s": traffic.outage(start), "consistent_s": consistent,
                     "detected_s": detected}
 
@@ -195,7 +196,8 @@ def two_deaths(directory: Path) -> dict:
                 alive.discard(victim)
                 wait(lambda: consistency(lab, alive) is None, DPD_GIVE_UP + 15, "consistency")
                 consistent += time.monotonic() - t0
-                wait(lambda: all(p.replied_since(time.time()) for p in traffic.pingers), 5,
+                moved = time.time()
+                wait(lambda: all(p.replied_since(moved) for p in traffic.pingers), 5,
                      "pings back")
                 outage += traffic.outage(start)
         return {"outage_s": outage, "consistent_s": consistent}

@@ -265,7 +265,9 @@ class Agent:
         if self.config.ownership != "table+label":
             return None
         spi = header.cluster_spi(sent_by_cluster)
-        if spi is None or spi[0] not in self.indexes:
+        # A label names its member for good, but not a dead member's SAs: the table decides.
+        if (spi is None or spi[0] not in self.indexes
+                or self.config.name_of(spi[0]) not in self.membership.live()):
             return None
         self.counters["label_hits"] += 1
         return spi[0]

@@ -59,7 +59,8 @@ def test_owner_death_moves_the_tunnel_to_a_survivor_and_traffic_resumes(tmp_path
             assert not set(lab.switch("external").serving) - survivors
             new_owner = poll(lambda: holder(lab, "p1", survivors),
                              deadline=DPD_TIMEOUT + 10)
-            poll(lambda: ping.replied_since(time.time()), deadline=5)
+            moved = time.time()
+            poll(lambda: ping.replied_since(moved), deadline=5)
         assert new_owner in survivors
         assert consistency(lab, survivors) is None
         outage = ping.outage(killed, time.time())
