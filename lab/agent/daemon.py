@@ -194,6 +194,7 @@ class Agent:
         self.joining_since = time.monotonic()
         self.snapshot: Snapshot | None = None
         self.replaying = False
+        self.departed: set[str] = set()  # members dropped as dead, unheard since
         self.next_heartbeat = 0.0
         self.witness_seq = 0
         self.table = OwnershipTable(expiry=config.expiry, cap=config.cap)
@@ -476,9 +477,9 @@ class Agent:
         if parked is None or parked.tag != msg.tag:
             return
         del self.claims[key]
-        if msg.owner == 0:
-            self.refused_grants += 1
-            parked.drop_all()
+        if msg.owner == 0 or self.departed_owner(msg.owner):
+            self.refused_grants += msg.owner == 0
+            parked.drop_all()  # the peer retransmits, and the claim starts afresh
             return
         self.table.record(key, self.config.name_of(msg.owner), NEGOTIATING, time.monotonic())
         self.counters["claims_won" if msg.owner == self.me else "claims_lost"] += 1
@@ -489,10 +490,17 @@ class Agent:
         key = Key(msg.ispi, msg.msgid, msg.requester)
         owner = msg.owner
         existing = self.table.entries.get(key)
-        if existing and existing.state == NEGOTIATING:
+        if existing and existing.state != NEGOTIATING:
+            # charon already confirmed this SA (or a replayed announcement came late):
+            # an announcement never takes an entry back to negotiating.
+            owner = self.config.index_of(existing.owner)
+        elif existing:
             owner = self._lower(owner, self.config.index_of(existing.owner))
-        self.table.record(key, self.config.name_of(owner), msg.state, time.monotonic(),
-                          msg.peer)
+            self.table.record(key, self.config.name_of(owner), NEGOTIATING, time.monotonic(),
+                              msg.peer)
+        elif not self.departed_owner(owner):
+            self.table.record(key, self.config.name_of(owner), msg.state, time.monotonic(),
+                              msg.peer)
         self.send(msg.sender, sync.Message(sync.ACK, self.me, ispi=key.ispi, msgid=key.msgid,
                                            requester=key.requester, owner=owner, tag=msg.tag))
         self.learned(msg.ispi)
@@ -543,12 +551,16 @@ class Agent:
         """The owner rekeyed an IKE SA: `ispi`/`rspi` are the new SA's, the payload the old
         initiator SPI."""
         now = time.monotonic()
+        if self.departed_owner(msg.owner):
+            return
         if self.table.rekey(msg.payload[:8], msg.ispi, msg.rspi, now) is None:
             self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner),
                               ESTABLISHED, now)
         self.learned(msg.ispi)
 
     def on_established(self, msg: sync.Message) -> None:
+        if self.departed_owner(msg.owner):
+            return
         self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner), ESTABLISHED,
                           time.monotonic(), msg.peer)
         self.table.establish(msg.ispi, msg.rspi, time.monotonic())
@@ -560,6 +572,10 @@ class Agent:
         self.steer()
 
     # ---- membership ----------------------------------------------------------------------------
+    def departed_owner(self, index: int) -> bool:
+        """`index` left the cluster and has not been heard since: a late message naming it
+        as an owner must not put it back into the table."""
+        return self.config.name_of(index) in self.departed
     def on_heartbeat(self, msg: sync.Message) -> None:
         code, live = sync.decode_heartbeat(msg.payload)
         if code >= len(STATES) or msg.sender not in self.indexes:
@@ -606,6 +622,7 @@ class Agent:
             self.on_state(changes.state, now)
         for name in sorted(changes.died):
             self.on_member_died(name)
+        self.departed -= changes.appeared
         if changes.appeared and self.serving and self.config.peers:
             self.advertise()  # a newcomer learns our routes now, not in 5 s
         if now >= self.next_heartbeat:
@@ -634,10 +651,15 @@ class Agent:
         index = self.config.index_of(name)
         print(f"agent {self.config.member}: {name} left the cluster", flush=True)
         self.counters["members_died"] += 1
+        self.departed.add(name)
         self.counters["dead_owner_entries_dropped"] += self.table.drop_owner(name)
         if self.advertised.pop(index, None) is not None:
             self.steer()
         for announcement in list(self.announcing.values()):
+            if announcement.owner == index:
+                # Never grant a dead owner: the claimants time out, the peer retransmits.
+                del self.announcing[announcement.tag]
+                continue
             announcement.waiting.discard(index)
             self._maybe_grant(announcement)
         for parked in self.claims.values():
