@@ -2,7 +2,8 @@
 pings the cluster's LAN every 100 ms, and report what each step cost.
 
 The script: kill the member that holds the first peer's tunnel (daemons), restore it, rehash
-to other fields and back, cut the last peer's owner off the sync network for 10 s, take the
+to other fields, back over all members but the one holding the first peer's tunnel (drained),
+and back over every member, cut the last peer's owner off the sync network for 10 s, take the
 first peer's owner's links down, restore them.
 
 Each step acts (through `lab.failover`), then waits until the cluster is whole again: every
@@ -193,7 +194,12 @@ def run_chaos(lab, say=lambda message: None) -> list[dict]:
         ok = ok and step(f"restore {owner}", lambda: failover.restore(net, owner), members)
         ok = ok and step(f"rehash {other_hash} (2 s of traffic watched)",
                          lambda: failover.rehash(net, other_hash), members, hold=2.0)
-        ok = ok and step(f"rehash {original_hash} (2 s of traffic watched)",
+        held = _owner_of(lab, lab.plan.peers[0].name) or sorted(members)[0]
+        rest = sorted(members - {held})
+        ok = ok and step(f"rehash {original_hash} over {','.join(rest)} ({held}, holding "
+                         f"{lab.plan.peers[0].name}'s tunnel, drained; 2 s watched)",
+                         lambda: failover.rehash(net, original_hash, rest), members, hold=2.0)
+        ok = ok and step(f"rehash {original_hash} over every member (2 s watched)",
                          lambda: failover.rehash(net, original_hash), members, hold=2.0)
         victim = _owner_of(lab, lab.plan.peers[-1].name) or sorted(members)[-1]
         ok = ok and step(f"partition {victim} from the sync network for 10 s, then heal",

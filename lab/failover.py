@@ -63,13 +63,16 @@ def heal(net, name: str) -> None:
     _sync_bridge(net).heal(name)
 
 
-def rehash(net, mode: str) -> None:
-    """Make both hashing switches hash on `mode`'s fields from now on."""
+def rehash(net, mode: str, members: list[str] | None = None) -> None:
+    """Make both hashing switches hash on `mode`'s fields from now on, over `members` (default:
+    every serving member); the members left out are drained, not failed."""
     if mode not in HASH_MODES:
         raise FailoverError(f"hash must be one of {', '.join(HASH_MODES)} (got {mode!r})")
+    for name in members or []:
+        _member(net, name)
     try:
         for switch in _switches(net):
-            switch.rehash(mode)
+            switch.rehash(mode, set(members) if members else None)
     except SwitchError as exc:
         raise FailoverError(str(exc)) from None
 
@@ -89,6 +92,8 @@ def membership(net) -> dict[str, dict]:
                 result[node.name] = {"state": f"no agent ({exc.__class__.__name__})"}
             if node.failed == "links":
                 result[node.name]["failed"] = "links down"
-    result["switches"] = {s.name: {"buckets": list(s.serving), "hash": s.hash_mode}
+    result["switches"] = {s.name: {"buckets": s.buckets, "hash": s.hash_mode,
+                                   "drained": sorted(set(s.members) - s.allowed)
+                                   if s.allowed is not None else []}
                           for s in _switches(net)}
     return result

@@ -155,7 +155,12 @@ class LabCLI(CLI):
             self._act(failover.heal, member)
 
     def do_rehash(self, line):
-        """rehash l3|l4|split: make the hashing switches hash on other fields, live."""
-        mode = self._one_argument(line, "rehash l3|l4|split")
-        if mode:
-            self._act(failover.rehash, mode)
+        """rehash l3|l4|split [MEMBER,...]: make the hashing switches hash on other fields,
+        live, and (given members) spread traffic over those members only: the others are
+        drained, their tunnels kept and their packets forwarded and steered to them."""
+        words = line.split()
+        if len(words) not in (1, 2):
+            self.stdout.write("*** usage: rehash l3|l4|split [MEMBER,...]\n")
+            return
+        members = words[1].split(",") if len(words) == 2 else None
+        self._act(failover.rehash, words[0], members)

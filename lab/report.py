@@ -207,7 +207,7 @@ def with_chaos(report: dict, steps: list[dict]) -> dict:
                                                     for s in steps))
 
 
-CHAOS_STEPS = 7
+CHAOS_STEPS = 8
 
 
 def describe_chaos(steps: list[dict] | None) -> list[str]:
@@ -240,8 +240,9 @@ def describe_membership(states: dict[str, dict]) -> list[str]:
                      f"{'answers' if state['connected'] else 'SILENT'}, table "
                      f"{state['table_size']}")
     for switch, info in states.get("switches", {}).items():
+        drained = f", drained {','.join(info['drained'])}" if info.get("drained") else ""
         lines.append(f"switch {switch}: hash {info['hash']}, buckets "
-                     f"{','.join(info['buckets']) or 'none (drops)'}")
+                     f"{','.join(info['buckets']) or 'none (drops)'}{drained}")
     return lines
 
 

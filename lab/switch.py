@@ -51,7 +51,9 @@ class HashingSwitch(OVSSwitch):
         # Without agents there is nobody to ask: every member keeps its bucket.
         self.agent_sockets = ({m: NodeFiles(m, Path(rundir)).agent_socket for m in members}
                               if spec.agent and rundir else {})
-        self.serving = members
+        self.members = members
+        self.serving = members  # what the agents say
+        self.allowed: set[str] | None = None  # what `rehash` allows (None: everyone)
         self.hash_mode = spec.hash
         self.history: list[tuple[float, tuple[str, ...]]] = []  # (monotonic time, buckets)
         self.program_lock = threading.Lock()
@@ -80,29 +82,44 @@ class HashingSwitch(OVSSwitch):
             self.health_thread = None
         super().stop(deleteIntfs)
 
-    def program(self, serving: list[str] | None = None, mode: str | None = None) -> None:
-        """Install the groups and flows for these serving members and hash mode (default: the
-        current ones), in an order that never leaves a flow pointing at a missing group."""
+    @property
+    def buckets(self) -> list[str]:
+        """The members that get traffic: serving, and not drained by `rehash`."""
+        return [m for m in self.serving if self.allowed is None or m in self.allowed]
+
+    def program(self, serving: list[str] | None = None, mode: str | None = None,
+                allowed: set[str] | None = None) -> None:
+        """Install the groups and flows for these serving members, hash mode and allowed
+        members (default: the current ones), in an order that never leaves a flow pointing
+        at a missing group."""
         with self.program_lock:
             if serving is not None:
                 self.serving = [p.node for p in self.plan_switch.member_ports()
                                 if p.node in serving]
             if mode is not None:
                 self.hash_mode = mode
-            for group in hashing.groups(self.plan_switch, self.spec, self.serving,
+            if allowed is not None:
+                self.allowed = None if allowed == set(self.members) else set(allowed)
+            for group in hashing.groups(self.plan_switch, self.spec, self.buckets,
                                         self.hash_mode):
                 ofctl("--may-create", "mod-group", self.name, group)
             ofctl("replace-flows", self.name, "-", stdin="\n".join(
                 hashing.flows(self.plan_switch, self.spec, self.hash_mode)) + "\n")
             if not hashing.splits(self.plan_switch, self.spec, self.hash_mode):
                 ofctl("del-groups", self.name, f"group_id={hashing.NATT_GROUP}")
-            self.history.append((time.monotonic(), tuple(self.serving)))
+            self.history.append((time.monotonic(), tuple(self.buckets)))
 
-    def rehash(self, mode: str) -> None:
-        """Hash on other fields from now on (`l3`, `l4`, `split`), tunnels and all."""
+    def rehash(self, mode: str, members: set[str] | None = None) -> None:
+        """Hash on other fields from now on (`l3`, `l4`, `split`), and, given `members`, spread
+        traffic over those members only (the others are drained: they keep their tunnels, whose
+        packets the cluster forwards and steers to them). Tunnels stay up throughout."""
         if mode not in HASH_MODES:
             raise SwitchError(f"hash must be one of {', '.join(HASH_MODES)} (got {mode!r})")
-        self.program(mode=mode)
+        if members is not None and (not members or members - set(self.members)):
+            raise SwitchError(f"members must be some of {', '.join(self.members)} "
+                              f"(got {', '.join(sorted(members)) or 'none'})")
+        self.program(mode=mode,
+                     allowed=members if members is not None else set(self.members))
 
     def members_serving(self) -> list[str]:
         """The members whose agents say they serve, asked now."""
@@ -143,7 +160,7 @@ class HashingSwitch(OVSSwitch):
 
     def bucket_stats(self) -> dict[int, dict[str, int]]:
         """For each group: member name -> packets its bucket has sent."""
-        members = hashing.bucket_members(self.plan_switch, self.spec, self.serving,
+        members = hashing.bucket_members(self.plan_switch, self.spec, self.buckets,
                                          self.hash_mode)
         result = {}
         for line in ofctl("dump-group-stats", self.name).splitlines():

@@ -13,7 +13,8 @@ identical and name only serving members, every tunnel is up on exactly one of th
   mid-negotiation 3 members, l3: p1's IKE_AUTH held back, its owner killed halfway; time until
                   p1's tunnel is up on a survivor (there is no traffic to lose yet).
   rejoin          3 members, 2 peers, l4: an idle member killed, then restored under traffic.
-  rehash          3 members, 2 peers, l4: rehash to l3 under traffic.
+  rehash          3 members, 2 peers, l4: rehash to l3 under traffic, then also drain the
+                  member holding p1's tunnel (traffic over the other two).
   partition       3 members, 2 peers, l4: p1's owner cut off the sync network for 10 s, healed;
                   consistency counted from the heal.
   two-deaths      5 members, 4 peers, split: the busiest member killed, then the next busiest
@@ -162,6 +163,10 @@ def rehash(directory: Path) -> dict:
             wait(lambda: consistency(lab, {"m1", "m2", "m3"}) is None, 10, "consistency")
             consistent = time.monotonic() - t0
             time.sleep(2)  # traffic watched under the new hash
+            # and with the holder of p1's tunnel drained: its packets all reach the others
+            held = holder(lab, "p1", {"m1", "m2", "m3"})
+            failover.rehash(lab.net, "l3", sorted({"m1", "m2", "m3"} - {held}))
+            time.sleep(2)
             return {"outage_s": traffic.outage(start), "consistent_s": consistent}
 
 

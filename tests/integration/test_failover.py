@@ -56,7 +56,7 @@ def test_owner_death_moves_the_tunnel_to_a_survivor_and_traffic_resumes(tmp_path
             killed = time.time()
             failover.fail(lab.net, owner, "daemons")
             poll(lambda: forgotten_by(lab, owner, survivors), deadline=DETECTION)
-            assert not set(lab.switch("external").serving) - survivors
+            assert not set(lab.switch("external").buckets) - survivors
             new_owner = poll(lambda: holder(lab, "p1", survivors),
                              deadline=DPD_TIMEOUT + 10)
             moved = time.time()
@@ -109,12 +109,12 @@ def test_restored_member_gets_the_table_before_traffic_and_tunnels_keep_their_sa
             # the others'.
             def serving_yet():
                 seen = state(lab, idle)["state"]
-                assert seen == "serving" or idle not in switch.serving, \
+                assert seen == "serving" or idle not in switch.buckets, \
                     f"{idle} got traffic while {seen}"
                 return seen == "serving"
             poll(serving_yet, deadline=5, interval=0.01)
             assert owners(lab, idle) == owners(lab, sorted(others)[0])
-            poll(lambda: idle in switch.serving, deadline=2)
+            poll(lambda: idle in switch.buckets, deadline=2)
             poll(lambda: consistency(lab, {"m1", "m2", "m3"}) is None, deadline=5)
             # Traffic now crosses all three members; for two DPD periods no tunnel may be
             # renegotiated (same IKE SA, same CHILD SA) and the LANs keep talking.
@@ -129,17 +129,22 @@ def test_restored_member_gets_the_table_before_traffic_and_tunnels_keep_their_sa
         assert worst < 1.0, f"a rejoin cost LAN traffic {worst} s"
 
 
-def test_live_rehash_takes_no_tunnel_down(tmp_path):
+def test_live_rehash_of_fields_and_members_takes_no_tunnel_down(tmp_path):
     with Lab(LabSpec(members=3, peers=2, hash="l4")) as lab:
         peers = bring_up(lab, ("p1", "p2"))
+        # Drain the member holding p1's tunnel: its packets now all reach the others.
+        drained = holder(lab, "p1", {"m1", "m2", "m3"})
+        rest = sorted({"m1", "m2", "m3"} - {drained})
         with Pinger(lab.node("h1"), LAN_HOST, tmp_path / "p1.txt") as ping1, \
                 Pinger(lab.node("h2"), LAN_HOST, tmp_path / "p2.txt") as ping2:
             poll(lambda: ping1.replied_since(time.time() - 1)
                  and ping2.replied_since(time.time() - 1), deadline=5)
             began = time.time()
-            for mode in ("l3", "split", "l4"):
-                failover.rehash(lab.net, mode)
-                assert lab.switch("external").hash_mode == mode
+            for mode, members in (("l3", None), ("split", None), ("l4", rest), ("l4", None)):
+                failover.rehash(lab.net, mode, members)
+                switch = lab.switch("external")
+                assert switch.hash_mode == mode
+                assert switch.buckets == (rest if members else ["m1", "m2", "m3"])
                 mark = time.time()
                 poll(lambda: ping1.replied_since(mark + 1) and ping2.replied_since(mark + 1),
                      deadline=5)
