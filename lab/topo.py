@@ -11,7 +11,7 @@
         |       |          |
         m1      m2    ...  mN ---+     cluster members, strongSwan + agent, one VIP + one MAC
         |       |          |     |
-     +--+-------+----------+--+  +--- ikes: sync network 10.255.0.0/24 (kernel bridge)
+     +--+-------+----------+--+  +--- ikes: sync 10.255.0.0/24, kernel bridge, witness .254
      |  ikei  internal hashing |       OVS select group on VIP 10.1.0.1
      +-----------+-------------+
                  |

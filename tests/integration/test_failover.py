@@ -10,7 +10,7 @@ from lab import failover, strongswan
 from lab.agent.daemon import query
 from lab.chaos import Pinger, consistency, tunnel_holders
 from lab.lab import Lab
-from lab.render import PEER_DPD_DELAY, Retransmit
+from lab.render import IKEV1_DPD_TIMEOUT, PEER_DPD_DELAY, Retransmit
 from lab.topology import LabSpec
 
 from .helpers import bring_up, poll
@@ -19,9 +19,11 @@ pytestmark = pytest.mark.root
 
 # How long a peer takes to give up on a dead cluster member: DPD delay, then the
 # retransmissions of its liveness check (timeout * base**n for n = 0..tries).
+# (IKEv1 gives up after IKEV1_DPD_TIMEOUT instead, which is no longer.)
 RETRANSMIT = Retransmit()
-DPD_TIMEOUT = float(PEER_DPD_DELAY.rstrip("s")) + sum(
-    RETRANSMIT.timeout * RETRANSMIT.base ** n for n in range(RETRANSMIT.tries + 1))
+DPD_TIMEOUT = float(PEER_DPD_DELAY.rstrip("s")) + max(
+    sum(RETRANSMIT.timeout * RETRANSMIT.base ** n for n in range(RETRANSMIT.tries + 1)),
+    float(IKEV1_DPD_TIMEOUT.rstrip("s")))
 DETECTION = LabSpec().dead_after + 1.0  # the default; a tick and a heartbeat of slack
 LAN_HOST = "10.1.0.10"
 
@@ -46,8 +48,11 @@ def forgotten_by(lab, dead: str, survivors) -> bool:
                for m in survivors)
 
 
-def test_owner_death_moves_the_tunnel_to_a_survivor_and_traffic_resumes(tmp_path):
-    with Lab(LabSpec(members=3, peers=1, hash="split")) as lab:
+@pytest.mark.parametrize("hash, mode, ike", [("split", "ls", "2"), ("split", "ls", "1"),
+                                             ("l4", "ha", "2")])
+def test_owner_death_moves_the_tunnel_to_a_survivor_and_traffic_resumes(tmp_path, hash, mode,
+                                                                        ike):
+    with Lab(LabSpec(members=3, peers=1, hash=hash, mode=mode, ike=ike)) as lab:
         bring_up(lab)
         owner = holder(lab, "p1", {"m1", "m2", "m3"})
         survivors = {"m1", "m2", "m3"} - {owner}
@@ -210,6 +215,7 @@ def test_cli_failover_commands_act_and_refuse_bad_input_in_one_line():
     from .helpers import ROOT
     commands = ["fail m9", "fail m2 --how sideways", "rehash l7", "restore m2", "heal",
                 "fail m2", "members", "fail m2", "restore m2", "rehash l3", "members",
+                "rehash l4 m1,m9", "rehash l4 m1,m2", "members", "rehash l4",
                 "partition m3", "heal m3", "exit"]
     result = subprocess.run([sys.executable, "-m", "lab", "run", "--members", "3", "--peers",
                              "1", "--cli"], cwd=ROOT, input="\n".join(commands) + "\n",
@@ -224,4 +230,6 @@ def test_cli_failover_commands_act_and_refuse_bad_input_in_one_line():
     assert "m2: failed (daemons killed)" in out
     assert "*** m2 has already failed (daemons); restore it first" in out
     assert "switch ikex: hash l3" in out
+    assert "*** 'm9' is not a cluster member" in out
+    assert out.count(", drained m3") == 2  # both switches, in the one `members` after it
     assert "Traceback" not in out + result.stderr

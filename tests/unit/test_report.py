@@ -97,3 +97,37 @@ def test_describe_sas_lists_ike_and_child_sas():
     assert "p1[1] IKEv2 ESTABLISHED" in lines[0]
     assert "lan INSTALLED spi c1_in c2_out" in lines[1]
     assert describe_sas("m2", {}) == ["m2: no IKE SAs"]
+
+
+def chaos_step(name, outage, after, problem=None):
+    return {"name": name, "outage_s": outage, "outages": {"p1": outage},
+            "consistent_after_s": after, "problem": problem}
+
+
+def test_chaos_needs_every_step_to_recover():
+    report = lab_report(LabSpec(), [good_tunnel()], {}, {"lab_up_s": 1.0}, None)
+    from lab.report import CHAOS_STEPS, with_chaos
+    steps = [chaos_step(f"step {i}", 0.0, 0.5) for i in range(CHAOS_STEPS)]
+    assert with_chaos(report, steps)["ok"]
+    bad = steps[:-1] + [chaos_step("restore m1", 0.0, None, "m1 is joining")]
+    text = format_text(with_chaos(report, bad))
+    assert "restore m1: longest outage 0.0 s; NOT consistent: m1 is joining" in text
+    assert "FAIL: the cluster did not come back whole after a chaos step" in text
+    short = with_chaos(report, steps[:2])
+    assert not short["ok"] and f"stopped after 2 of {CHAOS_STEPS} steps" in format_text(short)
+
+
+def test_membership_lines_name_states_views_and_drained_members():
+    from lab.report import describe_membership
+    lines = describe_membership({
+        "m1": {"state": "serving", "live": ["m1", "m3"], "serving": ["m1", "m3"],
+               "connected": True, "table_size": 2},
+        "m2": {"state": "failed (daemons killed)"},
+        "m3": {"state": "isolated", "live": ["m3"], "serving": [], "connected": False,
+               "table_size": 2, "failed": "links down"},
+        "switches": {"ikex": {"buckets": ["m1"], "hash": "l4", "drained": ["m3"]}}})
+    assert lines == [
+        "m1: serving, hears m1,m3, sees serving m1,m3, witness answers, table 2",
+        "m2: failed (daemons killed)",
+        "m3: isolated (links down), hears m3, sees serving nobody, witness SILENT, table 2",
+        "switch ikex: hash l4, buckets m1, drained m3"]
