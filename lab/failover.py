@@ -8,6 +8,7 @@ with one line for the user.
 
 from .agent.daemon import query
 from .nodes import ClusterMember, SyncBridge
+from .strongswan import DaemonConfigError
 from .switch import HashingSwitch, SwitchError
 from .topology import HASH_MODES
 
@@ -49,18 +50,27 @@ def restore(net, name: str) -> None:
     member = _member(net, name)
     if not member.failed:
         raise FailoverError(f"{name} has not failed")
-    member.restore()
+    try:
+        member.restore()
+    except (DaemonConfigError, OSError) as exc:
+        raise FailoverError(f"{name} did not come back: {exc}") from None
 
 
 def partition(net, name: str) -> None:
     """Drop every frame between `name` and the sync network."""
     _member(net, name)
-    _sync_bridge(net).partition(name)
+    try:
+        _sync_bridge(net).partition(name)
+    except RuntimeError as exc:
+        raise FailoverError(str(exc)) from None
 
 
 def heal(net, name: str) -> None:
     _member(net, name)
-    _sync_bridge(net).heal(name)
+    try:
+        _sync_bridge(net).heal(name)
+    except RuntimeError as exc:
+        raise FailoverError(str(exc)) from None
 
 
 def rehash(net, mode: str, members: list[str] | None = None) -> None:

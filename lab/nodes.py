@@ -158,15 +158,16 @@ class ClusterMember(StrongSwanNode):
     def restore(self) -> None:
         """Undo `fail()`: restart the daemons (the agent joins, fetching the table first) or
         bring the links back up (the agent notices and rejoins by itself)."""
-        how, self.failed = getattr(self, "failed", None), None
-        if how == "daemons":
+        if self.failed == "daemons":
             self.charon.start()
             self.charon.load()
-            self.start_agent(join=True)
-        elif how == "links":
+            if self.files.agent_config.exists():  # not in a --no-agent lab
+                self.start_agent(join=True)
+        elif self.failed == "links":
             for intf in self.intfNames():
                 if intf != "lo":
                     self.cmd(f"ip link set {intf} up")
+        self.failed = None  # only once it is back: a failed restore can be tried again
 
     def terminate(self):
         if self.agent is not None and self.agent.poll() is None:

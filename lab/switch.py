@@ -26,6 +26,8 @@ from .topology import HASH_MODES, LabSpec, Switch
 
 HEALTH_INTERVAL = 0.1
 HEALTH_TIMEOUT = 0.3
+HEALTH_MISSES = 3
+HISTORY = 1000
 
 
 class SwitchError(RuntimeError):
@@ -58,6 +60,7 @@ class HashingSwitch(OVSSwitch):
         self.history: list[tuple[float, tuple[str, ...]]] = []  # (monotonic time, buckets)
         self.program_lock = threading.Lock()
         self.health_stop = threading.Event()
+        self.health_misses: dict[str, int] = {}
         self.health_thread = None
         # batch=False: Mininet would otherwise defer add-br until after start() returns.
         params.update(datapath="user", protocols="OpenFlow15", failMode="secure", batch=False,
@@ -76,16 +79,29 @@ class HashingSwitch(OVSSwitch):
             self.health_thread.start()
 
     def stop(self, deleteIntfs=True):
+        self.stop_following()
+        super().stop(deleteIntfs)
+
+    def terminate(self):
+        # Mininet shuts OVS switches down in a batch and calls terminate(), not stop(): the
+        # thread must end here too, or it would program the next lab's bridge of this name.
+        self.stop_following()
+        super().terminate()
+
+    def stop_following(self) -> None:
         self.health_stop.set()
         if self.health_thread is not None:
             self.health_thread.join(5)
             self.health_thread = None
-        super().stop(deleteIntfs)
 
     @property
     def buckets(self) -> list[str]:
         """The members that get traffic: serving, and not drained by `rehash`."""
-        return [m for m in self.serving if self.allowed is None or m in self.allowed]
+        return self._buckets(self.serving, self.allowed)
+
+    @staticmethod
+    def _buckets(serving, allowed) -> list[str]:
+        return [m for m in serving if allowed is None or m in allowed]
 
     def program(self, serving: list[str] | None = None, mode: str | None = None,
                 allowed: set[str] | None = None) -> None:
@@ -93,21 +109,23 @@ class HashingSwitch(OVSSwitch):
         members (default: the current ones), in an order that never leaves a flow pointing
         at a missing group."""
         with self.program_lock:
-            if serving is not None:
-                self.serving = [p.node for p in self.plan_switch.member_ports()
-                                if p.node in serving]
-            if mode is not None:
-                self.hash_mode = mode
-            if allowed is not None:
-                self.allowed = None if allowed == set(self.members) else set(allowed)
-            for group in hashing.groups(self.plan_switch, self.spec, self.buckets,
-                                        self.hash_mode):
+            # The new settings count only once OVS has taken them all: a refused command
+            # leaves the old ones in place, and the next round of `_follow_members` retries.
+            new_serving = self.serving if serving is None else [
+                p.node for p in self.plan_switch.member_ports() if p.node in serving]
+            new_mode = mode or self.hash_mode
+            new_allowed = self.allowed if allowed is None else (
+                None if allowed == set(self.members) else set(allowed))
+            buckets = self._buckets(new_serving, new_allowed)
+            for group in hashing.groups(self.plan_switch, self.spec, buckets, new_mode):
                 ofctl("--may-create", "mod-group", self.name, group)
             ofctl("replace-flows", self.name, "-", stdin="\n".join(
-                hashing.flows(self.plan_switch, self.spec, self.hash_mode)) + "\n")
-            if not hashing.splits(self.plan_switch, self.spec, self.hash_mode):
+                hashing.flows(self.plan_switch, self.spec, new_mode)) + "\n")
+            if not hashing.splits(self.plan_switch, self.spec, new_mode):
                 ofctl("del-groups", self.name, f"group_id={hashing.NATT_GROUP}")
-            self.history.append((time.monotonic(), tuple(self.buckets)))
+            self.serving, self.hash_mode, self.allowed = new_serving, new_mode, new_allowed
+            self.history.append((time.monotonic(), tuple(buckets)))
+            del self.history[:-HISTORY]
 
     def rehash(self, mode: str, members: set[str] | None = None) -> None:
         """Hash on other fields from now on (`l3`, `l4`, `split`), and, given `members`, spread
@@ -122,24 +140,32 @@ class HashingSwitch(OVSSwitch):
                      allowed=members if members is not None else set(self.members))
 
     def members_serving(self) -> list[str]:
-        """The members whose agents say they serve, asked now."""
+        """The members whose agents say they serve, asked now. An agent that is gone (its
+        socket refuses) is out at once; one that is merely slow to answer keeps its bucket
+        until it has missed HEALTH_MISSES rounds in a row."""
         serving = []
         for member, sock in self.agent_sockets.items():
             try:
-                if query(sock, "state", timeout=HEALTH_TIMEOUT).get("state") == "serving":
+                answer = query(sock, "state", timeout=HEALTH_TIMEOUT).get("state")
+                self.health_misses[member] = 0
+                if answer == "serving":
                     serving.append(member)
+            except (ConnectionRefusedError, FileNotFoundError):
+                self.health_misses[member] = HEALTH_MISSES
             except (OSError, ValueError):
-                pass  # no agent, no traffic
+                self.health_misses[member] = self.health_misses.get(member, 0) + 1
+                if member in self.serving and self.health_misses[member] < HEALTH_MISSES:
+                    serving.append(member)
         return serving
 
     def _follow_members(self) -> None:
         while not self.health_stop.wait(HEALTH_INTERVAL):
-            serving = self.members_serving()
-            if serving != self.serving and not self.health_stop.is_set():
-                try:
+            try:
+                serving = self.members_serving()
+                if serving != self.serving and not self.health_stop.is_set():
                     self.program(serving)
-                except (SwitchError, subprocess.SubprocessError):
-                    pass  # the bridge is going away with the lab; the next round retries
+            except Exception:  # noqa: BLE001 - the bridge going away with the lab, or OVS
+                pass  # refusing once: the settings stay as they were and the next round retries
 
     def _wait_for_bridge(self, deadline: float = 10.0) -> None:
         # ovs-vswitchd opens the bridge's OpenFlow socket a moment after ovs-vsctl returns.

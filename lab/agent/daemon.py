@@ -195,6 +195,7 @@ class Agent:
         self.snapshot: Snapshot | None = None
         self.replaying = False
         self.departed: set[str] = set()  # members dropped as dead, unheard since
+        self.join_attempt = 0
         self.next_heartbeat = 0.0
         self.witness_seq = 0
         self.table = OwnershipTable(expiry=config.expiry, cap=config.cap)
@@ -386,8 +387,9 @@ class Agent:
             self.counters["heartbeats_received"] += 1
         else:
             self.counters["sync_received"] += 1
-        if self.membership.state == ISOLATED and msg.type != sync.HEARTBEAT:
-            return  # cut off: nothing but the heartbeats that tell us the network is back
+        # Even cut off (isolated) a member records and ACKs what it hears: a member the others
+        # still hear must not hold their grants up. Claims, lookups, forwards and snapshot
+        # requests it ignores until it serves again.
         try:
             self.dispatch(msg)
         except sync.SyncError:
@@ -463,11 +465,17 @@ class Agent:
         announcement = self.announcing.get(msg.tag)
         if announcement is None:
             return
-        if msg.owner and msg.owner != announcement.owner:
-            # Another director announced this key to the acker first: both keep the lower.
-            announcement.owner = self._lower(announcement.owner, msg.owner)
-            self.table.record(announcement.key, self.config.name_of(announcement.owner),
-                              NEGOTIATING, time.monotonic(), announcement.peer)
+        if msg.owner and msg.owner != announcement.owner and not self.departed_owner(msg.owner):
+            if msg.state != NEGOTIATING:
+                # The acker's charon-confirmed owner (an ESTABLISHED we missed) wins outright.
+                announcement.owner = msg.owner
+                self.table.record(announcement.key, self.config.name_of(msg.owner), msg.state,
+                                  time.monotonic(), announcement.peer)
+            else:
+                # Another director announced this key to the acker first: both keep the lower.
+                announcement.owner = self._lower(announcement.owner, msg.owner)
+                self.table.record(announcement.key, self.config.name_of(announcement.owner),
+                                  NEGOTIATING, time.monotonic(), announcement.peer)
         announcement.waiting.discard(msg.sender)
         self._maybe_grant(announcement)
 
@@ -488,12 +496,12 @@ class Agent:
 
     def on_announce(self, msg: sync.Message) -> None:
         key = Key(msg.ispi, msg.msgid, msg.requester)
-        owner = msg.owner
+        owner, state = msg.owner, NEGOTIATING
         existing = self.table.entries.get(key)
         if existing and existing.state != NEGOTIATING:
             # charon already confirmed this SA (or a replayed announcement came late):
             # an announcement never takes an entry back to negotiating.
-            owner = self.config.index_of(existing.owner)
+            owner, state = self.config.index_of(existing.owner), existing.state
         elif existing:
             owner = self._lower(owner, self.config.index_of(existing.owner))
             self.table.record(key, self.config.name_of(owner), NEGOTIATING, time.monotonic(),
@@ -502,7 +510,8 @@ class Agent:
             self.table.record(key, self.config.name_of(owner), msg.state, time.monotonic(),
                               msg.peer)
         self.send(msg.sender, sync.Message(sync.ACK, self.me, ispi=key.ispi, msgid=key.msgid,
-                                           requester=key.requester, owner=owner, tag=msg.tag))
+                                           requester=key.requester, owner=owner, state=state,
+                                           tag=msg.tag))
         self.learned(msg.ispi)
 
     def on_lookup(self, msg: sync.Message) -> None:
@@ -643,8 +652,16 @@ class Agent:
             self.waiters.clear()
             self.snapshot = None
         elif state == JOINING:
+            # Back from isolation: members may have died meanwhile, unseen from here. Their
+            # routes go; the live ones advertise theirs again as soon as they hear us.
             self.joining_since = now
             self.snapshot = None
+            self.join_attempt += 1
+            self.advertised = {}
+            if self.config.peers:
+                self.steer()
+        elif state == SERVING and self.config.peers:
+            self.steer()  # the kernel may have lost routes while our links were down
 
     def on_member_died(self, name: str) -> None:
         """`name` left the live set: nothing here may point at it any more."""
@@ -704,6 +721,7 @@ class Agent:
     def on_snapshot(self, msg: sync.Message) -> None:
         if self.snapshot and msg.tag == self.snapshot.tag and msg.sender == self.snapshot.source:
             self.snapshot.entries += sync.decode_entries(msg.payload)
+            self.snapshot.resend_at = time.monotonic() + SNAPSHOT_RESEND  # still coming
 
     def on_snapshot_end(self, msg: sync.Message) -> None:
         snapshot = self.snapshot
@@ -715,7 +733,8 @@ class Agent:
         now = time.monotonic()
         self.table.entries.clear()
         for ispi, msgid, requester, owner, state, rspi, peer, age in snapshot.entries:
-            if owner in self.indexes:
+            # The pivot may not have counted a member dead that we already dropped.
+            if owner in self.indexes and not self.departed_owner(owner):
                 self.table.restore(Key(ispi, msgid, requester), self.config.name_of(owner),
                                    state, rspi, peer, age, now)
         # What changed while the snapshot was on its way, applied again on top of it.
@@ -729,22 +748,33 @@ class Agent:
         self.counters["snapshots_applied"] += 1
         mine = {e.key.ispi for e in self.table.entries.values()
                 if e.owner == self.config.member and e.key.is_ike_sa}
-        threading.Thread(target=self.drop_stale_sas, args=(mine,), daemon=True).start()
+        threading.Thread(target=self.drop_stale_sas, args=(mine, self.join_attempt),
+                         daemon=True).start()
 
-    def drop_stale_sas(self, mine: set) -> None:
+    def drop_stale_sas(self, mine: set, attempt: int) -> None:
         """Thread: end every IKE SA our charon holds that the cluster's table does not give to
-        this member (it was given up while we were gone), then report back to the loop."""
+        this member (it was given up while we were gone), check that none is left, and report
+        back to the loop (which ignores the answer to an earlier join)."""
         from ..strongswan import list_sas, terminate
-        dropped = 0
-        try:
-            for sa in list_sas(Path(self.config.vici_socket)).values():
-                spi = bytes.fromhex(sa.get("initiator-spi", ""))
-                if spi not in mine:
-                    terminate(Path(self.config.vici_socket), sa["uniqueid"])
+        sock, dropped, left = Path(self.config.vici_socket), 0, None
+        for _ in range(3):
+            try:
+                stale = [sa for sa in list_sas(sock).values()
+                         if bytes.fromhex(sa.get("initiator-spi", "")) not in mine]
+            except Exception as exc:  # charon gone: nothing of it to serve with anyway
+                print(f"agent {self.config.member}: reading charon's SAs: {exc}", flush=True)
+                left = 0
+                break
+            left = len(stale)
+            if not stale:
+                break
+            for sa in stale:
+                try:
+                    terminate(sock, sa["uniqueid"])
                     dropped += 1
-        except Exception as exc:  # charon gone: nothing of it to serve with anyway
-            print(f"agent {self.config.member}: reading charon's SAs: {exc}", flush=True)
-        self.events.put(("synced", dropped))
+                except Exception as exc:  # gone meanwhile, or charon busy: look again
+                    print(f"agent {self.config.member}: ending stale SA: {exc}", flush=True)
+        self.events.put(("synced", (attempt, dropped, left)))
         os.write(self.wake_w, b"s")
 
     # ---- data plane steering (rules only: no data packet passes through here) -------------------
@@ -791,8 +821,13 @@ class Agent:
             self.on_holdings(message)
             return
         if name == "synced":
-            self.counters["stale_sas_dropped"] += message
-            self.membership.synced = True
+            attempt, dropped, left = message
+            self.counters["stale_sas_dropped"] += dropped
+            if attempt == self.join_attempt and self.membership.state == JOINING:
+                if left:
+                    self.snapshot = None  # charon still holds what is not ours: sync again
+                else:
+                    self.membership.synced = True
             return
         sa = next((v for v in message.values() if isinstance(v, dict)), None)
         if sa is None:
@@ -989,6 +1024,10 @@ class Agent:
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "stopping", True))
         self.sync_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sync_sock.bind((self.config.members[self.config.member], SYNC_PORT))
+        # A snapshot of a full table is a burst of 250 datagrams; a small buffer would drop
+        # its tail and the joiner would ask again forever.
+        self.sync_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        self.sync_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sync_sock.setblocking(False)
         self.raw_sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         if self.config.witness:
@@ -1092,7 +1131,8 @@ class RouteKeeper(threading.Thread):
                 if self.stopping:
                     return
                 desired, self.desired = self.desired, None
-                current = dict(self.applied)
+            # The kernel's own view: a link that went down took its routes with it.
+            current = self.kernel_routes()
             replace, delete = steering.route_changes(current, desired)
             for prefix in delete:
                 subprocess.run(["ip", "route", "del", prefix, "proto", "static"],
@@ -1107,6 +1147,19 @@ class RouteKeeper(threading.Thread):
                     current[prefix] = member
             with self.changed:
                 self.applied = current
+
+    def kernel_routes(self) -> dict[str, int]:
+        """prefix -> member, for the steering routes the kernel has now."""
+        members = {address: self.config.index_of(name)
+                   for name, address in self.config.members.items()}
+        out = subprocess.run(["ip", "-j", "route", "show", "proto", "static"],
+                             capture_output=True, text=True).stdout
+        try:
+            routes = json.loads(out or "[]")
+        except ValueError:
+            return {}
+        return {r["dst"]: members[r["gateway"]] for r in routes
+                if r.get("gateway") in members and "dst" in r}
 
     def stop(self) -> None:
         """Stop, and take every steering route out of the kernel."""

@@ -122,11 +122,12 @@ class Membership:
         stalled = self.last_update is not None and now - self.last_update > self.dead_after / 4
         self.last_update = now
         if stalled:
-            # Our own loop did not run for a while: give everyone (and the witness) a
-            # fresh period instead of declaring them dead for our own delay.
-            for heard in self.heard.values():
-                heard.at = max(heard.at, now - self.dead_after / 2)
-            if self.witness_at is not None:
+            # Our own loop did not run for a while: give the members we counted live (and the
+            # witness, unless we were cut off already) a fresh period instead of declaring
+            # them dead for our own delay. The dead stay dead.
+            for member in self.live_set - {self.me}:
+                self.heard[member].at = max(self.heard[member].at, now - self.dead_after / 2)
+            if self.witness_at is not None and self.state != ISOLATED:
                 self.witness_at = max(self.witness_at, now - self.dead_after / 4)
             return changes
         before = set(self.live_set)

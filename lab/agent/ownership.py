@@ -123,6 +123,8 @@ class OwnershipTable:
                 self.refused += 1
                 return False
             entry = self.entries[key] = Entry(key, owner, state, now, None)
+        elif state == NEGOTIATING and entry.state != NEGOTIATING:
+            return True  # charon confirmed this SA: word of a negotiation never undoes that
         entry.owner = owner
         entry.peer = peer or entry.peer
         self._set_state(entry, state, now)

@@ -91,3 +91,17 @@ def test_a_stall_of_our_own_loop_kills_nobody():
     assert not m.update(4.0).died and not m.update(4.0).state
     run(m, 4.05, 5)
     assert m.live() == set(MEMBERS) and m.state == SERVING
+
+
+def test_a_stall_does_not_bring_the_dead_back_or_reconnect_the_cut_off():
+    m = cluster()
+    run(m, 0, 1)
+    run(m, 1.05, 6, heard=("m2",))
+    assert m.live() == {"m1", "m2"}
+    m.update(6.7)  # a stall of 0.65 s
+    run(m, 6.75, 7.5, heard=("m2",))
+    assert m.live() == {"m1", "m2"} and m.serving() == ["m1", "m2"]
+    run(m, 7.55, 9, heard=(), witness=False)
+    assert m.state == ISOLATED
+    m.update(9.7)  # stalled while cut off: still cut off
+    assert not m.update(9.75).state and m.state == ISOLATED

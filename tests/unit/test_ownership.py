@@ -122,3 +122,12 @@ def test_restored_entries_keep_their_age_and_expiry():
     table.restore(Key(b"\x02" * 8), "m3", ESTABLISHED, b"\x09" * 8, "203.0.113.11", 50.0, 100.0)
     assert [e.key.ispi for e in table.expire(102.5)] == [b"\x01" * 8]
     assert table.owner_by_spi(b"\x09" * 8) == "m3"
+
+
+def test_a_confirmed_entry_is_never_taken_back_to_negotiating():
+    from lab.agent.ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable
+    table = OwnershipTable(expiry=10.0)
+    table.record(Key(b"\x01" * 8), "m3", ESTABLISHED, 0.0)
+    table.record(Key(b"\x01" * 8), "m2", NEGOTIATING, 1.0)
+    assert table.owners() == {f"{'01' * 8}/0/i": "m3"}
+    assert not table.expire(100.0)
