@@ -12,7 +12,9 @@ States of a member:
 - SERVING: it takes traffic, claims, directs keys and forwards.
 - ISOLATED: it cannot reach the sync network's witness (the sync switch's own address), so it
   cannot tell a dead cluster from its own cut cable. It stops claiming, directing and handling
-  IKE altogether and tells the switches, through its state, to stop sending it traffic. Why a
+  IKE altogether and tells the switches, through its state, to stop sending it traffic (what it
+  still hears it records and acknowledges, so that it never holds up another member's grant;
+  its table is replaced when it rejoins). Why a
   witness and not a majority vote: a two-member cluster must survive the death of either
   member, and with a vote of two neither survivor would hold a majority. The witness breaks the
   tie the way a quorum disk does: the side that still reaches the sync switch carries on.
