@@ -648,6 +648,13 @@ class Agent:
                 parked.drop_all()
             self.claims.clear()
             self.lookups.clear()
+            # What we recorded as director but never granted is nobody's: the others may
+            # grant those keys afresh once they count us dead, and our table must not
+            # contradict them meanwhile.
+            for announcement in self.announcing.values():
+                entry = self.table.entries.get(announcement.key)
+                if entry is not None and entry.state == NEGOTIATING:
+                    del self.table.entries[announcement.key]
             self.announcing.clear()
             self.waiters.clear()
             self.snapshot = None
