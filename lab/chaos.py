@@ -187,25 +187,25 @@ def run_chaos(lab, say=lambda message: None) -> list[dict]:
                    else f"never ({problem})"))
             return took is not None
 
-        owner = _owner_of(lab, lab.plan.peers[0].name) or sorted(members)[0]
+        owner = holder(lab, lab.plan.peers[0].name) or sorted(members)[0]
         net = lab.net
         ok = step(f"fail {owner} (daemons killed, it owned {lab.plan.peers[0].name}'s tunnel)",
                   lambda: failover.fail(net, owner, "daemons"), members - {owner})
         ok = ok and step(f"restore {owner}", lambda: failover.restore(net, owner), members)
         ok = ok and step(f"rehash {other_hash} (2 s of traffic watched)",
                          lambda: failover.rehash(net, other_hash), members, hold=2.0)
-        held = _owner_of(lab, lab.plan.peers[0].name) or sorted(members)[0]
+        held = holder(lab, lab.plan.peers[0].name) or sorted(members)[0]
         rest = sorted(members - {held})
         ok = ok and step(f"rehash {original_hash} over {','.join(rest)} ({held}, holding "
                          f"{lab.plan.peers[0].name}'s tunnel, drained; 2 s watched)",
                          lambda: failover.rehash(net, original_hash, rest), members, hold=2.0)
         ok = ok and step(f"rehash {original_hash} over every member (2 s watched)",
                          lambda: failover.rehash(net, original_hash), members, hold=2.0)
-        victim = _owner_of(lab, lab.plan.peers[-1].name) or sorted(members)[-1]
+        victim = holder(lab, lab.plan.peers[-1].name) or sorted(members)[-1]
         ok = ok and step(f"partition {victim} from the sync network for 10 s, then heal",
                          lambda: failover.partition(net, victim), members, hold=10.0,
                          after=lambda: failover.heal(net, victim))
-        links = _owner_of(lab, lab.plan.peers[0].name) or sorted(members)[0]
+        links = holder(lab, lab.plan.peers[0].name) or sorted(members)[0]
         ok = ok and step(f"fail {links} (links down)", lambda: failover.fail(net, links, "links"),
                          members - {links})
         ok and step(f"restore {links}", lambda: failover.restore(net, links), members)
@@ -215,6 +215,16 @@ def run_chaos(lab, say=lambda message: None) -> list[dict]:
     return steps
 
 
-def _owner_of(lab, peer: str) -> str | None:
-    holders = tunnel_holders(lab).get(peer, [])
-    return holders[0] if len(holders) == 1 else None
+def holder(lab, peer: str, among=None) -> str | None:
+    """The one member (of `among`, default all) holding `peer`'s tunnel, or None."""
+    held = tunnel_holders(lab, None if among is None else set(among))[peer]
+    return held[0] if len(held) == 1 else None
+
+
+def forgotten_by(lab, dead: str, survivors) -> bool:
+    """No survivor counts `dead` live, and no survivor's table names it."""
+    for member in survivors:
+        sock = lab.node(member).files.agent_socket
+        if dead in query(sock, "state")["live"] or dead in query(sock, "owners").values():
+            return False
+    return True

@@ -58,17 +58,19 @@ def restore(net, name: str) -> None:
 
 def partition(net, name: str) -> None:
     """Drop every frame between `name` and the sync network."""
-    _member(net, name)
-    try:
-        _sync_bridge(net).partition(name)
-    except RuntimeError as exc:
-        raise FailoverError(str(exc)) from None
+    _sync_port(net, name, cut=True)
 
 
 def heal(net, name: str) -> None:
+    """Let `name`'s sync traffic through again."""
+    _sync_port(net, name, cut=False)
+
+
+def _sync_port(net, name: str, cut: bool) -> None:
     _member(net, name)
+    bridge = _sync_bridge(net)
     try:
-        _sync_bridge(net).heal(name)
+        (bridge.partition if cut else bridge.heal)(name)
     except RuntimeError as exc:
         raise FailoverError(str(exc)) from None
 

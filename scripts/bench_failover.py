@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from lab import failover, strongswan  # noqa: E402
 from lab.agent.daemon import query  # noqa: E402
-from lab.chaos import Pinger, consistency, tunnel_holders  # noqa: E402
+from lab.chaos import Pinger, consistency, forgotten_by, holder  # noqa: E402
 from lab.lab import Lab  # noqa: E402
 from lab.render import PEER_DPD_DELAY, Retransmit  # noqa: E402
 from lab.topology import LabSpec  # noqa: E402
@@ -65,19 +65,6 @@ def up(lab, peers) -> None:
     watch = strongswan.bring_up({p: lab.node(p).files.vici_socket for p in peers}, 20)
     if set(watch.up_after) != set(peers):
         raise Failed("tunnels did not come up")
-
-
-def holder(lab, peer, among):
-    held = tunnel_holders(lab, set(among))[peer]
-    return held[0] if len(held) == 1 else None
-
-
-def forgotten(lab, dead, survivors) -> bool:
-    for m in survivors:
-        sock = lab.node(m).files.agent_socket
-        if dead in query(sock, "state")["live"] or dead in query(sock, "owners").values():
-            return False
-    return True
 
 
 class Traffic:
@@ -112,7 +99,7 @@ def owner_death(directory: Path) -> dict:
         with Traffic(lab, ["p1"], directory) as traffic:
             start, t0 = time.time(), time.monotonic()
             failover.fail(lab.net, owner, "daemons")
-            detected = wait(lambda: forgotten(lab, owner, survivors), 5, "detection")
+            detected = wait(lambda: forgotten_by(lab, owner, survivors), 5, "detection")
             wait(lambda: consistency(lab, survivors) is None, DPD_GIVE_UP + 15, "consistency")
             consistent = time.monotonic() - t0
             moved = time.time()

@@ -269,7 +269,7 @@ class Agent:
         spi = header.cluster_spi(sent_by_cluster)
         # A label names its member for good, but not a dead member's SAs: the table decides.
         if (spi is None or spi[0] not in self.indexes
-                or self.config.name_of(spi[0]) not in self.membership.live()):
+                or not self.membership.is_live(self.config.name_of(spi[0]))):
             return None
         self.counters["label_hits"] += 1
         return spi[0]

@@ -97,6 +97,10 @@ class Membership:
         """Members heard within `dead_after` at the last update, this member included."""
         return set(self.live_set)
 
+    def is_live(self, member: str) -> bool:
+        """`member` was heard within `dead_after` at the last update (no copy: per packet)."""
+        return member in self.live_set
+
     def serving(self) -> list:
         """Live members in SERVING state (their last heartbeat, or this member's own state),
         in index order: the directors."""

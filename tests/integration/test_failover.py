@@ -8,7 +8,7 @@ import pytest
 
 from lab import failover, strongswan
 from lab.agent.daemon import query
-from lab.chaos import Pinger, consistency, tunnel_holders
+from lab.chaos import Pinger, consistency, forgotten_by, holder
 from lab.lab import Lab
 from lab.render import IKEV1_DPD_TIMEOUT, PEER_DPD_DELAY, Retransmit
 from lab.topology import LabSpec
@@ -34,18 +34,6 @@ def state(lab, member: str) -> dict:
 
 def owners(lab, member: str) -> dict[str, str]:
     return query(lab.node(member).files.agent_socket, "owners")
-
-
-def holder(lab, peer: str, among) -> str | None:
-    """The one member of `among` holding `peer`'s tunnel, or None."""
-    held = tunnel_holders(lab, set(among))[peer]
-    return held[0] if len(held) == 1 else None
-
-
-def forgotten_by(lab, dead: str, survivors) -> bool:
-    """No survivor counts `dead` live, and no survivor's table names it."""
-    return all(dead not in state(lab, m)["live"] and dead not in owners(lab, m).values()
-               for m in survivors)
 
 
 @pytest.mark.parametrize("hash, mode, ike", [("split", "ls", "2"), ("split", "ls", "1"),
