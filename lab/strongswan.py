@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,7 +53,7 @@ def session(socket_path: Path, timeout: float = 10.0):
 def list_sas(socket_path: Path) -> dict[str, dict]:
     """Every IKE SA the daemon holds, by its unique id, with its CHILD SAs."""
     result = {}
-    with session(socket_path) as sess:
+    with _signals_deferred(), session(socket_path) as sess:
         for entry in sess.list_sas():
             for name, sa in decode(dict(entry)).items():
                 sa["name"] = name
@@ -60,10 +61,34 @@ def list_sas(socket_path: Path) -> dict[str, dict]:
     return result
 
 
+@contextmanager
+def _signals_deferred():
+    """Hold Ctrl-C and SIGTERM back until a streamed vici request is over.
+
+    vici's streamed requests unregister their log stream in a `finally`: interrupted halfway
+    through reading a message, that read continues on a stream out of step, takes the next
+    bytes for a length (16 MB, say) and blocks for ever, so the lab is never torn down. The
+    requests here return in milliseconds; the signal is raised again right after. Only the
+    main thread may change signal handlers; elsewhere the call runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in caught:
+            signal.raise_signal(sig)
+
+
 def initiate(socket_path: Path, ike: str, child: str) -> None:
     """Ask the daemon to start `child` of `ike` and return at once; poll list_sas for the end."""
     try:
-        with session(socket_path) as sess:
+        with _signals_deferred(), session(socket_path) as sess:
             for _ in sess.initiate({"ike": ike, "child": child, "timeout": -1}):
                 pass
     except vici.exception.CommandException as exc:
@@ -72,7 +97,7 @@ def initiate(socket_path: Path, ike: str, child: str) -> None:
 
 def terminate(socket_path: Path, unique_id: str) -> None:
     """End one IKE SA at once, without waiting for the peer to confirm its DELETE."""
-    with session(socket_path) as sess:
+    with _signals_deferred(), session(socket_path) as sess:
         for _ in sess.terminate({"ike-id": str(unique_id), "force": "yes", "timeout": -1}):
             pass
 
