@@ -10,9 +10,13 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
-packages=(mininet openvswitch-switch strongswan-charon strongswan-swanctl strongswan-pki
-          libcharon-extra-plugins iproute2 iptables ethtool tcpdump iperf3 procps iputils-ping
-          nftables python3-venv python3-dev gcc libnetfilter-queue-dev)
+# What the lab runs (lab/preflight.py names each one's package when it is missing, and a unit
+# test keeps the two lists in step), then what building the venv needs.
+packages=(mininet openvswitch-switch
+          strongswan-charon strongswan-libcharon strongswan-swanctl strongswan-pki
+          libstrongswan libstrongswan-standard-plugins libcharon-extra-plugins
+          iproute2 iptables nftables ethtool tcpdump iperf3 iputils-ping procps coreutils
+          python3-venv python3-dev gcc libnetfilter-queue-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,11 +34,18 @@ if ! ovs-vsctl --timeout=5 show >/dev/null 2>&1; then
     ovs-vsctl --timeout=10 show >/dev/null
 fi
 
+build_needs="python3-venv python3-dev gcc libnetfilter-queue-dev"
 if [ ! -x .venv/bin/python ]; then
-    /usr/bin/python3 -m venv --system-site-packages .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv ||
+        { echo "setup.sh: could not make .venv; it needs $build_needs" >&2; exit 1; }
 fi
 stamp=.venv/.ikelab-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    if ! log=$(.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1); then
+        echo "$log" | tail -n 20 >&2
+        echo "setup.sh: pip could not install the lab into .venv (above); building" \
+             "netfilterqueue needs $build_needs" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi
