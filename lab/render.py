@@ -19,7 +19,17 @@ import jinja2
 from .agent.steering import esp_spi_range
 from .topology import CLUSTER_ID, CLUSTER_LAN, EXTERNAL_VIP, SYNC_WITNESS, Member, Peer, Plan
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+
+def _template_dir() -> Path:
+    """Where the templates are: inside the package when installed from a wheel, else at the top
+    of the checkout (`templates/`), where a user edits them."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "templates"
+    return packaged if packaged.is_dir() else here.parent / "templates"
+
+
+TEMPLATE_DIR = _template_dir()
 
 # kernel-libipsec must come before kernel-netlink: the first IPsec backend registered wins,
 # and this kernel has XFRM netlink but no ESP transforms.
@@ -91,10 +101,6 @@ class NodeFiles:
     @property
     def agent_log(self) -> Path:
         return self.rundir / f"agent_{self.node}.log"
-
-    @property
-    def private_run(self) -> Path:
-        return self.rundir / "nodes" / self.node / "run"
 
 
 @dataclass(frozen=True)
