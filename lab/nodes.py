@@ -1,9 +1,9 @@
 """Mininet node classes that own what runs on them.
 
 A node configures its own IP stack from the plan in `config()`, starts its daemons there, and
-stops them in `terminate()`; nothing else has to remember to clean up after it. Each node also
-writes down, in its directory of the run, the shell that holds its namespaces and the
-namespace's identity, so that `ikelab clean` can remove exactly what a crashed run left.
+stops them in `terminate()`; nothing else has to remember to clean up after it. Every process
+a node starts (its shell, its daemons, a ping) is written into the run's record with its start
+time, so that `ikelab clean` removes exactly what a crashed run left (`lab.rundir`).
 """
 
 import os
@@ -19,6 +19,7 @@ from mininet.node import Host
 from . import topology
 from .agent.daemon import query
 from .render import NodeFiles
+from .rundir import RunDirectory
 from .strongswan import Charon, DaemonConfigError
 
 
@@ -32,13 +33,18 @@ class LabNode(Host):
     def __init__(self, name, plan_host: topology.Host = None, rundir=None, **params):
         self.plan_host = plan_host
         self.rundir = Path(rundir)
+        self.run = RunDirectory(self.rundir)
         here = node_dir(self.rundir, name)
         (here / "run").mkdir(parents=True, exist_ok=True)
         # charon's PID file path (/run/charon.pid) is compiled in: every node gets its own /run.
         params.setdefault("privateDirs", [("/run", str(here / "run"))])
         super().__init__(name, **params)
-        (here / "shell.pid").write_text(f"{self.pid}\n")
-        (here / "netns").write_text(f"{os.stat(f'/proc/{self.pid}/ns/net').st_ino}\n")
+
+    def _popen(self, cmd, **params):
+        # Mininet starts the node's shell and every `popen` through here.
+        process = super()._popen(cmd, **params)
+        self.run.record_process(process.pid)
+        return process
 
     def config(self, **params):
         # Mininet hands every host an automatic IP and MAC; the plan's addresses replace them.
@@ -52,7 +58,7 @@ class LabNode(Host):
         for intf in host.interfaces:
             dev = f"{self.name}-{intf.name}"
             # With OVS's userspace datapath, veth TX checksum offload leaves UDP checksums
-            # unfilled and receivers drop the packets silently (see PLATFORM.md).
+            # unfilled and receivers drop the packets silently.
             self.cmd(f"ip addr flush dev {dev}; ip addr add {intf.address} dev {dev}; "
                      f"ip link set {dev} up; ethtool -K {dev} tx off >/dev/null 2>&1")
         for destination, gateway in host.routes:
@@ -77,6 +83,9 @@ class StrongSwanNode(LabNode):
 
     def config(self, **params):
         result = super().config(**params)
+        # `m1 swanctl --list-sas` in the CLI: swanctl finds this node's charon through the
+        # strongswan.conf it reads (its `swanctl.socket`).
+        self.cmd(f"export STRONGSWAN_CONF={self.files.strongswan_conf}")
         self.charon = Charon(self, self.files)
         self.start_daemon(lambda: (self.charon.start(), self.charon.load()))
         return result

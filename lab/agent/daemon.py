@@ -1059,8 +1059,6 @@ class Agent:
             # A predecessor killed on this member left its steering routes behind.
             subprocess.run(["ip", "route", "flush", "proto", "static"], capture_output=True)
             self.route_keeper.start()
-        # The member's private /run: `ikelab clean` finds us by this file after a crash.
-        Path("/run/agent.pid").write_text(f"{os.getpid()}\n")
         threading.Thread(target=self.listen_to_charon, daemon=True).start()
         if self.config.peers:
             threading.Thread(target=self.read_holdings, daemon=True).start()
