@@ -2,10 +2,13 @@
 
     ikelab run [options]   build the lab, bring every tunnel up, test traffic, report, tear down
     ikelab status          the running lab's ownership table and agent counters
-    ikelab clean           remove what crashed runs left behind, from their records
+    ikelab runs            the recorded runs: running, kept or crashed
+    ikelab clean [--kept]  remove what crashed runs left behind (and kept runs), from records
 
 Exit status of `run`: 0 when every tunnel is up on exactly one member and carries traffic both
-ways, 1 otherwise (the report says what failed), 2 for bad usage.
+ways; 1 when the lab ran and something failed (the report says what), or could not be built;
+2 for bad usage, or a machine not ready for the lab (the line names the fix); 130 when
+interrupted (Ctrl-C, SIGTERM), after a complete teardown.
 """
 
 import argparse
@@ -16,9 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from .render import TEMPLATE_DIR
 from .topology import (AUTH_METHODS, CLUSTER_MODES, HASH_MODES, IKE_CHOICES, OWNERSHIP_MODES,
-                       LabSpec, TopologyError)
+                       LabSpec, TopologyError, build_plan)
 
 
 class UsageError(Exception):
@@ -76,8 +78,8 @@ def parser() -> Parser:
     run.add_argument("--cli", action="store_true",
                      help="open the Mininet CLI on the running lab before teardown")
     run.add_argument("--keep", action="store_true", help="keep the run's configs and logs")
-    run.add_argument("--templates", type=Path, default=TEMPLATE_DIR,
-                     help="render configs from this template directory")
+    run.add_argument("--templates", type=Path, default=None,
+                     help="render configs from this template directory (the lab's own)")
     run.add_argument("--expiry", type=_seconds, default=120.0,
                      help="seconds before an unfinished negotiation's entry expires (120)")
     run.add_argument("--dead-after", type=_seconds, default=2.0,
@@ -88,7 +90,11 @@ def parser() -> Parser:
     status = sub.add_parser("status", help="the running lab's ownership table and agent "
                             "counters")
     status.add_argument("--json", action="store_true", help="print what the agents said as JSON")
-    sub.add_parser("clean", help="remove what crashed runs left, from their records")
+    runs = sub.add_parser("runs", help="the recorded runs: name, state, path, options")
+    runs.add_argument("--json", action="store_true", help="print them as JSON")
+    clean = sub.add_parser("clean", help="remove what crashed runs left, from their records")
+    clean.add_argument("--kept", action="store_true",
+                       help="also remove the runs kept with --keep")
     return top
 
 
@@ -112,9 +118,7 @@ class Interrupted:
 
 
 def cmd_run(args) -> int:
-    from .job import run_main_job
-    from .lab import Lab, LabError
-    from .report import format_text
+    from .preflight import NotReady, check_machine
 
     spec = LabSpec(args.members, args.peers, args.hash, args.mode, args.ike, args.auth, args.nat,
                    args.agent, args.ownership, args.expiry, args.dead_after)
@@ -123,8 +127,18 @@ def cmd_run(args) -> int:
         raise UsageError("--chaos needs the agent: without it no tunnel survives a member")
     if args.chaos and spec.members < 2:
         raise UsageError("--chaos needs at least 2 members: one fails, another takes over")
-    if not (args.templates / "swanctl.conf.j2").is_file():
+    if args.templates is not None and not (args.templates / "swanctl.conf.j2").is_file():
         raise UsageError(f"--templates {args.templates}: no swanctl.conf.j2 there")
+    try:
+        # Before anything imports Mininet, jinja2 or vici: a missing piece is one line.
+        check_machine(build_plan(spec))
+    except NotReady as exc:
+        print(f"ikelab: {exc}", file=sys.stderr)
+        return 2
+    from .job import run_main_job
+    from .lab import Lab, LabError
+    from .render import TEMPLATE_DIR
+    from .report import format_text
     # Ctrl-C and SIGTERM both mean "tear down and leave", even when started from a context that
     # ignores SIGINT (a background job inherits SIG_IGN, and Python then keeps it).
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -134,7 +148,8 @@ def cmd_run(args) -> int:
     say(f"building the lab: {spec.members} members, {spec.peers} peers, hash {spec.hash}, "
         f"mode {spec.mode}, " + (f"agent ({spec.ownership})" if spec.agent else "no agent"))
     try:
-        with Lab(spec, keep=args.keep, template_dir=args.templates, say=say) as lab:
+        with Lab(spec, keep=args.keep, template_dir=args.templates or TEMPLATE_DIR,
+                 say=say) as lab:
             lab_up = time.monotonic() - start
             say(f"lab up in {lab_up:.1f} s")
             report = run_main_job(lab, args.timeout, lab_up, say)
@@ -144,9 +159,14 @@ def cmd_run(args) -> int:
                 report = with_chaos(report, run_chaos(lab, say))
             print(json.dumps(report, indent=2) if args.json else format_text(report), flush=True)
             if args.cli:
+                from mininet.log import setLogLevel
+
                 from .mncli import LabCLI
+                setLogLevel("output")  # a node command's output (`m1 swanctl ...`) is logged
                 LabCLI(lab.net)
-            say("tearing down")
+    except NotReady as exc:
+        print(f"ikelab: {exc}", file=sys.stderr)
+        return 2
     except LabError as exc:
         print(f"ikelab: {exc}", file=sys.stderr)
         return 1
@@ -192,20 +212,44 @@ def cmd_status(args) -> int:
     return 1 if silent else 0
 
 
+def cmd_runs(args) -> int:
+    from .rundir import recorded_runs, runs_dir
+
+    listing = []
+    for run in recorded_runs():
+        try:
+            description = run.read().get("description", "")
+        except (OSError, ValueError):
+            description = "(record unreadable)"
+        listing.append({"name": run.name, "state": run.status(), "path": str(run.path),
+                        "options": description})
+    if args.json:
+        print(json.dumps(listing, indent=2))
+    elif not listing:
+        print(f"no runs recorded in {runs_dir()}")
+    else:
+        width = max(len(r["name"]) for r in listing)
+        for r in listing:
+            hint = "  (ikelab clean)" if r["state"] == "crashed" else ""
+            print(f"{r['name']:{width}}  {r['state']:8}  {r['path']}  {r['options']}{hint}")
+    return 0
+
+
 def cmd_clean(args) -> int:
-    from .rundir import clean_run, live_runs, stale_runs
+    from .rundir import clean_run, kept_runs, live_runs, stale_runs
 
     if os.geteuid() != 0:
         print("ikelab: clean must run as root", file=sys.stderr)
-        return 1
+        return 2
     for run in live_runs():
         print(f"ikelab: run {run.name} is still running (pid {run.read()['owner_pid']}); "
               "left alone", file=sys.stderr)
-    stale = stale_runs()
-    for run in stale:
-        clean_run(run)
-    if not stale:
-        print("nothing to clean")
+    doomed = stale_runs() + (kept_runs() if args.kept else [])
+    for run in doomed:
+        clean_run(run, remove_kept=args.kept)
+    kept = 0 if args.kept else len(kept_runs())
+    if not doomed:
+        print("nothing to clean" + (f" ({kept} kept runs: ikelab clean --kept)" if kept else ""))
     return 0
 
 
@@ -218,7 +262,10 @@ def main(argv=None) -> int:
             return cmd_clean(args)
         if args.command == "status":
             return cmd_status(args)
-        raise UsageError("a command is required: run, status or clean (see ikelab --help)")
+        if args.command == "runs":
+            return cmd_runs(args)
+        raise UsageError("a command is required: run, status, runs or clean "
+                         "(see ikelab --help)")
     except (UsageError, TopologyError) as exc:
         print(f"ikelab: error: {exc}", file=sys.stderr)
         return 2

@@ -8,99 +8,109 @@ so nothing the run created survives it unless `--keep` asked to keep its files.
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
-from ipaddress import IPv4Network, ip_interface, ip_network
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from mininet.log import setLogLevel
 from mininet.net import Mininet
 
+from . import preflight
+from .preflight import NotReady
 from .pki import make_credentials
 from .render import TEMPLATE_DIR, NodeFiles, agent_config_data, identity_of, render_node
-from .rundir import RunDirectory, clean_run, live_runs, stale_runs
+from .rundir import LabBusy, LabLock, RunDirectory, clean_run, runs_dir, stale_runs
 from .topo import IkeClusterTopo, root_interfaces
-from .topology import LabSpec, Plan, build_plan, overlaps_host
-
-REQUIRED = ("mnexec", "ovs-vsctl", "ovs-ofctl", "swanctl", "pki", "ethtool", "iptables")
+from .topology import LabSpec, Plan, build_plan
 
 
 class LabError(RuntimeError):
     """The lab cannot start or run; the message is one line for the user."""
 
 
-def host_networks() -> list[IPv4Network]:
-    """The root namespace's own addresses and routes (all tables) as networks."""
-    networks = []
-    addrs = subprocess.run(["ip", "-4", "-j", "addr"], capture_output=True, text=True).stdout
-    for link in json.loads(addrs or "[]"):
-        for info in link.get("addr_info", []):
-            networks.append(ip_interface(f"{info['local']}/{info['prefixlen']}").network)
-    routes = subprocess.run(["ip", "-4", "-j", "route", "show", "table", "all"],
-                            capture_output=True, text=True).stdout
-    for route in json.loads(routes or "[]"):
-        if route.get("dst", "default") != "default":
-            networks.append(ip_network(route["dst"], strict=False))
-    return networks
+def claim_machine(plan: Plan, say=print) -> LabLock:
+    """Take the machine's one-lab lock, clean up after crashed runs, and check that none of the
+    lab's bridges is there; raise NotReady otherwise."""
+    try:
+        lock = LabLock().acquire(f"starting, pid {os.getpid()}")
+    except LabBusy as exc:
+        raise NotReady(str(exc)) from None
+    try:
+        for run in stale_runs():
+            say(f"cleaning up after crashed run {run.name}")
+            clean_run(run, say=say)
+        for bridge in plan.bridge_names():
+            if subprocess.run(["ovs-vsctl", "--timeout=5", "br-exists", bridge],
+                              capture_output=True).returncode == 0:
+                raise NotReady(f"OVS bridge {bridge} exists but no run in {runs_dir()} "
+                               f"recorded it; if it is a leftover, remove it yourself "
+                               f"(ovs-vsctl del-br {bridge})")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
-def preflight(plan: Plan, say=print) -> None:
-    """Raise LabError unless this machine can build `plan` now; clean up after crashed runs."""
-    if os.geteuid() != 0:
-        raise LabError("must run as root: the lab creates namespaces, bridges and daemons")
-    missing = [tool for tool in REQUIRED if shutil.which(tool) is None]
-    if missing or not Path("/usr/lib/ipsec/charon").exists():
-        raise LabError(f"missing {' '.join(missing) or 'charon'}: run ./scripts/setup.sh")
-    if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode:
-        raise LabError("Open vSwitch is not running: start it with "
-                       "/usr/share/openvswitch/scripts/ovs-ctl start (or ./scripts/setup.sh)")
-    clashes = overlaps_host(plan, host_networks())
-    if clashes:
-        lab, host = clashes[0]
-        raise LabError(f"the lab's {lab} overlaps the host's own {host}; the lab will not "
-                       "share addresses with a real network")
-    live = live_runs()
-    if live:
-        raise LabError(f"another lab is running (run {live[0].name}, pid "
-                       f"{live[0].read()['owner_pid']}); stop it first")
-    for run in stale_runs():
-        say(f"cleaning up after crashed run {run.name}")
-        clean_run(run, say=say)
-    for bridge in plan.bridge_names():
-        if subprocess.run(["ovs-vsctl", "--timeout=5", "br-exists", bridge],
-                          capture_output=True).returncode == 0:
-            raise LabError(f"OVS bridge {bridge} exists but no ikelab run recorded it; "
-                           "remove it yourself if it is a leftover")
+@contextmanager
+def _private_files():
+    """Files made meanwhile are readable by root only: they hold the sync key, PSKs, keys."""
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 def prepare(spec: LabSpec, keep: bool = False, template_dir: Path = TEMPLATE_DIR,
             say=print) -> tuple[Plan, RunDirectory]:
-    """Check the machine, create the run directory, make credentials and render every config."""
+    """Check the machine, take it, create the run directory, make credentials and render every
+    config; the run holds the machine's lock until it is cleaned."""
     plan = build_plan(spec)
-    preflight(plan, say)
+    preflight.check_machine(plan)
+    lock = claim_machine(plan, say)
     description = (f"{spec.members} members, {spec.peers} peers, hash {spec.hash}, "
                    f"mode {spec.mode}, ike {spec.ike}, auth {spec.auth}"
                    + (", nat" if spec.nat else "")
                    + (f", agent ({spec.ownership})" if spec.agent else ", no agent"))
-    run = RunDirectory.create(plan.bridge_names(), root_interfaces(plan), keep, description)
+    run = RunDirectory.create(plan.bridge_names(), root_interfaces(plan), keep, description,
+                              lock)
     try:
-        creds = make_credentials(plan, run.path, secrets.token_bytes(32))
-        for name in [m.name for m in plan.members] + [p.name for p in plan.peers]:
-            files = NodeFiles(name, run.path)
-            files.swanctl_dir.mkdir()
-            creds.install(identity_of(plan, name), files.swanctl_dir)
-            for path, text in render_node(plan, name, files, creds, template_dir).items():
-                path.write_text(text)
-        if spec.agent:
-            for member in plan.members:
-                files = NodeFiles(member.name, run.path)
-                files.agent_config.write_text(json.dumps(
-                    agent_config_data(plan, member, files, creds), indent=1) + "\n")
+        with _private_files():
+            _render(plan, spec, run, template_dir)
+        misses = preflight.missing_plugins(_loaded_plugins(plan, run))
     except Exception as exc:
         clean_run(run, say=lambda _: None)
         raise LabError(f"rendering configs failed: {exc}") from None
+    if misses:
+        clean_run(run, say=lambda _: None)
+        raise NotReady(preflight.describe(misses))
     return plan, run
+
+
+def _render(plan: Plan, spec: LabSpec, run: RunDirectory, template_dir: Path) -> None:
+    creds = make_credentials(plan, run.path, secrets.token_bytes(32))
+    for name in [m.name for m in plan.members] + [p.name for p in plan.peers]:
+        files = NodeFiles(name, run.path)
+        files.swanctl_dir.mkdir()
+        creds.install(identity_of(plan, name), files.swanctl_dir)
+        for path, text in render_node(plan, name, files, creds, template_dir).items():
+            path.write_text(text)
+    if spec.agent:
+        for member in plan.members:
+            files = NodeFiles(member.name, run.path)
+            files.agent_config.write_text(json.dumps(
+                agent_config_data(plan, member, files, creds), indent=1) + "\n")
+
+
+def _loaded_plugins(plan: Plan, run: RunDirectory) -> list[str]:
+    """Every plugin the rendered strongswan.conf files load (charon's and swanctl's)."""
+    names = []
+    for host in [m.name for m in plan.members] + [p.name for p in plan.peers]:
+        text = NodeFiles(host, run.path).strongswan_conf.read_text()
+        names += [n for n in preflight.loaded_plugins(text) if n not in names]
+    return names
 
 
 class Lab:
@@ -144,9 +154,16 @@ class Lab:
             raise
 
     def stop(self) -> None:
-        """Stop every node and switch, then remove whatever the run's record still finds."""
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        """Stop every node and switch, then remove whatever the run's record still finds.
+
+        Nothing interrupts this: a Ctrl-C followed by a SIGTERM (what a CI cancellation
+        sends) would otherwise abort the teardown halfway and leave the lab behind."""
+        main = threading.current_thread() is threading.main_thread()  # only it may
+        previous = {sig: signal.signal(sig, signal.SIG_IGN)
+                    for sig in (signal.SIGINT, signal.SIGTERM) if main}
         try:
+            if self.net is not None or self.run is not None:
+                self.say("tearing down")
             if self.net is not None:
                 try:
                     self.net.stop()
@@ -157,7 +174,8 @@ class Lab:
                 clean_run(self.run, say=lambda _: None)
                 self.run = None
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def node(self, name: str):
         return self.net[name]

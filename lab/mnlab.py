@@ -12,6 +12,7 @@ import os
 from mininet.log import error, info
 
 from .lab import LabError, prepare
+from .preflight import NotReady
 from .rundir import RunDirectory, clean_run, recorded_runs, stale_runs
 from .topo import IkeClusterTopo
 from .topology import LabSpec, TopologyError
@@ -38,7 +39,7 @@ class IkeClusterMnTopo(IkeClusterTopo):
                        _flag(agent), str(ownership), dead_after=dead_after)
         try:
             plan, run = prepare(spec, _flag(keep), say=lambda m: info(f"*** ikelab: {m}\n"))
-        except (TopologyError, LabError) as exc:
+        except (TopologyError, LabError, NotReady) as exc:
             # SystemExit, not an exception: mn would answer an exception with its cleanup.
             error(f"ikelab: error: {exc}\n")
             raise SystemExit(2) from None
