@@ -3,9 +3,11 @@
     sudo mn --custom topologies/ikecluster.py --topo ikecluster,members=3,peers=2
 
 Options (all optional): members, peers, hash (l3|l4|split), mode (ls|ha), ike (1|2|mixed),
-auth (psk|pubkey), nat=1, keep=1. Every node starts its own daemons; the CLI gains the lab's
-commands (`sas`, `hashing`). `mn` runs under /usr/bin/python3, so this file puts the lab and
-the venv made by scripts/setup.sh on its path.
+auth (psk|pubkey), nat=1, keep=1, agent=0, ownership=table+label, dead_after=SECONDS. Every
+node starts its own daemons; the CLI gains the lab's commands (`help` lists them: sas, up,
+ownership, steering, hashing, members, fail, restore, partition, heal, rehash), and
+`m1 swanctl --list-sas` talks to m1's own charon. `mn` runs under /usr/bin/python3, so this
+file puts the lab and the venv made by scripts/setup.sh on its path.
 
 Every name bound here becomes a global of `mn` (that is how `--custom` works): `CLI` replaces
 mn's CLI with the lab's, and `cleanup` replaces mn's global cleanup, which would otherwise kill
