@@ -20,7 +20,7 @@ identical and name only serving members, every tunnel is up on exactly one of th
   two-deaths      5 members, 4 peers, split: the busiest member killed, then the next busiest
                   once the cluster is consistent; outage and consistency of each, summed.
 
-Target (issue 5): owner death costs no more than DPD detection plus one IKE negotiation;
+Targets: owner death costs no more than DPD detection plus one IKE negotiation;
 rejoin and live rehash cost no outage.
 """
 

@@ -24,7 +24,7 @@ RETRANSMIT = Retransmit()
 DPD_TIMEOUT = float(PEER_DPD_DELAY.rstrip("s")) + max(
     sum(RETRANSMIT.timeout * RETRANSMIT.base ** n for n in range(RETRANSMIT.tries + 1)),
     float(IKEV1_DPD_TIMEOUT.rstrip("s")))
-DETECTION = 3.0  # issue 5: a dead member is detected within 3 s by default
+DETECTION = 3.0  # a dead member is detected within 3 s with the default --dead-after
 LAN_HOST = "10.1.0.10"
 
 

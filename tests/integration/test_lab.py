@@ -1,19 +1,18 @@
 """The lab itself: the hashing switch, the NAT router, isolation, teardown and clean."""
 
 import shutil
-import signal
 import subprocess
 import sys
 
 import pytest
 
 from lab import strongswan
-from lab.lab import Lab, host_networks
+from lab.lab import Lab
+from lab.preflight import host_networks
 from lab.render import TEMPLATE_DIR
 from lab.topology import LabSpec, overlaps_host
 
-from .helpers import (ROOT, bring_up, ikelab, interrupt, lab_bridges, leftovers, poll,
-                      start_ikelab, wait_for_line)
+from .helpers import ROOT, bring_up, ikelab, poll
 
 pytestmark = pytest.mark.root
 
@@ -69,32 +68,6 @@ def test_a_rejected_config_aborts_with_the_node_and_strongswans_words(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ikelab: m1: swanctl rejected swanctl.conf")
     assert "proposals" in last
-
-
-def test_ctrl_c_tears_everything_down():
-    proc = start_ikelab("run", "--no-agent", "--hash", "split", "--timeout", "60")
-    wait_for_line(proc.stderr, "initiating")
-    assert lab_bridges()
-    assert interrupt(proc) == 130, proc.stderr.read()
-
-
-def test_clean_removes_what_a_killed_run_left(leaves_nothing_behind):
-    proc = start_ikelab("run", "--no-agent", "--hash", "split", "--timeout", "60")
-    wait_for_line(proc.stderr, "initiating")
-    assert interrupt(proc, signal.SIGKILL) == -signal.SIGKILL
-    left = leftovers(leaves_nothing_behind)
-    assert left["bridges"] and left["charons"] and left["run_dirs"]
-    result = ikelab("clean")
-    assert result.returncode == 0, result.stderr
-    assert "removed bridge ikex" in result.stdout
-    assert leftovers(leaves_nothing_behind) == {}
-
-
-def test_a_second_lab_is_refused_while_one_runs():
-    with Lab(LabSpec(members=1, peers=1)):
-        result = ikelab("run", timeout=60)
-        assert result.returncode == 1
-        assert "another lab is running" in result.stderr
 
 
 def test_plain_mininet_runs_the_lab_with_its_cli_commands():
