@@ -150,7 +150,8 @@ def describe(misses: list[Miss]) -> str:
     if names:
         fixes.append(f"apt-get install {' '.join(names)} (or {SETUP})")
     for command in dict.fromkeys(m.command for m in misses if m.command and not m.package):
-        fixes.append(command)
+        if not (names and command == SETUP):  # already named with the packages
+            fixes.append(command)
     return f"missing {what}; fix: {'; '.join(fixes) or 'a kernel that has it'}"
 
 

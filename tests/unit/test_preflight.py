@@ -51,13 +51,15 @@ def test_a_missing_plugin_reads_as_one_line_naming_its_package(tmp_path):
     assert "apt-get install libstrongswan-standard-plugins" in line
 
 
-def test_several_misses_still_make_one_line_with_every_package_and_command():
+def test_several_misses_still_make_one_line_with_every_package_and_command_once():
     line = preflight.describe([preflight.Miss("nft", "nftables"),
                                preflight.Miss("iperf3", "iperf3"),
+                               preflight.Miss("Python module vici", command=preflight.SETUP),
                                preflight.Miss("kernel module nfnetlink_queue",
                                               command="modprobe nfnetlink_queue")])
     assert "\n" not in line
-    assert "apt-get install iperf3 nftables" in line and "modprobe nfnetlink_queue" in line
+    assert line.endswith("fix: apt-get install iperf3 nftables (or ./scripts/setup.sh); "
+                         "modprobe nfnetlink_queue")
 
 
 def test_the_wheel_lists_every_package_of_the_lab():
