@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jinja2
 
-from .agent.steering import esp_spi_range
+from .agent.names import esp_spi_range
 from .topology import CLUSTER_ID, CLUSTER_LAN, EXTERNAL_VIP, SYNC_WITNESS, Member, Peer, Plan
 
 

@@ -21,7 +21,6 @@ import hashlib
 from dataclasses import dataclass, field
 
 NEGOTIATING, ESTABLISHED, REKEYED = "negotiating", "established", "rekeyed"
-STATES = (NEGOTIATING, ESTABLISHED, REKEYED)
 
 
 @dataclass(frozen=True, order=True)
@@ -79,13 +78,6 @@ class OwnershipTable:
         """The owner of `key`, or of its IKE SA when the exchange has no entry of its own."""
         entry = self.entries.get(key) or self._ike_sa(key.ispi)
         return entry.owner if entry else None
-
-    def owner_by_spi(self, spi: bytes) -> str | None:
-        """The owner of the IKE SA whose responder SPI is `spi` (learned from charon)."""
-        for entry in self.entries.values():
-            if entry.rspi == spi:
-                return entry.owner
-        return None
 
     def owner_for_peer(self, peer: str | None) -> str | None:
         """The owner of an established IKE SA with `peer`, if there is one.

@@ -18,24 +18,16 @@ Python; the agent only writes the rules:
   re-advertises its prefixes every few seconds, so a lost message heals.
 
 Counters on the nftables rules show how much was steered (the CLI's `steering`).
-This module is pure: it writes nftables scripts and plans route changes; `daemon` runs them.
+This module is pure: it writes nftables scripts and plans route changes; `daemon` and
+`routes` run them.
 """
 
 from ipaddress import IPv4Network
 
-ESP_LABEL_BASE = 0xC0
+from .names import esp_label
+
 TABLE_ESP = "ikelab_esp"
 TABLE_LAN = "ikelab_lan"
-
-
-def esp_spi_range(index: int) -> tuple[int, int]:
-    """The inbound ESP SPIs member `index` allocates: top byte 0xc0 + index."""
-    low = (ESP_LABEL_BASE + index) << 24
-    return low, low | 0xFFFFFF
-
-
-def esp_label(index: int) -> int:
-    return ESP_LABEL_BASE + index
 
 
 def ruleset(me: int, members: dict[int, str], external: str, lan: str, sync: str,

@@ -1,7 +1,7 @@
 """Data-plane steering plans: SPI ranges, the nftables script, route changes."""
 
-from lab.agent.steering import (counters, desired_routes, esp_spi_range, route_changes,
-                                ruleset)
+from lab.agent.names import esp_spi_range
+from lab.agent.steering import counters, desired_routes, route_changes, ruleset
 from lab.render import NodeFiles, render_node, Credentials
 from lab.topology import LabSpec, build_plan
 

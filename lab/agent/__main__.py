@@ -1,0 +1,7 @@
+"""`python -m lab.agent --config agent_<member>.json [--join]`: one member's agent."""
+
+import sys
+
+from .daemon import main
+
+sys.exit(main())

@@ -1,0 +1,150 @@
+"""The claimant's half of the claim protocol (see `core` for the protocol as a whole).
+
+A member holds an IKE packet whose key has no owner yet in NFQUEUE (the packet is *parked*)
+and asks the key's director: a CLAIM for a packet that may start a negotiation (or one our own
+charon sends), a LOOKUP for anything else. The director's GRANT or ANSWER releases every packet
+parked for the key, to its owner; a claim is sent again to whoever directs the key now while it
+waits (the director may have died), and given up after CLAIM_TIMEOUT: the peer retransmits.
+
+`ClaimantRole` is one role of `core.Agent`; it owns `claims` and `lookups`.
+"""
+
+from dataclasses import dataclass, field
+
+from . import sync
+from .events import Drop
+from .ownership import NEGOTIATING, Key, ike_sa_key
+
+CLAIM_TIMEOUT = 1.0
+CLAIM_RESEND = 0.3
+LOOKUP_TIMEOUT = 2.0
+
+
+@dataclass
+class Parked:
+    """Packets held in NFQUEUE until their key's owner is known."""
+
+    key: Key
+    tag: int
+    deadline: float
+    director: int | None
+    packets: list = field(default_factory=list)  # (ref, inbound, arrival ns, packet)
+    resend_at: float | None = None
+    peer: str | None = None
+    inbound: bool = True
+
+
+class ClaimantRole:
+    def __init__(self):
+        self.claims: dict[Key, Parked] = {}
+        self.lookups: dict[bytes, Parked] = {}
+
+    def drop_parked(self, parked: Parked) -> None:
+        """Give up on parked packets: the peer retransmits what still matters."""
+        for ref, _inbound, _arrival, _data in parked.packets:
+            self.emit(Drop(ref))
+
+    def park_claim(self, key: Key, packet: tuple, peer: str) -> None:
+        parked = self.claims.get(key)
+        if parked is None:
+            inbound = packet[1]
+            parked = self.claims[key] = Parked(key, self.new_tag(), self.now + CLAIM_TIMEOUT,
+                                               None, resend_at=self.now + CLAIM_RESEND,
+                                               peer=peer, inbound=inbound)
+            self.send_claim(parked)
+        parked.packets.append(packet)
+
+    def send_claim(self, parked: Parked) -> None:
+        parked.director = self.director(parked.key.ispi)
+        self.send(parked.director, sync.Message(
+            sync.CLAIM, self.me, ispi=parked.key.ispi, msgid=parked.key.msgid,
+            requester=parked.key.requester, tag=parked.tag, peer=parked.peer,
+            owner=0 if parked.inbound else self.me))
+
+    def park_lookup(self, key: Key, packet: tuple) -> None:
+        parked = self.lookups.get(key.ispi)
+        if parked is None:
+            self.counters["lookups"] += 1
+            parked = self.lookups[key.ispi] = Parked(key, self.new_tag(),
+                                                     self.now + LOOKUP_TIMEOUT, None)
+            self.send_lookup(parked)
+        parked.packets.append(packet)
+
+    def send_lookup(self, parked: Parked) -> None:
+        parked.director = self.director(parked.key.ispi)
+        self.send(parked.director, sync.Message(sync.LOOKUP, self.me, ispi=parked.key.ispi,
+                                                tag=parked.tag))
+
+    def release_waiting(self, ispi: bytes) -> None:
+        """The table now knows who owns `ispi`'s IKE SA: release the packets parked here for a
+        lookup, and answer the members that asked this member as director."""
+        name = self.table.owner_of(ike_sa_key(ispi))
+        if name is None:
+            return
+        owner = self.config.index_of(name)
+        parked = self.lookups.pop(ispi, None)
+        if parked:
+            for packet in parked.packets:
+                self.release(packet, owner, ispi)
+        self.answer_waiters(ispi, owner)
+
+    def on_grant(self, msg: sync.Message) -> None:
+        """The director's decision on our claim: release the parked packets to the owner."""
+        key = Key(msg.ispi, msg.msgid, msg.requester)
+        parked = self.claims.get(key)
+        if parked is None or parked.tag != msg.tag:
+            return
+        del self.claims[key]
+        if msg.owner == 0 or self.departed_owner(msg.owner):
+            self.refused_grants += msg.owner == 0
+            self.drop_parked(parked)  # the peer retransmits, and the claim starts afresh
+            return
+        self.table.record(key, self.config.name_of(msg.owner), NEGOTIATING, self.now)
+        self.counters["claims_won" if msg.owner == self.me else "claims_lost"] += 1
+        for packet in parked.packets:
+            self.release(packet, msg.owner, key.ispi)
+
+    def on_answer(self, msg: sync.Message) -> None:
+        parked = self.lookups.get(msg.ispi)
+        if parked is None or parked.tag != msg.tag:
+            return
+        if msg.owner == 0:
+            del self.lookups[msg.ispi]
+            self.counters["lookups_unresolved"] += 1
+            self.drop_parked(parked)
+            return
+        self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner), NEGOTIATING,
+                          self.now)
+        self.release_waiting(msg.ispi)
+
+    def claimant_timers(self) -> None:
+        for key, parked in list(self.claims.items()):
+            if self.now >= parked.deadline:
+                del self.claims[key]
+                self.counters["claim_timeouts"] += 1
+                self.drop_parked(parked)
+            elif parked.resend_at and self.now >= parked.resend_at:
+                # Again, to whoever directs the key now: the director may have died.
+                parked.resend_at = self.now + CLAIM_RESEND
+                self.send_claim(parked)
+        for ispi, parked in list(self.lookups.items()):
+            if self.now >= parked.deadline:
+                del self.lookups[ispi]
+                self.counters["lookups_unresolved"] += 1
+                self.drop_parked(parked)
+
+    def claimant_redirects(self, index: int) -> None:
+        """Member `index` left: what we asked of it, we ask the key's next director."""
+        for parked in self.claims.values():
+            if parked.director == index:
+                self.send_claim(parked)
+        for parked in self.lookups.values():
+            if parked.director == index:
+                self.send_lookup(parked)
+
+    def claimant_isolated(self) -> None:
+        """Cut off: nothing started here may finish, the others cannot hear about it."""
+        for parked in list(self.claims.values()) + list(self.lookups.values()):
+            self.drop_parked(parked)
+        self.claims.clear()
+        self.lookups.clear()

@@ -1,0 +1,41 @@
+"""What the lab tells one member's agent, written as `agent_<member>.json` in the run."""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .names import member_index, member_name
+
+
+@dataclass
+class AgentConfig:
+    member: str
+    index: int
+    members: dict[str, str]  # member name -> sync address
+    key: str  # hex cluster key: HMAC of every sync message
+    mode: str = "ls"  # ls: load sharing; ha: the lowest serving member directs every key
+    ownership: str = "table"
+    expiry: float = 120.0  # seconds an unfinished negotiation's entry lives
+    cap: int = 10000  # table entries at most
+    external_interface: str = ""
+    lan_interface: str = ""
+    sync_interface: str = ""
+    peers: dict = field(default_factory=dict)  # name -> [address as seen, protected LAN]
+    vici_socket: str = ""
+    control_socket: str = ""
+    dead_after: float = 2.0  # seconds of silence after which a member has left
+    witness: str = ""  # the sync switch's own address (see membership)
+
+    @classmethod
+    def load(cls, path: Path) -> "AgentConfig":
+        """The config in `path`; raises OSError, ValueError or TypeError when it is not one."""
+        return cls(**json.loads(Path(path).read_text()))
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), indent=1) + "\n"
+
+    def name_of(self, index: int) -> str:
+        return member_name(index)
+
+    def index_of(self, name: str) -> int:
+        return member_index(name)

@@ -1,0 +1,495 @@
+"""The forwarding agent's protocol: a state machine with no I/O (`Agent`).
+
+One agent per member. It sees every IKE packet before charon does (inbound NFQUEUE on the
+external interface: UDP 500, and UDP 4500 whose payload starts with the non-ESP marker) and
+every IKE packet charon sends (outbound NFQUEUE); ESP and NAT-keepalives never reach it. For
+each packet it finds the owner of the packet's key in its replica of the table, and then:
+
+- own key: accept, charon handles it;
+- another member's key: drop it here and send the original packet (addresses and ports intact)
+  to the owner over the sync network in a FORWARD message; the owner writes it back into its
+  own stack, so charon sees it as if it had come from the peer, and answers the peer directly;
+- unknown key, a packet that can start a negotiation: CLAIM it from the key's director;
+- unknown key, anything else: LOOKUP the owner with the director; never claim.
+
+Why a director, and why claims wait for every member (race freedom, beyond the reference):
+the reference lets the member that sees an unknown first packet write itself into the table,
+then syncs. If the peer's retransmission of that first packet reaches another member before
+the sync lands, both members own the key. Here exactly one member, the key's director (chosen
+by rendezvous hashing the initiator SPI over the members, as Cisco ASA clusters choose a
+director per flow), decides; it records the first claimant, ANNOUNCEs the owner to every other
+member, and GRANTs the claim only once all of them have acknowledged (`director`). The
+claimant keeps the packet queued until the grant, so charon cannot answer, and the peer cannot
+send its next message, before the whole cluster knows the owner. A second claim for the same
+key gets the first claimant's name and forwards its packet there. In `--mode ha` the active
+member is the director of every key.
+
+With `--ownership table+label` each member's charon stamps its index into the top byte of the
+IKE SPIs it allocates (`charon.spi_mask`/`spi_label`), and the agent reads the owner straight
+from the cluster-side SPI whenever the IKEv2 header says which SPI that is; first packets and
+IKEv1 (whose header does not say) fall back to the table.
+
+The table follows charon: IKE SA up (vici `ike-updown`) makes the entry permanent, down deletes
+it on every member, `ike-rekey` gives the new SPIs to the old owner.
+
+Membership (`membership`): heartbeats decide which members are live and which serve. Only
+serving members handle IKE and direct keys, and a director waits for the ACK of every live
+member, whatever its state. When a member leaves the live set, the survivors drop the entries
+it owned (`OwnershipTable.drop_owner`: its IKE SAs died with its charon; the peers' DPD brings
+them back on a survivor), its steering routes, and its place in pending announcements; claims
+it was directing go to the key's next director. A member that joins fetches the whole table
+first (`joining`). The hashing switches follow each agent's state: a member gets traffic only
+while it serves.
+
+Two directors of one key during a change of membership would each wait for the other's ACK;
+an ACK carries the acker's owner for the key, an ANNOUNCE that conflicts with a negotiating
+entry keeps the lower member index, and a director grants the lowest owner it has heard of, so
+both grant the same member.
+
+The agent also decides the data plane's steering routes (`steering`) and then stays out of
+its way: no ESP or LAN packet ever reaches it.
+
+The machine: `Agent.handle(event, now)` takes one event (`events`: a queued packet, a sync
+datagram, charon's word, a tick) with the time, and returns actions (verdicts, datagrams,
+routes, pings); `daemon` carries them out. No socket, clock, thread or subprocess in here.
+"""
+
+from collections import deque
+
+from . import ike, steering, sync
+from .config import AgentConfig
+from .claimant import ClaimantRole
+from .director import DirectorRole
+from .events import (Accept, CharonSaid, Drop, HoldingsRead, Inject, Log, PacketQueued,
+                     PingWitness, Send, StaleSasEnded, SteerRoutes, SyncArrived, Tick,
+                     WitnessAnswered)
+from .joining import JoiningRole
+from .membership import ISOLATED, JOINING, SERVING, STATE_CODES, STATES, Membership
+from .ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable, director_for, ike_sa_key
+
+TICK = 0.05
+LATENCY_SAMPLES = 20000
+ADVERTISE_INTERVAL = 5.0
+
+COUNTERS = ("seen_in", "seen_out", "delivered_local", "forwarded", "received_forwarded",
+            "claims_won", "claims_lost", "claim_timeouts", "lookups", "lookups_unresolved",
+            "label_hits", "expired", "refused", "parse_errors", "outbound_refused",
+            "sync_sent", "sync_received", "sync_bad_mac", "sync_replayed", "sync_malformed",
+            "heartbeats_sent", "heartbeats_received", "not_serving_drops", "members_died",
+            "dead_owner_entries_dropped", "isolations", "snapshots_sent", "snapshots_applied",
+            "stale_sas_dropped")
+# Messages that change the table: a joining member replays them over the snapshot it applies.
+TABLE_CHANGES = (sync.ANNOUNCE, sync.ANSWER, sync.DELETE, sync.REKEY, sync.ESTABLISHED)
+
+
+class Agent(ClaimantRole, DirectorRole, JoiningRole):
+    """One member's agent. `handle(event, now)` returns the actions it decided on; the
+    `*_view` methods say what it knows, for the control socket."""
+
+    def __init__(self, config: AgentConfig, now: float, first_seq: int, join: bool = False):
+        """`first_seq`: the first sync sequence number, larger than any this member used
+        before (the shell passes the wall clock in nanoseconds)."""
+        self.config = config
+        self.me = config.index
+        self.names = sorted(config.members, key=config.index_of)
+        self.indexes = {config.index_of(n) for n in self.names}
+        self.now = now
+        self.actions: list = []
+        self.membership = Membership(config.member, tuple(self.names), config.dead_after)
+        self.membership.start(now, joining=join)
+        self.table = OwnershipTable(expiry=config.expiry, cap=config.cap)
+        self.codec = sync.Codec(bytes.fromhex(config.key), self.me, first_seq)
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.latencies_us: deque = deque(maxlen=LATENCY_SAMPLES)
+        self.departed: set[str] = set()  # members dropped as dead, unheard since
+        self.inbox: deque = deque()  # messages this member sends itself
+        self.next_tag = 1
+        self.refused_grants = 0  # claims a director refused because its table was full
+        self.forwarded_by_spi: dict[str, int] = {}
+        self.holdings: frozenset = frozenset()  # prefixes of our INSTALLED CHILD SAs
+        self.advertised: dict[int, frozenset] = {}  # member -> prefixes it holds
+        self.next_tick = self.next_heartbeat = self.next_advertisement = 0.0
+        self.witness_seq = 0
+        ClaimantRole.__init__(self)
+        DirectorRole.__init__(self)
+        JoiningRole.__init__(self, now)
+        self._handlers = {PacketQueued: self.on_packet, SyncArrived: self.on_sync,
+                          Tick: self.on_tick, WitnessAnswered: self.on_witness,
+                          CharonSaid: self.on_charon, HoldingsRead: self.on_holdings,
+                          StaleSasEnded: self.on_stale_sas_ended}
+
+    # ---- the machine ----------------------------------------------------------------------
+    def handle(self, event, now: float) -> list:
+        """Take one event at monotonic time `now`; return the actions, in order."""
+        self.now = now
+        self.actions = actions = []
+        self._handlers[type(event)](event)
+        while self.inbox:
+            self.dispatch(self.inbox.popleft())
+        return actions
+
+    def emit(self, action) -> None:
+        self.actions.append(action)
+
+    def log(self, text: str) -> None:
+        self.emit(Log(f"agent {self.config.member}: {text}"))
+
+    def new_tag(self) -> int:
+        self.next_tag = (self.next_tag + 1) & 0xFFFFFFFF or 1
+        return self.next_tag
+
+    @property
+    def serving(self) -> bool:
+        return self.membership.state == SERVING
+
+    def director(self, ispi: bytes) -> int | None:
+        """The serving member that decides `ispi`'s owner (None if nobody serves): in HA
+        mode the active member, the lowest serving one."""
+        serving = self.membership.serving()
+        if not serving:
+            return None
+        if self.config.mode == "ha":
+            return self.config.index_of(serving[0])
+        return self.config.index_of(director_for(ispi, serving))
+
+    def live_others(self) -> set:
+        return {self.config.index_of(m) for m in self.membership.live()} - {self.me}
+
+    def send(self, to: int | None, msg: sync.Message, counter: str = "sync_sent") -> None:
+        if self.replaying or to is None:
+            return
+        if to == self.me:
+            self.inbox.append(msg)
+            return
+        self.counters[counter] += 1
+        self.emit(Send(to, self.codec.encode(msg)))
+
+    def broadcast(self, msg: sync.Message, counter: str = "sync_sent") -> None:
+        """Send `msg` to every other configured member, live or not: UDP to a dead one costs
+        nothing, and one that is coming back hears what changed."""
+        for index in sorted(self.indexes - {self.me}):
+            self.send(index, msg, counter)
+
+    def departed_owner(self, index: int) -> bool:
+        """`index` left the cluster and has not been heard since: a late message naming it
+        as an owner must not put it back into the table."""
+        return self.config.name_of(index) in self.departed
+
+    def label_owner(self, header: ike.IkeHeader, sent_by_cluster: bool) -> int | None:
+        if self.config.ownership != "table+label":
+            return None
+        spi = header.cluster_spi(sent_by_cluster)
+        # A label names its member for good, but not a dead member's SAs: the table decides.
+        if (spi is None or spi[0] not in self.indexes
+                or not self.membership.is_live(self.config.name_of(spi[0]))):
+            return None
+        self.counters["label_hits"] += 1
+        return spi[0]
+
+    # ---- packets from NFQUEUE -------------------------------------------------------------
+    def on_packet(self, event: PacketQueued) -> None:
+        inbound = event.inbound
+        self.counters["seen_in" if inbound else "seen_out"] += 1
+        if not self.serving:
+            # Joining or cut off: the switches send us nothing, and our charon must not
+            # speak for the cluster until the table says what is ours.
+            self.counters["not_serving_drops"] += 1
+            self.emit(Drop(event.ref))
+            return
+        try:
+            dgram = ike.parse_datagram(event.data)
+            port = dgram.dport if inbound else dgram.sport
+            data = ike.ike_payload(port, dgram.payload)
+            if data is None:  # ESP or keepalive: not ours to judge (the rules should not queue it)
+                self.emit(Accept(event.ref))
+                return
+            header = ike.parse_header(data)
+        except ike.ParseError:
+            self.counters["parse_errors"] += 1
+            self.emit(Drop(event.ref))
+            return
+        key = Key(header.ispi, header.msgid, header.requester)
+        packet = (event.ref, inbound, event.arrival_ns, event.data)
+        owner = self.label_owner(header, sent_by_cluster=not inbound)
+        if owner is None:
+            name = self.table.owner_of(key)
+            owner = self.config.index_of(name) if name else None
+        if owner is not None:
+            self.release(packet, owner, key.ispi)
+        elif header.can_start_negotiation or not inbound:
+            # Outbound: before our own request leaves, no other member may own its key.
+            self.park_claim(key, packet, dgram.src if inbound else dgram.dst)
+        else:
+            self.park_lookup(key, packet)
+
+    def release(self, packet: tuple, owner: int, ispi: bytes) -> None:
+        """Hand a packet to whoever owns its key."""
+        ref, inbound, arrival_ns, data = packet
+        if owner == self.me:
+            self.counters["delivered_local"] += 1
+            self.emit(Accept(ref))
+        elif inbound:
+            self.emit(Drop(ref))
+            self.counters["forwarded"] += 1
+            spi = ispi.hex()
+            self.forwarded_by_spi[spi] = self.forwarded_by_spi.get(spi, 0) + 1
+            self.send(owner, sync.Message(sync.FORWARD, self.me,
+                                          payload=arrival_ns.to_bytes(8, "big") + data))
+        else:
+            self.counters["outbound_refused"] += 1
+            self.emit(Drop(ref))
+
+    # ---- sync messages --------------------------------------------------------------------
+    def on_sync(self, event: SyncArrived) -> None:
+        try:
+            msg = self.codec.decode(event.data)
+        except sync.SyncError as err:
+            name = {"mac": "sync_bad_mac", "replay": "sync_replayed"}.get(err.reason,
+                                                                          "sync_malformed")
+            self.counters[name] += 1
+            return
+        self.counters["heartbeats_received" if msg.type == sync.HEARTBEAT
+                      else "sync_received"] += 1
+        # Even cut off (isolated) a member records and ACKs what it hears: a member the others
+        # still hear must not hold their grants up. Claims, lookups, forwards and snapshot
+        # requests it ignores until it serves again.
+        try:
+            self.dispatch(msg)
+        except sync.SyncError:
+            self.counters["sync_malformed"] += 1
+
+    def dispatch(self, msg: sync.Message) -> None:
+        handler = {sync.CLAIM: self.on_claim, sync.GRANT: self.on_grant,
+                   sync.ANNOUNCE: self.on_announce, sync.ACK: self.on_ack,
+                   sync.LOOKUP: self.on_lookup, sync.ANSWER: self.on_answer,
+                   sync.FORWARD: self.on_forward, sync.DELETE: self.on_delete,
+                   sync.REKEY: self.on_rekey, sync.ESTABLISHED: self.on_established,
+                   sync.ROUTES: self.on_routes, sync.HEARTBEAT: self.on_heartbeat,
+                   sync.SNAPSHOT_REQUEST: self.on_snapshot_request,
+                   sync.SNAPSHOT: self.on_snapshot,
+                   sync.SNAPSHOT_END: self.on_snapshot_end}[msg.type]
+        if msg.type in TABLE_CHANGES:
+            self.keep_for_replay(msg)
+        handler(msg)
+
+    def on_announce(self, msg: sync.Message) -> None:
+        key = Key(msg.ispi, msg.msgid, msg.requester)
+        owner, state = msg.owner, NEGOTIATING
+        existing = self.table.entries.get(key)
+        if existing and existing.state != NEGOTIATING:
+            # charon already confirmed this SA (or a replayed announcement came late):
+            # an announcement never takes an entry back to negotiating.
+            owner, state = self.config.index_of(existing.owner), existing.state
+        elif existing:
+            owner = self.lower(owner, self.config.index_of(existing.owner))
+            self.table.record(key, self.config.name_of(owner), NEGOTIATING, self.now, msg.peer)
+        elif not self.departed_owner(owner):
+            self.table.record(key, self.config.name_of(owner), msg.state, self.now, msg.peer)
+        self.send(msg.sender, sync.Message(sync.ACK, self.me, ispi=key.ispi, msgid=key.msgid,
+                                           requester=key.requester, owner=owner, state=state,
+                                           tag=msg.tag))
+        self.release_waiting(msg.ispi)
+
+    def on_forward(self, msg: sync.Message) -> None:
+        """A member that must not handle an IKE packet sent it here: into our own stack."""
+        if not self.serving:
+            self.counters["not_serving_drops"] += 1
+            return
+        arrival_ns, packet = int.from_bytes(msg.payload[:8], "big"), msg.payload[8:]
+        try:
+            dgram = ike.parse_datagram(packet)
+        except ike.ParseError:
+            self.counters["parse_errors"] += 1
+            return
+        self.emit(Inject(packet, dgram.dst))
+        self.counters["received_forwarded"] += 1
+        self.latencies_us.append((self.now * 1e9 - arrival_ns) / 1000)
+
+    def on_delete(self, msg: sync.Message) -> None:
+        self.table.delete(msg.ispi)
+
+    def on_rekey(self, msg: sync.Message) -> None:
+        """The owner rekeyed an IKE SA: `ispi`/`rspi` are the new SA's, the payload the old
+        initiator SPI."""
+        if self.departed_owner(msg.owner):
+            return
+        if self.table.rekey(msg.payload[:8], msg.ispi, msg.rspi, self.now) is None:
+            self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner),
+                              ESTABLISHED, self.now)
+        self.release_waiting(msg.ispi)
+
+    def on_established(self, msg: sync.Message) -> None:
+        if self.departed_owner(msg.owner):
+            return
+        self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner), ESTABLISHED,
+                          self.now, msg.peer)
+        self.table.establish(msg.ispi, msg.rspi, self.now)
+        self.release_waiting(msg.ispi)
+
+    def on_routes(self, msg: sync.Message) -> None:
+        prefixes = msg.payload.decode(errors="replace")
+        self.advertised[msg.sender] = frozenset(p for p in prefixes.split(",") if p)
+        self.steer()
+
+    # ---- membership -----------------------------------------------------------------------
+    def on_heartbeat(self, msg: sync.Message) -> None:
+        code, live = sync.decode_heartbeat(msg.payload)
+        if code >= len(STATES) or msg.sender not in self.indexes:
+            raise sync.SyncError("malformed")
+        self.membership.on_heartbeat(self.config.name_of(msg.sender), STATES[code],
+                                     frozenset(self.config.name_of(i) for i in live
+                                               if i in self.indexes), self.now)
+
+    def on_witness(self, _event: WitnessAnswered) -> None:
+        self.membership.on_witness(self.now)
+
+    def heartbeat(self) -> None:
+        self.next_heartbeat = self.now + self.membership.heartbeat
+        payload = sync.encode_heartbeat(STATE_CODES[self.membership.state],
+                                        {self.config.index_of(m) for m in self.membership.live()})
+        self.broadcast(sync.Message(sync.HEARTBEAT, self.me, payload=payload),
+                       counter="heartbeats_sent")
+        if self.config.witness:
+            self.witness_seq = (self.witness_seq + 1) & 0xFFFF
+            self.emit(PingWitness(self.witness_seq))
+
+    def judge_membership(self) -> None:
+        changes = self.membership.update(self.now)
+        if changes.state:
+            self.on_state(changes.state)
+        for name in sorted(changes.died):
+            self.on_member_died(name)
+        self.departed -= changes.appeared
+        if changes.appeared and self.serving and self.config.peers:
+            self.advertise()  # a newcomer learns our routes now, not in 5 s
+        if self.now >= self.next_heartbeat:
+            self.heartbeat()
+        if self.membership.state == JOINING and not self.membership.synced:
+            self.fetch_table()
+
+    def on_state(self, state: str) -> None:
+        self.log(state)
+        if state == ISOLATED:
+            # Nothing started here may finish: the others cannot hear about it.
+            self.counters["isolations"] += 1
+            self.claimant_isolated()
+            self.director_isolated()
+            self.snapshot = None
+        elif state == JOINING:
+            # Back from isolation: members may have died meanwhile, unseen from here. Their
+            # routes go; the live ones advertise theirs again as soon as they hear us.
+            self.restart_join()
+            self.advertised = {}
+            if self.config.peers:
+                self.steer()
+        elif state == SERVING and self.config.peers:
+            self.steer()  # the kernel may have lost routes while our links were down
+
+    def on_member_died(self, name: str) -> None:
+        """`name` left the live set: nothing here may point at it any more."""
+        index = self.config.index_of(name)
+        self.log(f"{name} left the cluster")
+        self.counters["members_died"] += 1
+        self.departed.add(name)
+        self.counters["dead_owner_entries_dropped"] += self.table.drop_owner(name)
+        if self.advertised.pop(index, None) is not None:
+            self.steer()
+        self.director_forgets(index)
+        self.claimant_redirects(index)
+
+    # ---- data plane steering (routes only: no data packet passes through here) ------------
+    def steer(self) -> None:
+        """Ask for the kernel's steering routes to match what the members hold."""
+        self.advertised[self.me] = self.holdings
+        self.emit(SteerRoutes(steering.desired_routes(self.advertised, self.me)))
+
+    def advertise(self) -> None:
+        self.next_advertisement = self.now + ADVERTISE_INTERVAL
+        self.broadcast(sync.Message(sync.ROUTES, self.me,
+                                    payload=",".join(sorted(self.holdings)).encode()))
+
+    def on_holdings(self, event: HoldingsRead) -> None:
+        if event.prefixes != self.holdings:
+            self.holdings = event.prefixes
+            self.steer()
+            self.advertise()
+
+    # ---- charon's events ------------------------------------------------------------------
+    def on_charon(self, event: CharonSaid) -> None:
+        """charon's word on an IKE SA it holds (vici `ike-updown`, `ike-rekey`); CHILD SA
+        events only change what the data plane steers (the shell reads them as holdings)."""
+        sa = next((v for v in event.message.values() if isinstance(v, dict)), None)
+        if sa is None:
+            return
+        if event.name == "ike-rekey":
+            old, new = _spis(sa.get("old", {})), _spis(sa.get("new", {}))
+            if old and new:
+                if self.table.rekey(old[0], new[0], new[1], self.now) is None:
+                    self.table.record(ike_sa_key(new[0]), self.config.member, ESTABLISHED,
+                                      self.now)
+                self.broadcast(sync.Message(sync.REKEY, self.me, ispi=new[0], rspi=new[1],
+                                            owner=self.me, payload=old[0]))
+                self.release_waiting(new[0])
+            return
+        spis = _spis(sa)
+        if event.name != "ike-updown" or not spis:
+            return
+        if event.message.get("up") == "yes":
+            peer = sa.get("remote-host")
+            self.table.record(ike_sa_key(spis[0]), self.config.member, ESTABLISHED, self.now,
+                              peer)
+            self.table.establish(spis[0], spis[1], self.now)
+            self.broadcast(sync.Message(sync.ESTABLISHED, self.me, ispi=spis[0], rspi=spis[1],
+                                        owner=self.me, peer=peer))
+        else:
+            self.table.delete(spis[0])
+            self.broadcast(sync.Message(sync.DELETE, self.me, ispi=spis[0]))
+
+    # ---- timers ---------------------------------------------------------------------------
+    def on_tick(self, _event: Tick) -> None:
+        """Timeouts, expiry and re-advertisement, at most once per TICK: not per packet."""
+        if self.now < self.next_tick:
+            return
+        self.next_tick = self.now + TICK
+        self.judge_membership()
+        self.claimant_timers()
+        self.director_timers()
+        if self.config.peers and self.now >= self.next_advertisement and self.serving:
+            self.advertise()
+        self.table.expire(self.now)
+        self.counters["expired"] = self.table.expired
+        self.counters["refused"] = self.table.refused + self.refused_grants
+
+    # ---- what it knows --------------------------------------------------------------------
+    def membership_view(self, now: float) -> dict:
+        """This member's state and view of the cluster: cheap enough for the switches to
+        ask several times a second."""
+        m = self.membership
+        return {"member": self.config.member, "state": m.state, "live": sorted(m.live()),
+                "serving": m.serving(), "connected": m.connected(now),
+                "dead_after": m.dead_after, "table_size": len(self.table.entries)}
+
+    def status_view(self, now: float) -> dict:
+        """Counters, membership, the table, pending work, latency, the prefixes we hold."""
+        lat = sorted(self.latencies_us)
+        return {"member": self.config.member, "mode": self.config.mode,
+                "ownership": self.config.ownership, "counters": dict(self.counters),
+                "membership": self.membership_view(now),
+                "table": self.table.rows(now),
+                "pending": {"claims": len(self.claims), "lookups": len(self.lookups),
+                            "announcements": len(self.announcing)},
+                "forward_latency_us": {"samples": len(lat),
+                                       "median": lat[len(lat) // 2] if lat else None,
+                                       "p99": lat[int(len(lat) * 0.99)] if lat else None},
+                "forwarded_by_spi": dict(self.forwarded_by_spi),
+                "steering": {"holds": sorted(self.holdings)}}
+
+
+def _spis(sa: dict) -> tuple[bytes, bytes] | None:
+    """(initiator SPI, responder SPI) of a vici IKE SA dict, or None if it has none."""
+    try:
+        ispi = bytes.fromhex(sa["initiator-spi"])
+        rspi = bytes.fromhex(sa.get("responder-spi", "0" * 16))
+    except (KeyError, ValueError):
+        return None
+    return (ispi, rspi) if len(ispi) == 8 and len(rspi) == 8 else None

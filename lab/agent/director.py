@@ -1,0 +1,176 @@
+"""The director's half of the claim protocol (see `core` for the protocol as a whole).
+
+Every key has one director: the serving member that rendezvous hashing of its initiator SPI
+picks (`ownership.director_for`), or in `--mode ha` the active member. The director records
+the first claimant as the owner, ANNOUNCEs it to every other member, and GRANTs the claim only
+when every live member has ACKed; it answers LOOKUPs from its table, or as soon as it learns
+the owner. What it keeps per key is pending work only: announcements waiting for ACKs and
+lookups waiting for an owner.
+
+`DirectorRole` is one role of `core.Agent`; it owns `announcing` and `waiters` and uses the
+agent's table, membership and message helpers.
+"""
+
+from dataclasses import dataclass, field
+
+from . import sync
+from .ownership import NEGOTIATING, Key, ike_sa_key
+
+ANNOUNCE_RESEND = 0.3
+LOOKUP_TIMEOUT = 2.0
+
+
+@dataclass
+class Announcement:
+    """A director's decision waiting for every other live member's ACK before its grants go
+    out. It never grants early: a member that does not answer is either still live (the
+    announcement is sent again) or leaves the live set (and the wait for it ends)."""
+
+    key: Key
+    owner: int
+    state: str
+    peer: str | None
+    tag: int
+    waiting: set
+    resend_at: float
+    abandon_at: float
+    grants: list = field(default_factory=list)  # (member index, claim tag)
+
+
+class DirectorRole:
+    def __init__(self):
+        self.announcing: dict[int, Announcement] = {}  # tag -> announcement
+        self.waiters: dict[bytes, list] = {}  # ispi -> [(member index, tag, deadline)]
+
+    def on_claim(self, msg: sync.Message) -> None:
+        """The first claimant of a key owns it, once every member has heard so; a peer's new
+        Phase 1 while it has an IKE SA goes to that SA's owner (reauthentication)."""
+        if not self.serving:
+            return  # the claimant asks the key's next director when its resend is due
+        key = Key(msg.ispi, msg.msgid, msg.requester)
+        chosen = self.config.name_of(msg.owner or msg.sender)
+        if msg.owner == 0:
+            chosen = self.table.owner_for_peer(msg.peer) or chosen
+        owner, won = self.table.claim(key, chosen, self.now, msg.peer)
+        if owner is None:  # refused at the cap
+            self.send(msg.sender, sync.Message(sync.GRANT, self.me, ispi=msg.ispi,
+                                               msgid=msg.msgid, requester=msg.requester,
+                                               owner=0, tag=msg.tag))
+            return
+        owner_index = self.config.index_of(owner)
+        pending = next((a for a in self.announcing.values() if a.key == key), None)
+        if won:
+            pending = Announcement(key, owner_index, NEGOTIATING, msg.peer, self.new_tag(),
+                                   self.live_others(), self.now + ANNOUNCE_RESEND,
+                                   self.now + 2 * self.config.dead_after)
+            self.announcing[pending.tag] = pending
+            # Every configured member hears it (a joining one keeps up); the live ones ACK.
+            self.broadcast(self._announcement(pending))
+            self.release_waiting(key.ispi)
+        if pending:
+            pending.grants.append((msg.sender, msg.tag))
+            self._maybe_grant(pending)
+        else:
+            self._grant(key, owner_index, msg.sender, msg.tag)
+
+    def _grant(self, key: Key, owner: int, to: int, tag: int) -> None:
+        self.send(to, sync.Message(sync.GRANT, self.me, ispi=key.ispi, msgid=key.msgid,
+                                   requester=key.requester, owner=owner, tag=tag))
+
+    def _announcement(self, a: Announcement) -> sync.Message:
+        return sync.Message(sync.ANNOUNCE, self.me, ispi=a.key.ispi, msgid=a.key.msgid,
+                            requester=a.key.requester, owner=a.owner, state=a.state, tag=a.tag,
+                            peer=a.peer)
+
+    def _maybe_grant(self, announcement: Announcement) -> None:
+        if announcement.waiting or announcement.tag not in self.announcing:
+            return
+        del self.announcing[announcement.tag]
+        for member, tag in announcement.grants:
+            self._grant(announcement.key, announcement.owner, member, tag)
+
+    @staticmethod
+    def lower(a: int, b: int) -> int:
+        """Of two conflicting owners of one negotiating key, the one every member keeps."""
+        return min(a, b)
+
+    def on_ack(self, msg: sync.Message) -> None:
+        announcement = self.announcing.get(msg.tag)
+        if announcement is None:
+            return
+        if msg.owner and msg.owner != announcement.owner and not self.departed_owner(msg.owner):
+            if msg.state != NEGOTIATING:
+                # The acker's charon-confirmed owner (an ESTABLISHED we missed) wins outright.
+                announcement.owner = msg.owner
+                self.table.record(announcement.key, self.config.name_of(msg.owner), msg.state,
+                                  self.now, announcement.peer)
+            else:
+                # Another director announced this key to the acker first: both keep the lower.
+                announcement.owner = self.lower(announcement.owner, msg.owner)
+                self.table.record(announcement.key, self.config.name_of(announcement.owner),
+                                  NEGOTIATING, self.now, announcement.peer)
+        announcement.waiting.discard(msg.sender)
+        self._maybe_grant(announcement)
+
+    def on_lookup(self, msg: sync.Message) -> None:
+        if not self.serving:
+            return
+        name = self.table.owner_of(ike_sa_key(msg.ispi))
+        if name:
+            self.send(msg.sender, sync.Message(sync.ANSWER, self.me, ispi=msg.ispi,
+                                               owner=self.config.index_of(name), tag=msg.tag))
+        else:
+            self.waiters.setdefault(msg.ispi, []).append(
+                (msg.sender, msg.tag, self.now + LOOKUP_TIMEOUT))
+
+    def answer_waiters(self, ispi: bytes, owner: int) -> None:
+        """The owner of `ispi` is known now: tell the members that asked us."""
+        for member, tag, _deadline in self.waiters.pop(ispi, []):
+            self.send(member, sync.Message(sync.ANSWER, self.me, ispi=ispi, owner=owner,
+                                           tag=tag))
+
+    def director_timers(self) -> None:
+        """Announcements: resend to the live members that have not ACKed, grant once none is
+        left, give up when the claimants have; lookups nobody could answer: say so."""
+        for announcement in list(self.announcing.values()):
+            announcement.waiting &= self.live_others()
+            if self.now >= announcement.abandon_at:
+                del self.announcing[announcement.tag]  # the claimants have given up
+            elif not announcement.waiting:
+                self._maybe_grant(announcement)
+            elif self.now >= announcement.resend_at:
+                announcement.resend_at = self.now + ANNOUNCE_RESEND
+                for index in announcement.waiting:
+                    self.send(index, self._announcement(announcement))
+        for ispi, waiting in list(self.waiters.items()):
+            late = [w for w in waiting if self.now >= w[2]]
+            for member, tag, _deadline in late:
+                self.send(member, sync.Message(sync.ANSWER, self.me, ispi=ispi, owner=0,
+                                               tag=tag))
+            if len(late) == len(waiting):
+                del self.waiters[ispi]
+            else:
+                self.waiters[ispi] = [w for w in waiting if self.now < w[2]]
+
+    def director_forgets(self, index: int) -> None:
+        """Member `index` left the live set: never grant it, and stop waiting for its ACK."""
+        for announcement in list(self.announcing.values()):
+            if announcement.owner == index:
+                # Never grant a dead owner: the claimants time out, the peer retransmits.
+                del self.announcing[announcement.tag]
+                continue
+            announcement.waiting.discard(index)
+            self._maybe_grant(announcement)
+        for ispi, waiting in list(self.waiters.items()):
+            self.waiters[ispi] = [w for w in waiting if w[0] != index]
+
+    def director_isolated(self) -> None:
+        """Cut off: what we recorded as director but never granted is nobody's. The others may
+        grant those keys afresh once they count us dead, and our table must not contradict
+        them meanwhile."""
+        for announcement in self.announcing.values():
+            entry = self.table.entries.get(announcement.key)
+            if entry is not None and entry.state == NEGOTIATING:
+                del self.table.entries[announcement.key]
+        self.announcing.clear()
+        self.waiters.clear()

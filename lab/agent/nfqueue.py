@@ -1,0 +1,69 @@
+"""How IKE packets reach the agent: iptables rules in the member's mangle table that queue
+them to NFQUEUE (and nothing else), and the two queues, inbound and outbound.
+
+Queued: inbound on the external interface, UDP 500, and UDP 4500 whose first four payload
+bytes are the RFC 3948 non-ESP marker (IKE, not ESP); outbound, the same from our own charon.
+`--queue-bypass`: with no agent listening the kernel lets packets through rather than drop.
+"""
+
+import subprocess
+
+from netfilterqueue import NetfilterQueue
+
+QUEUE_IN, QUEUE_OUT = 1, 2
+CHAIN_IN, CHAIN_OUT = "IKELAB_IN", "IKELAB_OUT"
+# u32: the 4 bytes after the UDP header are zero, i.e. the RFC 3948 non-ESP marker.
+NON_ESP_MARKER_U32 = "0>>22&0x3C@8=0"
+MAX_PACKET = 4096  # a queued packet is copied up to this many bytes
+
+
+def rules(interface: str, action: str) -> list[list[str]]:
+    """The iptables commands that queue IKE (and nothing else) to this agent ("add"), or
+    take those rules away ("remove")."""
+    commands = []
+    for chain, hook, direction, port_flag, num in (
+            (CHAIN_IN, "PREROUTING", "-i", "--dport", QUEUE_IN),
+            (CHAIN_OUT, "OUTPUT", "-o", "--sport", QUEUE_OUT)):
+        if action == "add":
+            commands += [["-N", chain],
+                         ["-A", chain, "-p", "udp", port_flag, "500", "-j", "NFQUEUE",
+                          "--queue-num", str(num), "--queue-bypass"],
+                         ["-A", chain, "-p", "udp", port_flag, "4500", "-m", "u32",
+                          "--u32", NON_ESP_MARKER_U32, "-j", "NFQUEUE",
+                          "--queue-num", str(num), "--queue-bypass"],
+                         ["-A", hook, direction, interface, "-p", "udp", "-j", chain]]
+        else:
+            commands += [["-D", hook, direction, interface, "-p", "udp", "-j", chain],
+                         ["-F", chain], ["-X", chain]]
+    return [["iptables", "-w", "-t", "mangle", *c] for c in commands]
+
+
+class PacketQueues:
+    """Both queues bound to `on_packet(packet, inbound)` and the rules that feed them."""
+
+    def __init__(self, interface: str, on_packet):
+        self.interface = interface
+        self.queues = []
+        for num, inbound in ((QUEUE_IN, True), (QUEUE_OUT, False)):
+            nfq = NetfilterQueue()
+            nfq.bind(num, lambda packet, inbound=inbound: on_packet(packet, inbound),
+                     max_len=MAX_PACKET)
+            self.queues.append(nfq)
+
+    def install(self) -> None:
+        self.remove_rules()  # a killed predecessor's
+        for command in rules(self.interface, "add"):
+            subprocess.run(command, check=True, capture_output=True)
+
+    def remove_rules(self) -> None:
+        for command in rules(self.interface, "remove"):
+            subprocess.run(command, capture_output=True)
+
+    def readers(self) -> list:
+        """(fd, read) per queue: `read()` runs the callbacks for what is waiting."""
+        return [(nfq.get_fd(), lambda nfq=nfq: nfq.run(block=False)) for nfq in self.queues]
+
+    def close(self) -> None:
+        self.remove_rules()
+        for nfq in self.queues:
+            nfq.unbind()
