@@ -154,8 +154,8 @@ def cmd_run(args) -> int:
             say(f"lab up in {lab_up:.1f} s")
             report = run_main_job(lab, args.timeout, lab_up, say)
             if args.chaos and report["ok"]:
-                from .chaos import run_chaos
                 from .report import with_chaos
+                from .scenarios import run_chaos
                 report = with_chaos(report, run_chaos(lab, say))
             print(json.dumps(report, indent=2) if args.json else format_text(report), flush=True)
             if args.cli:
@@ -181,7 +181,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .agent.daemon import query
+    from .agent.control import query
+    from .agent.names import NodeFiles
     from .report import describe_ownership
     from .rundir import live_runs
 
@@ -189,19 +190,18 @@ def cmd_status(args) -> int:
     if not runs:
         print("ikelab: no lab is running", file=sys.stderr)
         return 1
-    sockets = sorted(runs[0].path.glob("agent_*.sock"))
-    if not sockets:
+    agents = NodeFiles.agents(runs[0].path)
+    if not agents:
         print(f"ikelab: run {runs[0].name} has no agents (--no-agent)", file=sys.stderr)
         return 1
     statuses, silent = {}, []
-    for sock in sockets:
-        member = sock.stem.removeprefix("agent_")
+    for files in agents:
         try:
-            statuses[member] = query(sock)
+            statuses[files.node] = query(files.agent_socket)
         except (OSError, ValueError) as exc:
             # A member failed on purpose (`fail m2`) or crashed: say so, show the others.
-            print(f"ikelab: agent {member} does not answer: {exc}", file=sys.stderr)
-            silent.append(member)
+            print(f"ikelab: agent {files.node} does not answer: {exc}", file=sys.stderr)
+            silent.append(files.node)
     if not statuses:
         return 1
     if args.json:

@@ -9,9 +9,9 @@ import re
 import subprocess
 import time
 
-from . import hashing, strongswan
-from .agent.daemon import query
+from . import hashing
 from .lab import Lab
+from .probes import ask_agent, member_sas
 from .report import lab_report, tunnel_report
 from .topology import EXTERNAL_VIP, Plan
 
@@ -53,12 +53,7 @@ def agent_status(lab: Lab) -> dict[str, dict]:
     """Each member's agent's counters and table, or {} without agents."""
     if not lab.spec.agent:
         return {}
-    return {m.name: query(lab.node(m.name).files.agent_socket) for m in lab.plan.members}
-
-
-def member_sas(lab: Lab) -> dict[str, dict]:
-    return {m.name: strongswan.list_sas(lab.node(m.name).files.vici_socket)
-            for m in lab.plan.members}
+    return {m.name: ask_agent(lab, m.name) for m in lab.plan.members}
 
 
 def ping_all(lab: Lab, plan: Plan) -> dict[str, dict[str, dict[str, int]]]:
@@ -133,8 +128,7 @@ def run_main_job(lab: Lab, timeout: float, lab_up_s: float, say) -> dict:
     """Initiate every tunnel, wait for them, test traffic; return the report dict."""
     plan = lab.plan
     say(f"initiating {len(plan.peers)} tunnels from the peers")
-    watch = strongswan.bring_up({p.name: lab.node(p.name).files.vici_socket
-                                 for p in plan.peers}, timeout, say)
+    watch = lab.bring_up(timeout=timeout, say=say)
     say(f"tunnels up: {len(watch.up_after)}/{len(plan.peers)}"
         + (f", given up: {', '.join(sorted(watch.gave_up))}" if watch.gave_up else ""))
     say("sending LAN-to-LAN pings and TCP (iperf3) both ways")

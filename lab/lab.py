@@ -5,7 +5,6 @@ check), leaving it stops every node through Mininet and then cleans the run from
 so nothing the run created survives it unless `--keep` asked to keep its files.
 """
 
-import json
 import os
 import secrets
 import signal
@@ -15,14 +14,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mininet.log import setLogLevel
-from mininet.net import Mininet
 
-from . import preflight
+from . import preflight, strongswan
+from .agent.names import NodeFiles
+from .cluster import ClusterNet
+from .mntopo import IkeClusterTopo, root_interfaces
 from .preflight import NotReady
 from .pki import make_credentials
-from .render import TEMPLATE_DIR, NodeFiles, agent_config_data, identity_of, render_node
+from .render import TEMPLATE_DIR, agent_config, identity_of, render_node
 from .rundir import LabBusy, LabLock, RunDirectory, clean_run, runs_dir, stale_runs
-from .topo import IkeClusterTopo, root_interfaces
 from .topology import LabSpec, Plan, build_plan
 
 
@@ -100,8 +100,7 @@ def _render(plan: Plan, spec: LabSpec, run: RunDirectory, template_dir: Path) ->
     if spec.agent:
         for member in plan.members:
             files = NodeFiles(member.name, run.path)
-            files.agent_config.write_text(json.dumps(
-                agent_config_data(plan, member, files, creds), indent=1) + "\n")
+            files.agent_config.write_text(agent_config(plan, member, files, creds).dump())
 
 
 def _loaded_plugins(plan: Plan, run: RunDirectory) -> list[str]:
@@ -141,7 +140,7 @@ class Lab:
         self.say(f"run directory {self.run.path}")
         try:
             topo = IkeClusterTopo(plan=self.plan, rundir=self.run.path, strict=True)
-            self.net = Mininet(topo=topo, controller=None, build=False, autoSetMacs=False)
+            self.net = ClusterNet(topo=topo, controller=None, build=False, autoSetMacs=False)
             self.say(f"starting {len(self.plan.members)} members and {len(self.plan.peers)} "
                      "peers (charon per node, configs checked by loading them)")
             self.net.build()
@@ -179,6 +178,15 @@ class Lab:
 
     def node(self, name: str):
         return self.net[name]
+
+    def bring_up(self, peers=None, timeout: float = 20.0,
+                 say=lambda message: None) -> strongswan.TunnelWatch:
+        """Have these peers (names; default every peer) initiate their tunnels to the cluster
+        and wait until each is up or given up, at most `timeout` seconds; the watch says
+        which."""
+        names = [p.name for p in self.plan.peers] if peers is None else list(peers)
+        return strongswan.bring_up({p: self.node(p).files.vici_socket for p in names},
+                                   timeout, say)
 
     def switch(self, role: str):
         return self.net[self.plan.switch(role).name]

@@ -1,14 +1,20 @@
-"""The Mininet CLI with the lab's own commands, for `ikelab run --cli` and plain `mn`."""
+"""The Mininet CLI with the lab's own commands, for `ikelab run --cli` and plain `mn`.
 
-from mininet.cli import CLI
+The failover commands are one-liners over the net's own operations (`lab.cluster.ClusterNet`):
+the CLI parses the line, the net acts, and a FailoverError is printed as its one line.
+"""
 
 import argparse
 import shlex
 
-from . import failover, strongswan
-from .agent.daemon import query
+from mininet.cli import CLI
+
+from . import strongswan
+from .agent.control import query
+from .agent.names import CHILD_NAME, CLUSTER_CONNECTION
+from .cluster import FailoverError
+from .daemons import DaemonConfigError
 from .nodes import ClusterMember, PeerGateway, StrongSwanNode
-from .render import CHILD_NAME, CLUSTER_CONNECTION
 from .report import describe_membership, describe_ownership, describe_sas, describe_steering
 from .switch import HashingSwitch
 
@@ -46,7 +52,7 @@ class LabCLI(CLI):
                 try:
                     strongswan.initiate(node.files.vici_socket, CLUSTER_CONNECTION, CHILD_NAME)
                     sockets[node.name] = node.files.vici_socket
-                except (OSError, strongswan.DaemonConfigError) as exc:
+                except (OSError, DaemonConfigError) as exc:
                     self.stdout.write(f"{node.name}: {exc}\n")
         watch = strongswan.TunnelWatch(sockets)
         watch.wait(UP_TIMEOUT)
@@ -99,68 +105,72 @@ class LabCLI(CLI):
                 self.stdout.write(f"  {definition}\n")
 
     # ---- failover: each takes effect at once; `members` shows what the cluster made of it --------
-    def _act(self, action, *args) -> None:
+    def _act(self, usage: str, action, arguments: tuple | None) -> None:
+        """`action(*arguments)`, or the usage when the line did not parse."""
+        if arguments is None:
+            self.stdout.write(f"*** usage: {usage}\n")
+            return
         try:
-            action(self.mn, *args)
-        except failover.FailoverError as exc:
+            action(*arguments)
+        except FailoverError as exc:
             self.stdout.write(f"*** {exc}\n")
             return
         self.stdout.write("done; `members` shows the cluster's view as it changes\n")
 
-    def _one_argument(self, line: str, usage: str) -> str | None:
-        words = line.split()
-        if len(words) != 1:
-            self.stdout.write(f"*** usage: {usage}\n")
-            return None
-        return words[0]
-
     def do_members(self, line):
         """members: each member's state (serving, joining, isolated, failed), the members it
         hears and sees serving, whether the sync witness answers it, its table size; and the
-        members each hashing switch gives buckets to."""
-        self.stdout.write("\n".join(describe_membership(failover.membership(self.mn))) + "\n")
+        members each hashing switch gives buckets to (and its health check errors, if any)."""
+        self.stdout.write("\n".join(describe_membership(self.mn.membership())) + "\n")
 
     def do_fail(self, line):
         """fail MEMBER [--how daemons|links]: make a member die. daemons (default): its charon
         and agent are killed outright; links: its interfaces go down, its daemons keep running.
         Peers whose tunnels it held re-establish on survivors after their DPD gives up."""
-        parser = argparse.ArgumentParser(prog="fail", add_help=False, exit_on_error=False)
-        parser.add_argument("member")
-        parser.add_argument("--how", default="daemons")
-        try:
-            args = parser.parse_args(shlex.split(line))
-        except (argparse.ArgumentError, SystemExit, ValueError):
-            self.stdout.write("*** usage: fail MEMBER [--how daemons|links]\n")
-            return
-        self._act(failover.fail, args.member, args.how)
+        self._act("fail MEMBER [--how daemons|links]", self.mn.fail, fail_arguments(line))
 
     def do_restore(self, line):
         """restore MEMBER: undo `fail`. Its agent fetches the whole table from a serving member
         and serves (and gets switch buckets) only then; tunnels keep their owners."""
-        member = self._one_argument(line, "restore MEMBER")
-        if member:
-            self._act(failover.restore, member)
+        self._act("restore MEMBER", self.mn.restore, one_member(line))
 
     def do_partition(self, line):
         """partition MEMBER: silently drop everything between the member and the sync network.
         It stops serving once the sync witness goes quiet; the others count it dead."""
-        member = self._one_argument(line, "partition MEMBER")
-        if member:
-            self._act(failover.partition, member)
+        self._act("partition MEMBER", self.mn.partition, one_member(line))
 
     def do_heal(self, line):
         """heal MEMBER: end a partition; the member rejoins with a fresh copy of the table."""
-        member = self._one_argument(line, "heal MEMBER")
-        if member:
-            self._act(failover.heal, member)
+        self._act("heal MEMBER", self.mn.heal, one_member(line))
 
     def do_rehash(self, line):
         """rehash l3|l4|split [MEMBER,...]: make the hashing switches hash on other fields,
         live, and (given members) spread traffic over those members only: the others are
         drained, their tunnels kept and their packets forwarded and steered to them."""
-        words = line.split()
-        if len(words) not in (1, 2):
-            self.stdout.write("*** usage: rehash l3|l4|split [MEMBER,...]\n")
-            return
-        members = words[1].split(",") if len(words) == 2 else None
-        self._act(failover.rehash, words[0], members)
+        self._act("rehash l3|l4|split [MEMBER,...]", self.mn.rehash, rehash_arguments(line))
+
+
+def one_member(line: str) -> tuple[str] | None:
+    """(MEMBER,) from a line that is one word, else None."""
+    words = line.split()
+    return (words[0],) if len(words) == 1 else None
+
+
+def fail_arguments(line: str) -> tuple[str, str] | None:
+    """(MEMBER, how) from `MEMBER [--how daemons|links]`, else None."""
+    parser = argparse.ArgumentParser(prog="fail", add_help=False, exit_on_error=False)
+    parser.add_argument("member")
+    parser.add_argument("--how", default="daemons")
+    try:
+        args = parser.parse_args(shlex.split(line))
+    except (argparse.ArgumentError, SystemExit, ValueError):
+        return None
+    return args.member, args.how
+
+
+def rehash_arguments(line: str) -> tuple[str, list[str] | None] | None:
+    """(mode, members or None) from `MODE [MEMBER,...]`, else None."""
+    words = line.split()
+    if len(words) not in (1, 2):
+        return None
+    return words[0], words[1].split(",") if len(words) == 2 else None

@@ -12,9 +12,9 @@ import os
 from mininet.log import error, info
 
 from .lab import LabError, prepare
+from .mntopo import IkeClusterTopo
 from .preflight import NotReady
 from .rundir import RunDirectory, clean_run, recorded_runs, stale_runs
-from .topo import IkeClusterTopo
 from .topology import LabSpec, TopologyError
 
 TRUE = ("1", "true", "yes", "on")

@@ -1,26 +1,22 @@
 """Mininet node classes that own what runs on them.
 
-A node configures its own IP stack from the plan in `config()`, starts its daemons there, and
-stops them in `terminate()`; nothing else has to remember to clean up after it. Every process
-a node starts (its shell, its daemons, a ping) is written into the run's record with its start
-time, so that `ikelab clean` removes exactly what a crashed run left (`lab.rundir`).
+A node configures its own IP stack from the plan in `config()`, starts its daemons there
+(`lab.daemons`), and stops them in `terminate()`; nothing else has to remember to clean up
+after it. Every process a node starts (its shell, its daemons, a ping) is written into the
+run's record with its start time, so that `ikelab clean` removes exactly what a crashed run
+left (`lab.rundir`).
 """
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 from mininet.log import error
 from mininet.node import Host
 
 from . import topology
-from .agent.daemon import query
-from .render import NodeFiles
+from .agent.names import NodeFiles, member_index
+from .daemons import Charon, Daemon, DaemonConfigError, ForwardingAgent
 from .rundir import RunDirectory
-from .strongswan import Charon, DaemonConfigError
 
 
 def node_dir(rundir: Path, name: str) -> Path:
@@ -67,126 +63,101 @@ class LabNode(Host):
 
 
 class StrongSwanNode(LabNode):
-    """A node running one charon, started and loaded in `config()`, stopped in `terminate()`.
+    """A node with daemons: charon, and on a cluster member its forwarding agent. `config()`
+    starts them in order (`daemons`), each ready before the next starts; `terminate()` stops
+    them in reverse.
 
-    With `strict` (the `ikelab` lab) a rejected config raises DaemonConfigError so the lab can
-    tear down and say which node failed; under plain `mn` it is printed instead, because an
-    exception there would make `mn` run its own global cleanup.
+    With `strict` (the `ikelab` lab) a daemon that refuses its config raises DaemonConfigError
+    so the lab can tear down and say which node failed; under plain `mn` it is printed instead,
+    because an exception there would make `mn` run its own global cleanup.
     """
 
     def __init__(self, name, files: NodeFiles = None, strict=True, **params):
         self.files = files
         self.strict = strict
-        self.charon = None
+        self.daemons: list[Daemon] = []
         self.startup_error = None
         super().__init__(name, **params)
+
+    def daemon_list(self) -> list[Daemon]:
+        """The daemons this node runs, in start order."""
+        return [Charon(self, self.files)]
 
     def config(self, **params):
         result = super().config(**params)
         # `m1 swanctl --list-sas` in the CLI: swanctl finds this node's charon through the
         # strongswan.conf it reads (its `swanctl.socket`).
         self.cmd(f"export STRONGSWAN_CONF={self.files.strongswan_conf}")
-        self.charon = Charon(self, self.files)
-        self.start_daemon(lambda: (self.charon.start(), self.charon.load()))
-        return result
-
-    def start_daemon(self, start) -> None:
-        """Run `start`; a daemon that refuses raises (strict) or is reported (under mn)."""
+        self.daemons = self.daemon_list()
         try:
-            start()
+            self.start_daemons()
         except DaemonConfigError as exc:
             self.startup_error = str(exc)
             if self.strict:
                 raise
             error(f"*** {exc}\n")
+        return result
+
+    def start_daemons(self) -> None:
+        """Start each daemon in order; the first that refuses raises DaemonConfigError."""
+        for daemon in self.daemons:
+            daemon.start()
 
     def terminate(self):
-        if self.charon is not None:
-            self.charon.stop()
+        for daemon in reversed(self.daemons):
+            daemon.stop()
         super().terminate()
+
+    def _daemon(self, kind: type) -> Daemon | None:
+        return next((d for d in self.daemons if isinstance(d, kind)), None)
+
+    @property
+    def charon(self) -> Charon | None:
+        return self._daemon(Charon)
 
 
 class ClusterMember(StrongSwanNode):
     """A member of the load-sharing cluster: the shared virtual IPs plus its sync address, and
     (unless the lab runs without one) its forwarding agent, started after charon."""
 
-    AGENT_DEADLINE = 10.0
-
     def __init__(self, name, **params):
-        self.agent = None
         self.failed = None  # how `fail()` took it down, until `restore()`
         super().__init__(name, **params)
 
-    def config(self, **params):
-        result = super().config(**params)
-        if self.startup_error is None and self.files.agent_config.exists():
-            self.start_daemon(self.start_agent)
-        return result
+    def daemon_list(self) -> list[Daemon]:
+        if not self.files.agent_config.exists():  # a --no-agent lab
+            return super().daemon_list()
+        return super().daemon_list() + [ForwardingAgent(self, self.files)]
 
-    def start_agent(self, join: bool = False) -> None:
-        """Start the agent and return once it answers on its control socket; `join` makes it
-        fetch the table from a serving member before it serves."""
-        # The agent runs the lab's own modules with whatever Python runs the lab (the venv's,
-        # or Debian's under plain mn with the venv on its path).
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        with open(self.files.agent_log, "ab") as log:
-            self.agent = self.popen([sys.executable, "-m", "lab.agent.daemon", "--config",
-                                     str(self.files.agent_config)] + (["--join"] if join else []),
-                                    env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        end = time.monotonic() + self.AGENT_DEADLINE
-        while time.monotonic() < end:
-            if self.agent.poll() is not None:
-                tail = self.files.agent_log.read_text(errors="replace").strip().splitlines()
-                raise DaemonConfigError(f"{self.name}: agent exited with status "
-                                        f"{self.agent.returncode}: {(tail or ['no output'])[-1]}")
-            try:
-                query(self.files.agent_socket, timeout=1.0)
-                return
-            except (OSError, ValueError):
-                time.sleep(0.05)
-        raise DaemonConfigError(f"{self.name}: agent did not answer within "
-                                f"{self.AGENT_DEADLINE:.0f} s")
+    @property
+    def agent(self) -> ForwardingAgent | None:
+        return self._daemon(ForwardingAgent)
 
     def fail(self, how: str = "daemons") -> None:
-        """Make this member die: `daemons` kills its charon and agent outright (SIGKILL, as a
+        """Make this member die: `daemons` kills its agent and charon outright (SIGKILL, as a
         crash would), `links` takes all its interfaces down and leaves the daemons running."""
         if how == "daemons":
-            for process in (self.agent, self.charon.process if self.charon else None):
-                if process is not None and process.poll() is None:
-                    process.kill()
-                    process.wait()
+            for daemon in reversed(self.daemons):
+                daemon.kill()
         elif how == "links":
-            for intf in self.intfNames():
-                if intf != "lo":
-                    self.cmd(f"ip link set {intf} down")
+            self._set_links("down")
         else:
             raise ValueError(f"how must be daemons or links (got {how!r})")
         self.failed = how
 
     def restore(self) -> None:
-        """Undo `fail()`: restart the daemons (the agent joins, fetching the table first) or
-        bring the links back up (the agent notices and rejoins by itself)."""
+        """Undo `fail()`: start the daemons again (the agent joins, fetching the table first)
+        or bring the links back up (the agent notices and rejoins by itself)."""
         if self.failed == "daemons":
-            self.charon.start()
-            self.charon.load()
-            if self.files.agent_config.exists():  # not in a --no-agent lab
-                self.start_agent(join=True)
+            self.start_daemons()
         elif self.failed == "links":
-            for intf in self.intfNames():
-                if intf != "lo":
-                    self.cmd(f"ip link set {intf} up")
+            self._set_links("up")
         self.failed = None  # only once it is back: a failed restore can be tried again
 
-    def terminate(self):
-        if self.agent is not None and self.agent.poll() is None:
-            self.agent.send_signal(signal.SIGTERM)
-            try:
-                self.agent.wait(5)
-            except subprocess.TimeoutExpired:
-                self.agent.kill()
-                self.agent.wait()
-        super().terminate()
+    def _set_links(self, state: str) -> None:
+        for intf in self.intfNames():
+            if intf != "lo":
+                self.cmd(f"ip link set {intf} {state}")
 
 
 class PeerGateway(StrongSwanNode):
@@ -226,7 +197,7 @@ class SyncBridge(LabNode):
         return result
 
     def port_of(self, member: str) -> str:
-        return f"{self.name}-eth{int(member.removeprefix('m'))}"
+        return f"{self.name}-eth{member_index(member)}"
 
     def partition(self, member: str) -> None:
         """Cut `member` off the sync network."""

@@ -2,10 +2,11 @@
 
 Each node runs one charon with two files, rendered into the run directory under names a user
 can open: `strongswan_<node>.conf` (daemon settings, vici socket, log) and
-`swanctl_<node>/swanctl.conf` (connections and secrets), whose directory also holds the node's
-certificates and key the way /etc/swanctl does. Members all render the same gateway: one identity, one set of
-credentials, one connection per peer, so whichever member answers a peer, the peer sees the
-same cluster.
+`swanctl_<node>/swanctl.conf` (connections and secrets), whose directory also holds the
+node's certificates and key the way /etc/swanctl does. Members all render the same gateway:
+one identity, one set of credentials, one connection per peer, so whichever member answers a
+peer, the peer sees the same cluster. A member's agent gets its config from here too
+(`agent_config`).
 """
 
 import hashlib
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import jinja2
 
-from .agent.names import esp_spi_range
+from .agent.config import AgentConfig
+from .agent.names import (CHILD_NAME, CLUSTER_CONNECTION, IKE_SPI_LABEL_MASK, NodeFiles,
+                          esp_spi_range, ike_spi_label)
 from .topology import CLUSTER_ID, CLUSTER_LAN, EXTERNAL_VIP, SYNC_WITNESS, Member, Peer, Plan
-
 
 
 def _template_dir() -> Path:
@@ -39,68 +41,38 @@ PLUGINS = ("random", "nonce", "openssl", "aes", "sha1", "sha2", "hmac", "kdf", "
 SWANCTL_PLUGINS = ("random", "nonce", "openssl", "pem", "pkcs1", "pkcs8", "x509", "pubkey")
 IKE_PROPOSALS = "aes128-sha256-ecp256"
 ESP_PROPOSALS = "aes128-sha256"
-CHILD_NAME = "lan"
-SPI_LABEL_MASK = 0xFF << 56
-CLUSTER_CONNECTION = "cluster"
 
 
 @dataclass(frozen=True)
 class Retransmit:
     """charon's retransmission schedule: a dead negotiation, or a DPD check of a dead member,
-    gives up after 1 + 1.4 + 1.96 + 2.74 = about 7 s."""
+    gives up after 1 + 1.4 + 1.96 + 2.74 = about 7 s (`gives_up_after`)."""
 
     timeout: float = 1.0
     base: float = 1.4
     tries: int = 3
 
-
-# DPD: a peer checks the cluster after this much silence and restarts its tunnel when the
-# check goes unanswered (Retransmit), so a dead owner costs PEER_DPD_DELAY + ~7 s + one
-# negotiation. Members check less often: the peers are the ones that must notice.
-PEER_DPD_DELAY = "3s"
-MEMBER_DPD_DELAY = "5s"
-IKEV1_DPD_TIMEOUT = "10s"
-
-
-@dataclass(frozen=True)
-class NodeFiles:
-    """Where one node's rendered files, socket, log and private /run live."""
-
-    node: str
-    rundir: Path
-
     @property
-    def strongswan_conf(self) -> Path:
-        return self.rundir / f"strongswan_{self.node}.conf"
+    def gives_up_after(self) -> float:
+        """Seconds from the first send of a request nobody answers until charon gives up: the
+        first timeout and each retransmission's, timeout * base**n for n = 0..tries."""
+        return sum(self.timeout * self.base ** n for n in range(self.tries + 1))
 
-    @property
-    def swanctl_dir(self) -> Path:
-        """The node's swanctl directory, laid out like /etc/swanctl (x509/, x509ca/, ecdsa/)."""
-        return self.rundir / f"swanctl_{self.node}"
 
-    @property
-    def swanctl_conf(self) -> Path:
-        return self.swanctl_dir / "swanctl.conf"
+# DPD, in seconds: a peer checks the cluster after this much silence and restarts its tunnel
+# when the check goes unanswered (Retransmit; IKEv1 waits IKEV1_DPD_TIMEOUT instead), so a
+# dead owner costs `peer_gives_up_after()` + one negotiation. Members check less often: the
+# peers are the ones that must notice.
+PEER_DPD_DELAY = 3.0
+MEMBER_DPD_DELAY = 5.0
+IKEV1_DPD_TIMEOUT = 10.0
 
-    @property
-    def log(self) -> Path:
-        return self.rundir / f"charon_{self.node}.log"
 
-    @property
-    def vici_socket(self) -> Path:
-        return self.rundir / f"vici_{self.node}.sock"
-
-    @property
-    def agent_config(self) -> Path:
-        return self.rundir / f"agent_{self.node}.json"
-
-    @property
-    def agent_socket(self) -> Path:
-        return self.rundir / f"agent_{self.node}.sock"
-
-    @property
-    def agent_log(self) -> Path:
-        return self.rundir / f"agent_{self.node}.log"
+def peer_gives_up_after(retransmit: Retransmit = Retransmit()) -> float:
+    """Seconds from a member's death until a peer whose tunnel it held gives up on it and
+    negotiates again, for either IKE version: PEER_DPD_DELAY of silence, then IKEv2's
+    retransmitted liveness check or IKEv1's DPD timeout, whichever takes longer."""
+    return PEER_DPD_DELAY + max(retransmit.gives_up_after, IKEV1_DPD_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -136,7 +108,7 @@ def spi_label(plan: Plan, node: str) -> int | None:
     """With --ownership table+label, member i stamps i into the top byte of its IKE SPIs."""
     if plan.spec.ownership != "table+label" or not any(m.name == node for m in plan.members):
         return None
-    return plan.member(node).index << 56
+    return ike_spi_label(plan.member(node).index)
 
 
 def esp_range(plan: Plan, node: str) -> tuple[str, str] | None:
@@ -154,7 +126,7 @@ def strongswan_conf_data(files: NodeFiles, label: int | None = None,
             "log": files.log, "vici_socket": files.vici_socket, "log_levels": {"ike": 2},
             "swanctl_plugins": SWANCTL_PLUGINS,
             "spi_label": f"{label:#018x}" if label is not None else None,
-            "spi_mask": f"{SPI_LABEL_MASK:#018x}"}
+            "spi_mask": f"{IKE_SPI_LABEL_MASK:#018x}"}
 
 
 def _connection(name, version, local_addrs, remote_addrs, local_id, remote_id, local_ts,
@@ -199,25 +171,31 @@ def peer_swanctl_data(plan: Plan, peer: Peer, creds: Credentials) -> dict:
     return {"node": peer.name, "connections": [connection], "psks": psks}
 
 
-def agent_config_data(plan: Plan, member: Member, files: NodeFiles,
-                      creds: Credentials) -> dict:
-    """What one member's forwarding agent needs (lab.agent.daemon.AgentConfig)."""
-    return {"member": member.name, "index": member.index,
-            "members": {m.name: str(m.sync_address) for m in plan.members},
-            "key": creds.sync_key(), "mode": plan.spec.mode, "ownership": plan.spec.ownership,
-            "expiry": plan.spec.expiry,
-            "external_interface": f"{member.name}-eth0", "lan_interface": f"{member.name}-eth1",
-            "sync_interface": f"{member.name}-eth2",
-            "peers": {p.name: [str(p.seen_as), str(p.lan)] for p in plan.peers},
-            "vici_socket": str(files.vici_socket),
-            "control_socket": str(files.agent_socket),
-            "dead_after": plan.spec.dead_after, "witness": str(SYNC_WITNESS.ip)}
+def agent_config(plan: Plan, member: Member, files: NodeFiles,
+                 creds: Credentials) -> AgentConfig:
+    """What one member's forwarding agent needs; `.dump()` is the text of its config file."""
+    return AgentConfig(
+        member=member.name, index=member.index,
+        members={m.name: str(m.sync_address) for m in plan.members},
+        key=creds.sync_key(), mode=plan.spec.mode, ownership=plan.spec.ownership,
+        expiry=plan.spec.expiry, external_interface=f"{member.name}-eth0",
+        lan_interface=f"{member.name}-eth1", sync_interface=f"{member.name}-eth2",
+        peers={p.name: [str(p.seen_as), str(p.lan)] for p in plan.peers},
+        vici_socket=str(files.vici_socket), control_socket=str(files.agent_socket),
+        dead_after=plan.spec.dead_after, witness=str(SYNC_WITNESS.ip))
+
+
+def seconds(value: float) -> str:
+    """A duration as strongswan.conf and swanctl.conf spell it: 3.0 -> "3s"."""
+    return f"{value:g}s"
 
 
 def environment(template_dir: Path = TEMPLATE_DIR) -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)),
-                              undefined=jinja2.StrictUndefined, trim_blocks=True,
-                              lstrip_blocks=True, keep_trailing_newline=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["seconds"] = seconds
+    return env
 
 
 def identity_of(plan: Plan, node: str) -> str:

@@ -9,8 +9,9 @@ SA is INSTALLED, and LAN-to-LAN traffic passed both ways.
 SHAPE_VERSION = 1
 
 
-def _holders(initiator_spi: str | None, member_sas: dict[str, dict]) -> dict[str, str]:
-    """member -> state of its IKE SA with the peer's initiator SPI (the IKE cookie)."""
+def holder_states(initiator_spi: str | None, member_sas: dict[str, dict]) -> dict[str, str]:
+    """member -> state of its IKE SA with this initiator SPI (the IKE cookie), for the members
+    holding one; ESTABLISHED wins when a member holds several."""
     result = {}
     for member, sas in member_sas.items():
         states = [sa["state"] for sa in sas.values()
@@ -72,8 +73,8 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
         state = current["state"]
     else:
         state = f"GAVE_UP (was {last_sa['state']})" if last_sa else "NONE"
-    holder_states = _holders(sa.get("initiator-spi") if sa else None, member_sas)
-    established_on = sorted(m for m, s in holder_states.items() if s == "ESTABLISHED")
+    states = holder_states(sa.get("initiator-spi") if sa else None, member_sas)
+    established_on = sorted(m for m, s in states.items() if s == "ESTABLISHED")
     children = _child_sas(current, member_sas)
     traffic_ok = (all(traffic.get(d, {}).get("received", 0) > 0 for d in ("to_peer", "from_peer"))
                   and all(traffic.get(f"tcp_{d}", {}).get("bytes", 0) > 0
@@ -81,7 +82,7 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
     problems = []
     if state != "ESTABLISHED":
         problems.append(f"IKE SA not established on {peer} (state {state})")
-        half_open = sorted(m for m, s in holder_states.items() if s != "ESTABLISHED")
+        half_open = sorted(m for m, s in states.items() if s != "ESTABLISHED")
         natt = paths.get("udp4500")
         if half_open and natt and natt not in half_open:
             problems.append(f"the switch sends {peer}'s UDP 4500 (IKE_AUTH) to {natt}, "
@@ -112,7 +113,7 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
         if tcp.get("bytes", 0) == 0:
             problems.append(f"no TCP {label} ({tcp.get('error') or 'nothing received'})")
     return {"peer": peer, "ike_version": ike_version, "state": state,
-            "ike_sa_holders": sorted(holder_states), "holder_states": holder_states,
+            "ike_sa_holders": sorted(states), "holder_states": states,
             "initiator_spi": sa.get("initiator-spi") if sa else None,
             "responder_spi": sa.get("responder-spi") if sa else None,
             "child_sas": children, "up_after_s": up_after, "switch_paths": paths,
@@ -241,8 +242,10 @@ def describe_membership(states: dict[str, dict]) -> list[str]:
                      f"{state['table_size']}")
     for switch, info in states.get("switches", {}).items():
         drained = f", drained {','.join(info['drained'])}" if info.get("drained") else ""
+        errors = (f", {info['health_errors']} health check errors (logged)"
+                  if info.get("health_errors") else "")
         lines.append(f"switch {switch}: hash {info['hash']}, buckets "
-                     f"{','.join(info['buckets']) or 'none (drops)'}{drained}")
+                     f"{','.join(info['buckets']) or 'none (drops)'}{drained}{errors}")
     return lines
 
 

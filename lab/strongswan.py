@@ -1,15 +1,14 @@
-"""A charon per node, and what the lab asks of it over vici.
+"""What the lab asks of a node's charon over vici: its SAs, to initiate one, and to bring
+every peer's tunnel up.
 
-Each charon runs inside its node's namespaces with its own strongswan.conf (chosen through
-`STRONGSWAN_CONF`), its own `/run` (charon's PID file path is compiled in) and its own vici
-socket in the run directory. Unix sockets are not bound to network namespaces, so the lab talks
-to every charon from the root namespace. State is always read from the daemon, never from logs.
+Each charon (started by `lab.daemons.Charon`) runs inside its node's namespaces with its own
+vici socket in the run directory. Unix sockets are not bound to network namespaces, so the lab
+talks to every charon from the root namespace. State is always read from the daemon, never
+from logs.
 """
 
-import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -17,14 +16,8 @@ from pathlib import Path
 
 import vici
 
-from .render import CHILD_NAME, CLUSTER_CONNECTION, NodeFiles
-
-CHARON = "/usr/lib/ipsec/charon"
-SWANCTL = "swanctl"
-
-
-class DaemonConfigError(RuntimeError):
-    """A daemon refused its configuration or did not start; the message names the node."""
+from .agent.names import CHILD_NAME, CLUSTER_CONNECTION
+from .daemons import DaemonConfigError
 
 
 def decode(value):
@@ -48,6 +41,13 @@ def session(socket_path: Path, timeout: float = 10.0):
         yield vici.Session(sock)
     finally:
         sock.close()
+
+
+def tunnel_up(sa: dict) -> bool:
+    """An IKE SA (as `list_sas` gives it) that carries traffic: ESTABLISHED, with an INSTALLED
+    CHILD SA."""
+    return sa.get("state") == "ESTABLISHED" and any(
+        c.get("state") == "INSTALLED" for c in sa.get("child-sas", {}).values())
 
 
 def list_sas(socket_path: Path) -> dict[str, dict]:
@@ -95,13 +95,6 @@ def initiate(socket_path: Path, ike: str, child: str) -> None:
         raise DaemonConfigError(f"initiate {ike}/{child}: {exc}") from None
 
 
-def terminate(socket_path: Path, unique_id: str) -> None:
-    """End one IKE SA at once, without waiting for the peer to confirm its DELETE."""
-    with _signals_deferred(), session(socket_path) as sess:
-        for _ in sess.terminate({"ike-id": str(unique_id), "force": "yes", "timeout": -1}):
-            pass
-
-
 class TunnelWatch:
     """Polls peers' charons until each tunnel is up or its negotiation was given up.
 
@@ -133,9 +126,7 @@ class TunnelWatch:
                 continue
             for sa in sas.values():
                 self.last_sa[peer] = sa
-                installed = any(c.get("state") == "INSTALLED"
-                                for c in sa.get("child-sas", {}).values())
-                if sa["state"] == "ESTABLISHED" and installed:
+                if tunnel_up(sa):
                     self.up_after[peer] = time.monotonic() - self.started
         return len(self.up_after) + len(self.gave_up) == len(self.sockets)
 
@@ -158,77 +149,3 @@ def bring_up(sockets: dict[str, Path], timeout: float, say=lambda message: None)
         initiate(sock, CLUSTER_CONNECTION, CHILD_NAME)
     watch.wait(timeout, say)
     return watch
-
-
-class Charon:
-    """One charon process inside one Mininet node: `start()`, `load()`, `stop()`."""
-
-    def __init__(self, node, files: NodeFiles):
-        self.node = node
-        self.files = files
-        self.process = None
-
-    @property
-    def stdout_path(self) -> Path:
-        return self.files.rundir / f"charon_{self.files.node}.out"
-
-    def start(self, deadline: float = 15.0) -> None:
-        """Start charon and return once its vici socket answers; raise DaemonConfigError if not."""
-        self.files.vici_socket.unlink(missing_ok=True)
-        env = dict(os.environ, STRONGSWAN_CONF=str(self.files.strongswan_conf))
-        with open(self.stdout_path, "wb") as out:
-            self.process = self.node.popen([CHARON], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL)
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            if self.process.poll() is not None:
-                raise DaemonConfigError(f"{self.files.node}: charon exited with status "
-                                        f"{self.process.returncode}: {self._last_words()}")
-            try:
-                with session(self.files.vici_socket, timeout=1.0):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise DaemonConfigError(f"{self.files.node}: charon's vici socket did not answer within "
-                                f"{deadline:.0f} s: {self._last_words()}")
-
-    def load(self) -> None:
-        """Load the rendered swanctl.conf; a rejected config raises with swanctl's own words."""
-        env = dict(os.environ, STRONGSWAN_CONF=str(self.files.strongswan_conf))
-        result = subprocess.run(
-            [SWANCTL, "--load-all", "--noprompt", "--file", str(self.files.swanctl_conf),
-             "--uri", f"unix://{self.files.vici_socket}"],
-            capture_output=True, text=True, timeout=30, env=env)
-        (self.files.swanctl_dir / "swanctl.out").write_text(
-            result.stdout + result.stderr)
-        # swanctl also scans credential folders beside the file; the lab names every
-        # credential by path, so their absence is not a complaint.
-        complaints = [line.strip() for line in (result.stdout + result.stderr).splitlines()
-                      if any(w in line.lower() for w in ("fail", "error", "invalid"))
-                      and not line.startswith("opening directory")]
-        if result.returncode != 0 or complaints:
-            message = "; ".join(complaints) or result.stderr.strip() or f"exit {result.returncode}"
-            raise DaemonConfigError(f"{self.files.node}: swanctl rejected "
-                                    f"{self.files.swanctl_conf.name}: {message}")
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, grace: float = 5.0) -> None:
-        """Stop charon: SIGTERM, then SIGKILL after `grace` seconds."""
-        if not self.running():
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def _last_words(self) -> str:
-        lines = []
-        for path in (self.stdout_path, self.files.log):
-            if path.exists():
-                lines += [line for line in path.read_text(errors="replace").splitlines()
-                          if line.strip()]
-        return " | ".join(lines[-3:]) or "no output"

@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 import vici  # noqa: E402
 
 from lab import strongswan  # noqa: E402
-from lab.agent.daemon import query  # noqa: E402
+from lab.agent.control import query  # noqa: E402
+from lab.agent.names import CHILD_NAME, CLUSTER_CONNECTION  # noqa: E402
 from lab.lab import Lab  # noqa: E402
 from lab.topology import EXTERNAL_VIP, LabSpec  # noqa: E402
 
@@ -45,10 +46,9 @@ for n in range(count):
 
 def forwarding_latency(packets: int) -> dict:
     with Lab(LabSpec(members=2, peers=1, hash="split")) as lab:
-        sock = lab.node("p1").files.vici_socket
-        if "p1" not in strongswan.bring_up({"p1": sock}, 20).up_after:
+        if "p1" not in lab.bring_up(["p1"], 20).up_after:
             raise SystemExit("the tunnel did not come up")
-        sa = next(iter(strongswan.list_sas(sock).values()))
+        sa = next(iter(strongswan.list_sas(lab.node("p1").files.vici_socket).values()))
         agents = {m: lab.node(m).files.agent_socket for m in ("m1", "m2")}
         owner = next(m for m, s in agents.items()
                      if any(r["key"].startswith(sa["initiator-spi"]) and r["owner"] == m
@@ -117,8 +117,7 @@ def timed_bring_up(spec: LabSpec, timeout: float = 30.0) -> tuple[float | None, 
             strongswan.list_sas(lab.node(p).files.vici_socket)
         started = time.monotonic()
         for p in peers:
-            strongswan.initiate(lab.node(p).files.vici_socket, strongswan.CLUSTER_CONNECTION,
-                                strongswan.CHILD_NAME)
+            strongswan.initiate(lab.node(p).files.vici_socket, CLUSTER_CONNECTION, CHILD_NAME)
         for clock in clocks:
             clock.join(max(0.0, started + timeout - time.monotonic()))
         ups = [c.up_at for c in clocks]

@@ -23,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab import strongswan  # noqa: E402
-from lab.agent.daemon import query  # noqa: E402
+from lab.agent.control import query  # noqa: E402
 from lab.lab import Lab  # noqa: E402
 from lab.topology import LabSpec  # noqa: E402
 
@@ -35,8 +34,7 @@ LABS = {"single gateway": LabSpec(members=1, peers=1),
 
 def measure(spec: LabSpec, seconds: int) -> dict:
     with Lab(spec) as lab:
-        sock = lab.node("p1").files.vici_socket
-        if "p1" not in strongswan.bring_up({"p1": sock}, 20).up_after:
+        if "p1" not in lab.bring_up(["p1"], 20).up_after:
             raise SystemExit("the tunnel did not come up")
         end = time.monotonic() + 10
         while lab.node("h1").cmd("ping -c1 -W1 10.1.0.10").find(" 0% packet loss") < 0:

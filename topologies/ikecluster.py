@@ -9,9 +9,11 @@ ownership, steering, hashing, members, fail, restore, partition, heal, rehash), 
 `m1 swanctl --list-sas` talks to m1's own charon. `mn` runs under /usr/bin/python3, so this
 file puts the lab and the venv made by scripts/setup.sh on its path.
 
-Every name bound here becomes a global of `mn` (that is how `--custom` works): `CLI` replaces
-mn's CLI with the lab's, and `cleanup` replaces mn's global cleanup, which would otherwise kill
-every Mininet process and delete every OVS bridge on the machine after an error or Ctrl-C.
+Every name bound here becomes a global of `mn` (that is how `--custom` works): `Mininet` makes
+mn build the lab's ClusterNet (so `fail`, `restore`, `rehash` ... act on the net as under
+`ikelab run --cli`), `CLI` replaces mn's CLI with the lab's, and `cleanup` replaces mn's global
+cleanup, which would otherwise kill every Mininet process and delete every OVS bridge on the
+machine after an error or Ctrl-C.
 """
 
 import os
@@ -24,6 +26,7 @@ VENV_LIB = os.path.join(LAB_ROOT, ".venv", "lib")
 sys.path[:0] = [LAB_ROOT] + [os.path.join(VENV_LIB, name, "site-packages")
                              for name in (os.listdir(VENV_LIB) if os.path.isdir(VENV_LIB) else [])]
 
+from lab.cluster import ClusterNet as Mininet  # noqa: E402,F401
 from lab.mncli import LabCLI as CLI  # noqa: E402
 from lab.mnlab import IkeClusterMnTopo, cleanup  # noqa: E402,F401
 

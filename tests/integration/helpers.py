@@ -98,14 +98,19 @@ def interrupt(proc: subprocess.Popen, sig=signal.SIGINT) -> int:
 
 def bring_up(lab, peers=("p1",)) -> dict:
     """Initiate the named peers' tunnels; fail unless all come up. Returns each peer's IKE SA."""
-    from lab import strongswan
-    sockets = {p: lab.node(p).files.vici_socket for p in peers}
-    watch = strongswan.bring_up(sockets, 20)
+    watch = lab.bring_up(peers, 20)
     assert set(watch.up_after) == set(peers), watch.last_sa
-    return {p: next(iter(strongswan.list_sas(s).values())) for p, s in sockets.items()}
+    return peer_sas(lab, peers)
+
+
+def peer_sas(lab, peers) -> dict:
+    """Each named peer's (first) IKE SA, as its charon says now."""
+    from lab import strongswan
+    return {p: next(iter(strongswan.list_sas(lab.node(p).files.vici_socket).values()))
+            for p in peers}
 
 
 def statuses(lab) -> dict:
     """Every member's agent status."""
-    from lab.agent.daemon import query
-    return {m.name: query(lab.node(m.name).files.agent_socket) for m in lab.plan.members}
+    from lab.probes import ask_agent
+    return {m.name: ask_agent(lab, m.name) for m in lab.plan.members}

@@ -12,10 +12,11 @@ import time
 import pytest
 
 from lab import strongswan
-from lab.agent.daemon import SYNC_PORT, query
+from lab.agent.control import query
+from lab.agent.names import CHILD_NAME, CLUSTER_CONNECTION, SYNC_PORT
 from lab.agent.sync import ANNOUNCE, Codec, Message
 from lab.lab import Lab
-from lab.render import CHILD_NAME, CLUSTER_CONNECTION
+from lab.probes import ike_sa_holder, member_sas
 from lab.topology import LabSpec
 
 from .helpers import bring_up, ikelab_json, poll, statuses
@@ -69,24 +70,19 @@ def owners_of(lab, ispi: str) -> dict:
             if row["key"] == f"{ispi}/0/i"}
 
 
-def holders(lab) -> dict:
-    """member -> {initiator SPI: state} of every IKE SA it holds."""
-    return {m.name: {sa["initiator-spi"]: sa["state"]
-                     for sa in strongswan.list_sas(lab.node(m.name).files.vici_socket).values()}
-            for m in lab.plan.members}
-
-
-def single_holder(lab, ispi: str) -> str:
-    held = [m for m, sas in holders(lab).items() if sas.get(ispi) == "ESTABLISHED"]
-    assert len(held) == 1, holders(lab)
-    return held[0]
+def sole_holder(lab, ispi: str) -> str:
+    """The member holding the ESTABLISHED IKE SA with this initiator SPI; fails the test, with
+    every member's SAs, unless exactly one does."""
+    holder = ike_sa_holder(lab, ispi)
+    assert holder, member_sas(lab)
+    return holder
 
 
 @pytest.mark.parametrize("ike", ["2", "1"])
 def test_rekeys_from_either_side_stay_with_the_owner_and_the_table_follows(ike):
     with Lab(LabSpec(members=3, peers=1, hash="split", ike=ike)) as lab:
         sa = bring_up(lab)["p1"]
-        owner = single_holder(lab, sa["initiator-spi"])
+        owner = sole_holder(lab, sa["initiator-spi"])
         peer_sock = lab.node("p1").files.vici_socket
         owner_sock = lab.node(owner).files.vici_socket
         for sock, what in ((peer_sock, {"child": CHILD_NAME}), (owner_sock, {"child": CHILD_NAME}),
@@ -113,7 +109,7 @@ def test_rekeys_from_either_side_stay_with_the_owner_and_the_table_follows(ike):
                 return sas[0]
             current = poll(settled, deadline=30)
             ispi = current["initiator-spi"]
-            assert single_holder(lab, ispi) == owner
+            assert sole_holder(lab, ispi) == owner
             assert poll(lambda: set(owners_of(lab, ispi).values()) == {owner}
                         and len(owners_of(lab, ispi)) == 3, deadline=10)
 
@@ -124,7 +120,7 @@ def test_a_tunnel_the_cluster_initiates_is_owned_by_the_initiating_member_from_i
         strongswan.initiate(m2, "p1", CHILD_NAME)
         sa = poll(lambda: next((s for s in strongswan.list_sas(m2).values()
                                 if s["state"] == "ESTABLISHED"), None), deadline=20)
-        assert single_holder(lab, sa["initiator-spi"]) == "m2"
+        assert sole_holder(lab, sa["initiator-spi"]) == "m2"
         assert set(owners_of(lab, sa["initiator-spi"]).values()) == {"m2"}
         counters = statuses(lab)["m2"]["counters"]
         assert counters["seen_out"] > 0 and counters["claims_won"] >= 1
@@ -138,7 +134,7 @@ def test_a_first_packet_reaching_two_members_at_once_gets_one_owner():
                         "priority=500,udp,in_port=101,tp_dst=500,actions=output:1,output:2"],
                        check=True)
         sa = bring_up(lab)["p1"]
-        owner = single_holder(lab, sa["initiator-spi"])
+        owner = sole_holder(lab, sa["initiator-spi"])
         assert owner in ("m1", "m2")
         other = "m2" if owner == "m1" else "m1"
         assert set(owners_of(lab, sa["initiator-spi"]).values()) == {owner}

@@ -8,7 +8,7 @@ import pytest
 
 from lab import strongswan
 from lab.lab import Lab
-from lab.render import CHILD_NAME
+from lab.agent.names import CHILD_NAME
 from lab.topology import LabSpec
 
 from .helpers import bring_up, ikelab_json, poll, statuses

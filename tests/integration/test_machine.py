@@ -46,7 +46,7 @@ def test_a_wheel_installs_an_ikelab_that_runs_the_lab_from_anywhere(tmp_path):
                     str(ROOT)], check=True, capture_output=True, timeout=300)
     [wheel] = wheels.glob("ikelab-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"lab/agent/daemon.py", "lab/templates/strongswan.conf.j2",
+    assert {"lab/agent/__main__.py", "lab/templates/strongswan.conf.j2",
             "lab/templates/swanctl.conf.j2"} <= set(names)
     venv = tmp_path / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)],

@@ -7,7 +7,8 @@ import tomllib
 from pathlib import Path
 
 from lab import preflight
-from lab.render import PLUGINS, SWANCTL_PLUGINS, Credentials, NodeFiles, render_node
+from lab.agent.names import NodeFiles
+from lab.render import PLUGINS, SWANCTL_PLUGINS, Credentials, render_node
 from lab.topology import LabSpec, build_plan
 
 ROOT = Path(__file__).resolve().parents[2]

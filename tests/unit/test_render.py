@@ -6,7 +6,8 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from lab.render import Credentials, NodeFiles, render_node
+from lab.agent.names import NodeFiles
+from lab.render import Credentials, peer_gives_up_after, render_node
 from lab.topology import CLUSTER_ID, LabSpec, build_plan
 
 KEY = b"k" * 32
@@ -85,3 +86,13 @@ def test_table_plus_label_stamps_each_member_index_into_its_ike_spis():
         assert f"spi_label = 0x{index:02x}00000000000000" in conf
     assert "spi_label" not in render(plan, "p1")[0]
     assert "spi_label" not in render(build_plan(LabSpec()), "m1")[0]
+
+
+def test_dpd_is_rendered_from_seconds_and_a_peer_gives_up_after_the_longer_of_v1_and_v2():
+    plan = build_plan(LabSpec(peers=1))
+    _, member = render(plan, "m1")
+    _, peer = render(plan, "p1")
+    assert "dpd_delay = 5s" in member and "dpd_timeout = 10s" in member
+    assert "dpd_delay = 3s" in peer
+    # 3 s of silence, then IKEv1's 10 s DPD timeout (IKEv2's retransmissions take ~7.1 s).
+    assert peer_gives_up_after() == 13.0

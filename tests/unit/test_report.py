@@ -131,3 +131,12 @@ def test_membership_lines_name_states_views_and_drained_members():
         "m2: failed (daemons killed)",
         "m3: isolated (links down), hears m3, sees serving nobody, witness SILENT, table 2",
         "switch ikex: hash l4, buckets m1, drained m3"]
+
+
+def test_a_switchs_health_check_errors_show_only_when_there_are_some():
+    from lab.report import describe_membership
+    switch = {"buckets": ["m1", "m2"], "hash": "l4", "drained": []}
+    assert describe_membership({"switches": {"ikex": dict(switch, health_errors=0)}}) == [
+        "switch ikex: hash l4, buckets m1,m2"]
+    assert describe_membership({"switches": {"ikex": dict(switch, health_errors=3)}}) == [
+        "switch ikex: hash l4, buckets m1,m2, 3 health check errors (logged)"]

@@ -2,7 +2,8 @@
 
 from lab.agent.names import esp_spi_range
 from lab.agent.steering import counters, desired_routes, route_changes, ruleset
-from lab.render import NodeFiles, render_node, Credentials
+from lab.agent.names import NodeFiles
+from lab.render import Credentials, render_node
 from lab.topology import LabSpec, build_plan
 
 MEMBERS = {1: "10.255.0.1", 2: "10.255.0.2", 3: "10.255.0.3"}

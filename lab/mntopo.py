@@ -23,8 +23,8 @@ from pathlib import Path
 
 from mininet.topo import Topo
 
+from .agent.names import NodeFiles
 from .nodes import ClusterMember, LabNode, NatRouter, PeerGateway, SyncBridge
-from .render import NodeFiles
 from .switch import HashingSwitch
 from .topology import Host, Plan
 

@@ -1,0 +1,118 @@
+"""The lab's Mininet network, and what can be done to its cluster while it runs: fail and
+restore a member, cut one off the sync network and heal it, rehash the switches; plus what
+the members and switches say of it (`membership`).
+
+These are operations of the net, as Mininet's own `configLinkStatus` is. The CLI's commands,
+`ikelab run --chaos`, the scenarios, the tests and the benchmarks all call them, so each
+means the same thing everywhere. A bad name or option raises FailoverError with one line for
+the user. `ikelab run` builds a ClusterNet; under plain `mn`, topologies/ikecluster.py makes
+it the `Mininet` that mn builds.
+"""
+
+from mininet.net import Mininet
+
+from .agent.control import query
+from .daemons import DaemonConfigError
+from .nodes import ClusterMember, SyncBridge
+from .switch import HashingSwitch, SwitchError
+from .topology import HASH_MODES
+
+HOW = ("daemons", "links")
+
+
+class FailoverError(ValueError):
+    """An action the lab cannot take; the message is one line."""
+
+
+class ClusterNet(Mininet):
+    """A Mininet network holding the lab's cluster, with its failover operations."""
+
+    def cluster_members(self) -> list[ClusterMember]:
+        return [n for n in self.hosts if isinstance(n, ClusterMember)]
+
+    def member_names(self) -> list[str]:
+        return [n.name for n in self.cluster_members()]
+
+    def member(self, name: str) -> ClusterMember:
+        """The cluster member called `name`; FailoverError if there is none."""
+        node = self.nameToNode.get(name)
+        if not isinstance(node, ClusterMember):
+            raise FailoverError(f"{name!r} is not a cluster member "
+                                f"(members: {', '.join(self.member_names())})")
+        return node
+
+    def hashing_switches(self) -> list[HashingSwitch]:
+        return [s for s in self.switches if isinstance(s, HashingSwitch)]
+
+    def sync_bridge(self) -> SyncBridge:
+        return next(n for n in self.hosts if isinstance(n, SyncBridge))
+
+    def fail(self, name: str, how: str = "daemons") -> None:
+        """Kill `name`'s daemons (`daemons`) or take its links down (`links`)."""
+        if how not in HOW:
+            raise FailoverError(f"how must be one of {', '.join(HOW)} (got {how!r})")
+        member = self.member(name)
+        if member.failed:
+            raise FailoverError(f"{name} has already failed ({member.failed}); restore it first")
+        member.fail(how)
+
+    def restore(self, name: str) -> None:
+        """Bring a failed member back; it rejoins (full table first) before it takes traffic."""
+        member = self.member(name)
+        if not member.failed:
+            raise FailoverError(f"{name} has not failed")
+        try:
+            member.restore()
+        except (DaemonConfigError, OSError) as exc:
+            raise FailoverError(f"{name} did not come back: {exc}") from None
+
+    def partition(self, name: str) -> None:
+        """Drop every frame between `name` and the sync network."""
+        self._sync_port(name, cut=True)
+
+    def heal(self, name: str) -> None:
+        """Let `name`'s sync traffic through again."""
+        self._sync_port(name, cut=False)
+
+    def _sync_port(self, name: str, cut: bool) -> None:
+        self.member(name)
+        bridge = self.sync_bridge()
+        try:
+            (bridge.partition if cut else bridge.heal)(name)
+        except RuntimeError as exc:
+            raise FailoverError(str(exc)) from None
+
+    def rehash(self, mode: str, members: list[str] | None = None) -> None:
+        """Make both hashing switches hash on `mode`'s fields from now on, over `members`
+        (default: every serving member); the members left out are drained, not failed."""
+        if mode not in HASH_MODES:
+            raise FailoverError(f"hash must be one of {', '.join(HASH_MODES)} (got {mode!r})")
+        for name in members or []:
+            self.member(name)
+        try:
+            for switch in self.hashing_switches():
+                switch.rehash(mode, set(members) if members else None)
+        except SwitchError as exc:
+            raise FailoverError(str(exc)) from None
+
+    def membership(self) -> dict[str, dict]:
+        """Each member's own view (state, live, serving), or why it cannot say; plus, under
+        the key `switches`, what each hashing switch gives buckets to, and how many of its
+        health checks failed unexpectedly."""
+        result = {}
+        for node in self.cluster_members():
+            if node.failed == "daemons":
+                result[node.name] = {"state": "failed (daemons killed)"}
+                continue
+            try:
+                result[node.name] = query(node.files.agent_socket, "state", timeout=1.0)
+            except (OSError, ValueError) as exc:
+                result[node.name] = {"state": f"no agent ({exc.__class__.__name__})"}
+            if node.failed == "links":
+                result[node.name]["failed"] = "links down"
+        result["switches"] = {s.name: {"buckets": s.buckets, "hash": s.hash_mode,
+                                       "drained": sorted(set(s.members) - s.allowed)
+                                       if s.allowed is not None else [],
+                                       "health_errors": s.health_errors}
+                              for s in self.hashing_switches()}
+        return result

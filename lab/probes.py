@@ -1,0 +1,181 @@
+"""What the lab reads from a running cluster to judge it: LAN pings and their outages, who
+holds which tunnel or IKE SA, whether the cluster is whole again, whether a dead member is
+forgotten.
+
+Every probe asks a daemon (charon over vici, an agent over its control socket) or reads what
+ping itself wrote; none sleeps and hopes. `ikelab run --chaos` and the scenarios
+(`lab.scenarios`), the integration tests and the benchmarks share them, so "consistent" and
+"holds" mean one thing everywhere.
+"""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import daemons, strongswan
+from .agent.control import query
+from .outage import longest_outage, reply_times
+from .report import holder_states
+
+RECOVERY_TIMEOUT = 45.0
+POLL_INTERVAL = 0.05
+
+
+class Pinger:
+    """`ping -i 0.1 -D -O` from `node` to `address`, its output in a file; a context manager."""
+
+    def __init__(self, node, address: str, path: Path):
+        self.node, self.address, self.path = node, address, Path(path)
+        self.process = None
+
+    def __enter__(self) -> "Pinger":
+        self.out = open(self.path, "w")
+        # Line-buffered: ping's stdout to a file is otherwise flushed every 4 KB (5 s).
+        self.process = self.node.popen(["stdbuf", "-oL", "ping", "-n", "-i", "0.1", "-D", "-O",
+                                        self.address], stdout=self.out, stderr=self.out)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        daemons.end(self.process)
+        self.out.close()
+
+    def replies(self) -> list[float]:
+        return reply_times(self.path.read_text(errors="replace"))
+
+    def replied_since(self, since: float) -> bool:
+        """A reply came after Unix time `since`."""
+        return any(t > since for t in self.replies())
+
+    def outage(self, start: float, end: float) -> float:
+        """The longest stretch without a reply overlapping Unix times [start, end]
+        (`lab.outage`)."""
+        return longest_outage(self.replies(), start, end)
+
+
+def ask_agent(lab, member: str, request: str = "status", timeout: float = 5.0) -> dict:
+    """What `member`'s agent answers to `request` (`state`, `owners`, `status`); raises
+    OSError if it does not answer and ValueError if the answer is not JSON."""
+    return query(lab.node(member).files.agent_socket, request, timeout)
+
+
+def member_sas(lab, among=None) -> dict[str, dict]:
+    """member -> the IKE SAs its charon holds (by unique id, with their CHILD SAs), for the
+    members (of `among`, default all) whose charon runs and answers: a dead member's charon
+    holds nothing."""
+    result = {}
+    for member in lab.plan.members:
+        if among is not None and member.name not in among:
+            continue
+        node = lab.node(member.name)
+        if node.charon is None or not node.charon.running():
+            continue
+        try:
+            result[member.name] = strongswan.list_sas(node.files.vici_socket)
+        except OSError:
+            continue
+    return result
+
+
+def tunnel_holders(lab, among=None) -> dict[str, list[str]]:
+    """For each peer, the members (of `among`, default all) whose charon holds a tunnel with
+    it: an ESTABLISHED IKE SA with an INSTALLED CHILD SA."""
+    result = {p.name: [] for p in lab.plan.peers}
+    by_address = {str(p.seen_as): p.name for p in lab.plan.peers}
+    for member, sas in member_sas(lab, among).items():
+        for sa in sas.values():
+            peer = by_address.get(sa.get("remote-host"))
+            if peer and strongswan.tunnel_up(sa):
+                result[peer].append(member)
+    return result
+
+
+def tunnel_holder(lab, peer: str, among=None) -> str | None:
+    """The one member (of `among`, default all) holding `peer`'s tunnel, or None."""
+    held = tunnel_holders(lab, among)[peer]
+    return held[0] if len(held) == 1 else None
+
+
+def ike_sa_holder(lab, initiator_spi: str) -> str | None:
+    """The one member holding an ESTABLISHED IKE SA with this initiator SPI, or None."""
+    states = holder_states(initiator_spi, member_sas(lab))
+    held = [m for m, state in states.items() if state == "ESTABLISHED"]
+    return held[0] if len(held) == 1 else None
+
+
+def peers_up(lab) -> bool:
+    """Every peer holds a tunnel to the cluster."""
+    return all(any(strongswan.tunnel_up(sa) for sa in strongswan.list_sas(
+        lab.node(peer.name).files.vici_socket).values()) for peer in lab.plan.peers)
+
+
+def consistency(lab, expected_serving: set[str]) -> str | None:
+    """None when the cluster is whole: the expected members serve (and no others), their tables
+    are identical and name only serving members, and every tunnel is up on exactly one of them.
+    Otherwise what is still wrong, in a few words."""
+    states, tables = {}, {}
+    for member in sorted(expected_serving):
+        try:
+            states[member] = ask_agent(lab, member, "state", timeout=1.0)
+            tables[member] = ask_agent(lab, member, "owners", timeout=1.0)
+        except (OSError, ValueError):
+            return f"{member}'s agent does not answer"
+    for member, state in states.items():
+        if state["state"] != "serving" or set(state["serving"]) != expected_serving:
+            return f"{member} is {state['state']}, sees {state['serving']} serving"
+    first = next(iter(tables.values()), {})
+    if any(t != first for t in tables.values()):
+        return "the tables differ"
+    strays = set(first.values()) - expected_serving
+    if strays:
+        return f"the table still names {', '.join(sorted(strays))}"
+    # A member cut off (links down) may still hold stale SAs; only serving members count.
+    for peer, members in tunnel_holders(lab, expected_serving).items():
+        if len(members) != 1:
+            return f"{peer}'s tunnel is held by {members or 'nobody'}"
+    if not peers_up(lab):
+        return "a peer's tunnel is down"
+    return None
+
+
+def forgotten_by(lab, dead: str, survivors) -> bool:
+    """No survivor counts `dead` live, and no survivor's table names it."""
+    for member in survivors:
+        if (dead in ask_agent(lab, member, "state")["live"]
+                or dead in ask_agent(lab, member, "owners").values()):
+            return False
+    return True
+
+
+@dataclass
+class Recovery:
+    """How a wait for the cluster to be whole again ended (seconds from the wait's start)."""
+
+    consistent_after_s: float | None  # None: not within the timeout
+    problem: str | None  # what was still wrong, if it never became consistent
+    forgotten_after_s: float | None = None  # until the departed member was forgotten
+
+
+def wait_consistent(lab, expected_serving: set[str], timeout: float = RECOVERY_TIMEOUT,
+                    departed: str | None = None) -> Recovery:
+    """Poll until the cluster is consistent with `expected_serving` serving, at most `timeout`
+    seconds; with `departed` (a member that left), also note when the others forgot it."""
+    start = time.monotonic()
+    forgotten = problem = None
+    while time.monotonic() - start < timeout:
+        if departed and forgotten is None and _forgotten(lab, departed, expected_serving):
+            forgotten = time.monotonic() - start
+        problem = consistency(lab, expected_serving)
+        if problem is None:
+            took = time.monotonic() - start
+            if departed and forgotten is None and _forgotten(lab, departed, expected_serving):
+                forgotten = took
+            return Recovery(took, None, forgotten)
+        time.sleep(POLL_INTERVAL)
+    return Recovery(None, problem, forgotten)
+
+
+def _forgotten(lab, dead: str, survivors) -> bool:
+    try:
+        return forgotten_by(lab, dead, survivors)
+    except (OSError, ValueError):
+        return False  # a survivor that does not answer has not said it forgot

@@ -1,0 +1,405 @@
+"""Scenarios as data: what is done to a running cluster, step by step, and what the cluster
+must look like after each step; and the one runner that carries them out under LAN traffic.
+
+As in strongSwan's testing/tests/*/ folders, a scenario is a description, a lab and its
+steps, judged only from what the daemons say. A `Step` has a name, an action on a member
+chosen when the step runs (the one holding a peer's tunnel, an idle one, the busiest), the
+serving set it leads to (that member leaves it, returns to it, or every member stays), a
+hold time and an undo. `ScenarioRun` acts, holds, undoes, then waits until the cluster is
+whole again (`probes.consistency`), and measures what the step cost: the longest LAN outage
+any peer saw, the time until consistent, and, when a member left, the time until the others
+forgot it.
+
+One definition serves everything: `ikelab run --chaos` runs `chaos()`; the failover
+integration tests and scripts/bench_failover.py run `SCENARIOS`, the tests asserting on the
+results and the benchmark printing their medians. The owner's death (`owner_dies`) is written
+here, once.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import strongswan
+from .agent.names import CHILD_NAME, CLUSTER_CONNECTION
+from .cluster import ClusterNet, FailoverError
+from .lab import Lab
+from .probes import Pinger, ask_agent, tunnel_holder, tunnel_holders, wait_consistent
+from .topology import LabSpec, Plan
+
+LEAVES, RETURNS, STAYS = "leaves", "returns", "stays"  # what a step does to the serving set
+TUNNEL_TIMEOUT = 20.0
+
+
+class ScenarioError(RuntimeError):
+    """The stage could not be set, or a step found no member to act on; one line."""
+
+
+# ---- actions: what a step does to the net, to the member it acts on ---------------------------
+def kill_daemons(net: ClusterNet, member: str) -> None:
+    net.fail(member, "daemons")
+
+
+def take_links_down(net: ClusterNet, member: str) -> None:
+    net.fail(member, "links")
+
+
+def restore(net: ClusterNet, member: str) -> None:
+    net.restore(member)
+
+
+def partition(net: ClusterNet, member: str) -> None:
+    net.partition(member)
+
+
+def heal(net: ClusterNet, member: str) -> None:
+    net.heal(member)
+
+
+@dataclass(frozen=True)
+class Rehash:
+    """Both switches hash on `mode`'s fields from now on; with `drain`, over every member but
+    the one the step acts on (drained: it keeps its tunnels)."""
+
+    mode: str
+    drain: bool = False
+
+    def __call__(self, net: ClusterNet, member: str | None) -> None:
+        net.rehash(self.mode, [m for m in net.member_names() if m != member]
+                   if self.drain else None)
+
+
+# ---- whom a step acts on, chosen when it runs --------------------------------------------------
+@dataclass(frozen=True)
+class TunnelHolder:
+    """The member holding `peer`'s tunnel when the step runs."""
+
+    peer: str
+
+    def __call__(self, run: "ScenarioRun") -> str:
+        member = tunnel_holder(run.lab, self.peer)
+        if member is None:
+            raise ScenarioError(f"no one member holds {self.peer}'s tunnel")
+        return member
+
+
+def same_member(run: "ScenarioRun") -> str:
+    """The member the step before acted on."""
+    return run.last_member
+
+
+def idle_member(run: "ScenarioRun") -> str:
+    """The first serving member (by name) that holds no tunnel."""
+    busy = {m for held in tunnel_holders(run.lab, run.serving).values() for m in held}
+    idle = sorted(run.serving - busy)
+    if not idle:
+        raise ScenarioError("every serving member holds a tunnel")
+    return idle[0]
+
+
+def busiest_member(run: "ScenarioRun") -> str:
+    """The serving member holding the most tunnels (the first by name on a tie)."""
+    held = [m for members in tunnel_holders(run.lab, run.serving).values() for m in members]
+    return max(sorted(run.serving), key=held.count)
+
+
+def negotiation_owner(run: "ScenarioRun") -> str:
+    """The member the agents' tables name as the owner of the one negotiation under way."""
+    owners = set(ask_agent(run.lab, min(run.serving), "owners").values())
+    if len(owners) != 1:
+        raise ScenarioError(f"the table names {sorted(owners) or 'no'} owners, not one")
+    return owners.pop()
+
+
+# ---- steps and scenarios ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Step:
+    """One thing done to the running cluster, and the serving set the cluster must reach."""
+
+    name: str  # `{member}`: the member it acts on; `{others}`: every other member
+    act: Callable[[ClusterNet, str | None], None]
+    on: Callable[["ScenarioRun"], str] | None = None  # whom it acts on; None: no one member
+    serving: str = STAYS  # the member it acts on LEAVES the serving set, RETURNS, or all STAYS
+    hold: float = 0.0  # seconds between the action and the undo: a partition's length, say
+    undo: Callable[[ClusterNet, str | None], None] | None = None  # what ends the hold
+
+    def describe(self, member: str | None, members: list[str]) -> str:
+        """The step's name, with the member it acts on and the others of `members` in it."""
+        return self.name.format(member=member,
+                                others=",".join(sorted(m for m in members if m != member)))
+
+    def serving_after(self, serving: set[str], member: str | None) -> set[str]:
+        """The members that must serve once the cluster is whole again after this step."""
+        if self.serving == LEAVES:
+            return serving - {member}
+        if self.serving == RETURNS:
+            return serving | {member}
+        return set(serving)
+
+
+def owner_dies(peer: str) -> Step:
+    """The member holding `peer`'s tunnel dies: its agent and charon are killed outright. The
+    others forget it within --dead-after; the peer gives up on it through DPD
+    (`render.peer_gives_up_after()`) and negotiates its tunnel again, with a survivor."""
+    return Step(f"fail {{member}} (daemons killed, it owned {peer}'s tunnel)", kill_daemons,
+                TunnelHolder(peer), LEAVES)
+
+
+def rehashed(mode: str, drained: str | None = None) -> Step:
+    """The switches hash on `mode`'s fields, live, over every member or (given `drained`, a
+    peer) over all but the one holding that peer's tunnel; 2 s of traffic are watched."""
+    if drained is None:
+        return Step(f"rehash {mode} over every member (2 s watched)", Rehash(mode), hold=2.0)
+    return Step(f"rehash {mode} over {{others}} ({{member}}, holding {drained}'s tunnel, "
+                "drained; 2 s watched)", Rehash(mode, drain=True), TunnelHolder(drained),
+                hold=2.0)
+
+
+def partitioned(peer: str) -> Step:
+    """The member holding `peer`'s tunnel is cut off the sync network for 10 s, then healed:
+    it isolates itself, the others count it dead, and it rejoins with their table."""
+    return Step("partition {member} from the sync network for 10 s, then heal", partition,
+                TunnelHolder(peer), hold=10.0, undo=heal)
+
+
+RESTORED = Step("restore {member}", restore, same_member, RETURNS)
+
+
+def chaos(plan: Plan) -> list[Step]:
+    """`ikelab run --chaos` (report.CHAOS_STEPS steps): the first peer's owner dies and comes
+    back, the switches rehash to other fields, then back with that owner drained, then over
+    every member; the last peer's owner is partitioned for 10 s; the first peer's owner loses
+    its links and gets them back."""
+    first, last = plan.peers[0].name, plan.peers[-1].name
+    other = "l3" if plan.spec.hash != "l3" else "l4"
+    return [owner_dies(first), RESTORED, rehashed(other), rehashed(plan.spec.hash, first),
+            rehashed(plan.spec.hash), partitioned(last),
+            Step("fail {member} (links down)", take_links_down, TunnelHolder(first), LEAVES),
+            RESTORED]
+
+
+@dataclass(frozen=True)
+class HalfNegotiation:
+    """`peer` starts its tunnel with its IKE_AUTH (UDP 4500) held back, so the negotiation
+    stops halfway, its IKE_SA_INIT claimed by and answered from one member; `release` lets the
+    peer's IKE_AUTH through again."""
+
+    peer: str
+    RULE = "OUTPUT -p udp --dport 4500 -j DROP"
+
+    def __call__(self, lab: Lab) -> None:
+        node = lab.node(self.peer)
+        node.cmd(f"iptables -A {self.RULE}")
+        strongswan.initiate(node.files.vici_socket, CLUSTER_CONNECTION, CHILD_NAME)
+        if not _poll(lambda: ask_agent(lab, lab.plan.members[0].name, "owners"), 5.0):
+            raise ScenarioError(f"{self.peer}'s IKE_SA_INIT was never claimed")
+        [sa] = strongswan.list_sas(node.files.vici_socket).values()
+        if sa["state"] != "CONNECTING":
+            raise ScenarioError(f"{self.peer}'s negotiation was meant to stop halfway "
+                                f"(it is {sa['state']})")
+
+    def release(self, net: ClusterNet, member: str | None) -> None:
+        net[self.peer].cmd(f"iptables -D {self.RULE}")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A lab, the tunnels up before the first step (their peers' LANs ping the cluster's LAN
+    throughout), anything else that sets the stage, and the steps."""
+
+    name: str
+    description: str
+    spec: LabSpec
+    steps: tuple[Step, ...]
+    tunnels: tuple[str, ...] = ()
+    prepare: Callable[[Lab], None] | None = None
+
+
+HALF = HalfNegotiation("p1")
+SCENARIOS = {s.name: s for s in (
+    Scenario("owner-death", "3 members, split: the member holding p1's tunnel dies",
+             LabSpec(members=3, peers=1, hash="split"), (owner_dies("p1"),), ("p1",)),
+    Scenario("mid-negotiation", "3 members, l3: p1's IKE_AUTH held back, the owner of its "
+             "half-done negotiation dies, then the IKE_AUTH goes through",
+             LabSpec(members=3, peers=1, hash="l3"),
+             (Step("fail {member} (daemons killed, it owned p1's half-done negotiation)",
+                   kill_daemons, negotiation_owner, LEAVES, undo=HALF.release),),
+             prepare=HALF),
+    Scenario("rejoin", "3 members, 2 peers, l4: a member holding no tunnel dies, then is "
+             "restored under traffic", LabSpec(members=3, peers=2, hash="l4"),
+             (Step("fail {member} (daemons killed, it held no tunnel)", kill_daemons,
+                   idle_member, LEAVES), RESTORED), ("p1", "p2")),
+    Scenario("rehash", "3 members, 2 peers, l4: live rehash to l3, split, l4 with the holder "
+             "of p1's tunnel drained, and l4 over every member",
+             LabSpec(members=3, peers=2, hash="l4"),
+             (rehashed("l3"), rehashed("split"), rehashed("l4", "p1"), rehashed("l4")),
+             ("p1", "p2")),
+    Scenario("partition", "3 members, 2 peers, l4: the holder of p1's tunnel cut off the sync "
+             "network for 10 s, then healed", LabSpec(members=3, peers=2, hash="l4"),
+             (partitioned("p1"),), ("p1", "p2")),
+    Scenario("two-deaths", "5 members, 4 peers, split: the busiest member dies, then the next "
+             "busiest once the cluster is whole", LabSpec(members=5, peers=4, hash="split"),
+             (Step("fail {member} (daemons killed, the busiest)", kill_daemons, busiest_member,
+                   LEAVES),) * 2, ("p1", "p2", "p3", "p4")),
+)}
+
+
+# ---- the runner ----------------------------------------------------------------------------------
+@dataclass
+class StepResult:
+    """What a step cost. Times in seconds; outages from the action to the end of the step."""
+
+    name: str
+    member: str | None
+    outage_s: float | None = None  # the longest any peer's LAN saw; None without traffic
+    outages: dict[str, float] = field(default_factory=dict)  # per peer
+    consistent_after_s: float | None = None  # from the end of the hold; None: never
+    problem: str | None = None  # what was still wrong if never consistent
+    forgotten_after_s: float | None = None  # from the action, for a member that left
+    traffic_resumed: bool = False  # every peer's LAN answered again once consistent
+
+    @property
+    def recovered(self) -> bool:
+        return self.consistent_after_s is not None
+
+    def report(self) -> dict:
+        """The step as the `chaos` list of the `--json` report gives it."""
+        return {"name": self.name, "outage_s": self.outage_s,
+                "consistent_after_s": self.consistent_after_s, "problem": self.problem,
+                "outages": self.outages}
+
+    def summary(self) -> str:
+        outage = ("no traffic watched" if self.outage_s is None
+                  else f"outage {self.outage_s:.1f} s")
+        after = (f"{self.consistent_after_s:.1f} s" if self.recovered
+                 else f"never ({self.problem})")
+        return f"{self.name}: {outage}, consistent after {after}"
+
+
+class ScenarioRun:
+    """Carries out steps on a running lab while the LAN host of each of `peers` pings the
+    cluster's LAN host every 100 ms (`ping` output in `directory`); a context manager that
+    starts the pings, waits for their first replies, and stops them."""
+
+    FIRST_REPLY = 10.0  # seconds for every peer's first ping reply before the first step
+    RESUME = 5.0  # seconds for every peer's LAN to answer again once the cluster is whole
+    SETTLE = 1.0  # seconds of traffic watched after that, before the next step
+
+    def __init__(self, lab: Lab, peers, directory: Path, name: str = "scenario",
+                 say=lambda message: None):
+        self.lab, self.name, self.say = lab, name, say
+        target = str(lab.plan.lan_host.interfaces[0].address.ip)
+        self.pingers = {p: Pinger(lab.node(lab.plan.peer(p).lan_host), target,
+                                  Path(directory) / f"{name}_ping_{p}.txt") for p in peers}
+        self.serving = {m.name for m in lab.plan.members}  # where the steps so far lead
+        self.last_member: str | None = None
+        self._pings = ExitStack()
+
+    def __enter__(self) -> "ScenarioRun":
+        with ExitStack() as pings:
+            for pinger in self.pingers.values():
+                pings.enter_context(pinger)
+            start = time.time()
+            if not _poll(lambda: self.traffic_since(start), self.FIRST_REPLY):
+                raise ScenarioError("LAN-to-LAN pings got no reply before the first step")
+            self._pings = pings.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pings.close()
+
+    def traffic_since(self, since: float) -> bool:
+        """Every peer's LAN got a reply after Unix time `since`."""
+        return all(p.replied_since(since) for p in self.pingers.values())
+
+    def outages(self, start: float, end: float) -> dict[str, float]:
+        """peer -> its LAN's longest outage between Unix times `start` and `end`."""
+        return {peer: pinger.outage(start, end) for peer, pinger in self.pingers.items()}
+
+    def run(self, steps) -> list[StepResult]:
+        """Each step in turn, until one leaves the cluster broken (its result is the last)."""
+        results = []
+        for step in steps:
+            results.append(self.step(step))
+            if not results[-1].recovered:
+                break
+        return results
+
+    def step(self, step: Step) -> StepResult:
+        """Act, hold, undo, wait until the cluster is whole with the serving set the step
+        leads to, wait for LAN traffic, and watch it SETTLE seconds more."""
+        try:
+            member = step.on(self) if step.on else None
+        except ScenarioError as exc:
+            result = StepResult(step.describe("?", self.lab.net.member_names()), None,
+                                problem=str(exc))
+            self.say(f"{self.name}: {result.summary()}")
+            return result
+        name = step.describe(member, self.lab.net.member_names())
+        self.say(f"{self.name}: {name}")
+        began, acted = time.time(), time.monotonic()
+        try:
+            step.act(self.lab.net, member)
+            time.sleep(step.hold)
+            if step.undo:
+                step.undo(self.lab.net, member)
+        except FailoverError as exc:
+            result = StepResult(name, member, problem=f"the step could not act: {exc}")
+            self.say(f"{self.name}: {result.summary()}")
+            return result
+        held = time.monotonic()
+        self.serving = step.serving_after(self.serving, member)
+        self.last_member = member
+        recovery = wait_consistent(self.lab, self.serving,
+                                   departed=member if step.serving == LEAVES else None)
+        whole = time.time()
+        resumed = recovery.consistent_after_s is not None and bool(
+            _poll(lambda: self.traffic_since(whole), self.RESUME))
+        time.sleep(self.SETTLE)
+        outages = self.outages(began, time.time())
+        result = StepResult(
+            name, member, max(outages.values()) if outages else None, outages,
+            _rounded(recovery.consistent_after_s), recovery.problem,
+            _rounded(None if recovery.forgotten_after_s is None
+                     else held - acted + recovery.forgotten_after_s), resumed)
+        self.say(f"{self.name}: {result.summary()}")
+        return result
+
+
+@contextmanager
+def staged(scenario: Scenario, directory: Path, spec: LabSpec | None = None,
+           say=lambda message: None) -> Iterator[ScenarioRun]:
+    """The scenario's lab (or one built from `spec`), with its tunnels up, its stage set and
+    their LANs pinging, ready for its steps; torn down on leaving."""
+    with Lab(spec or scenario.spec) as lab:
+        watch = lab.bring_up(scenario.tunnels, TUNNEL_TIMEOUT)
+        down = sorted(set(scenario.tunnels) - set(watch.up_after))
+        if down:
+            raise ScenarioError(f"tunnels did not come up: {', '.join(down)}")
+        if scenario.prepare:
+            scenario.prepare(lab)
+        with ScenarioRun(lab, scenario.tunnels, directory, scenario.name, say) as run:
+            yield run
+
+
+def run_chaos(lab: Lab, say=lambda message: None) -> list[dict]:
+    """`ikelab run --chaos` on the running lab, every peer's LAN pinging: one report item per
+    step taken (`StepResult.report`)."""
+    with ScenarioRun(lab, [p.name for p in lab.plan.peers], lab.run.path, "chaos", say) as run:
+        return [result.report() for result in run.run(chaos(lab.plan))]
+
+
+def _poll(check, deadline: float, interval: float = 0.05):
+    """check()'s first truthy value within `deadline` seconds, else None."""
+    end = time.monotonic() + deadline
+    while True:
+        value = check()
+        if value or time.monotonic() > end:
+            return value or None
+        time.sleep(interval)
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 2)
