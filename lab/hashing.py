@@ -17,6 +17,12 @@ Hash modes (`--hash`):
 
 In ``--mode ha`` the group has a single bucket: the active member takes everything.
 
+IP fragments: only a datagram's first fragment carries its UDP ports, so a switch that hashes
+on ports would send the first fragment of a big IKE message to one member and the rest to
+another, and neither could reassemble it. Like real switches, this one hashes every fragment
+on its addresses alone (a group of its own, ``FRAGMENT_GROUP``): all fragments of a datagram
+reach one member, which reassembles it and, if it is not the owner, forwards it whole.
+
 The buckets are the *serving* members (`lab.switch` follows the members' agents), in plan
 order; each bucket watches its port, so a member whose link goes down stops getting traffic
 even before its agent's state says so. In HA the active member is the first serving one.
@@ -28,6 +34,7 @@ from .topology import LabSpec, Switch
 
 IKE_GROUP = 1
 NATT_GROUP = 2
+FRAGMENT_GROUP = 3
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
 L3_FIELDS = ("ip_src", "ip_dst")
@@ -59,7 +66,8 @@ def groups(switch: Switch, spec: LabSpec, serving=None, mode: str | None = None)
     """The select groups, as `ovs-ofctl add-group`/`mod-group` arguments."""
     ports = active_ports(switch, spec, serving)
     fields = ",".join(hash_fields(switch, spec, mode))
-    result = [_group(IKE_GROUP, fields, zip(ports, ports))]
+    result = [_group(IKE_GROUP, fields, zip(ports, ports)),
+              _group(FRAGMENT_GROUP, ",".join(L3_FIELDS), zip(ports, ports))]
     if splits(switch, spec, mode):
         result.append(_group(NATT_GROUP, fields, zip(ports, ports[1:] + ports[:1])))
     return result
@@ -80,7 +88,8 @@ def bucket_members(switch: Switch, spec: LabSpec, serving=None,
     """For each group, bucket id -> member name, matching what `groups()` installs."""
     names = {p.port: p.node for p in switch.member_ports()}
     ports = active_ports(switch, spec, serving)
-    result = {IKE_GROUP: {p: names[p] for p in ports}}
+    result = {IKE_GROUP: {p: names[p] for p in ports},
+              FRAGMENT_GROUP: {p: names[p] for p in ports}}
     if splits(switch, spec, mode):
         rotated = ports[1:] + ports[:1]
         result[NATT_GROUP] = {p: names[r] for p, r in zip(ports, rotated)}
@@ -103,6 +112,8 @@ def flows(switch: Switch, spec: LabSpec, mode: str | None = None) -> list[str]:
         f"load:{vmac_hex}->NXM_NX_ARP_SHA[],"
         f"load:{int(switch.vip):#x}->NXM_OF_ARP_SPA[],"
         "in_port"]
+    result.append(f"priority=350,ip,nw_frag=yes,dl_dst={switch.vmac},"
+                  f"actions=group:{FRAGMENT_GROUP}")
     if splits(switch, spec, mode):
         result.append(f"priority=300,udp,dl_dst={switch.vmac},tp_dst=4500,"
                       f"actions=group:{NATT_GROUP}")

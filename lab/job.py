@@ -44,7 +44,8 @@ def bucket_counters(lab: Lab) -> dict[str, dict[str, dict[str, int]]]:
     for role in ("external", "internal"):
         switch = lab.switch(role)
         stats = switch.bucket_stats()
-        names = {hashing.IKE_GROUP: "ip", hashing.NATT_GROUP: "udp4500"}
+        names = {hashing.IKE_GROUP: "ip", hashing.NATT_GROUP: "udp4500",
+                 hashing.FRAGMENT_GROUP: "fragments"}
         result[switch.name] = {names[g]: counts for g, counts in sorted(stats.items())}
     return result
 

@@ -9,6 +9,11 @@ On the agent's per-packet path, so it uses `struct`, never scapy.
 
 - RFC 3948 2.2: on UDP 4500, IKE is preceded by a 4-byte zero non-ESP marker; anything else
   starting with a non-zero SPI is ESP. RFC 3948 2.3: a single 0xFF byte is a NAT-keepalive.
+
+The agent routes every IKE message by its SPIs and Message ID, whatever its exchange type: the
+list of types below only names them (an unknown or future type is routed, not dropped). An IKE
+message too big for one IP packet arrives as IP fragments; the member reassembles them before
+the agent sees the message (lab.agent.nfqueue), so a fragment here is a fault to count.
 """
 
 import struct
@@ -23,11 +28,14 @@ NON_ESP_MARKER = b"\x00\x00\x00\x00"
 NATT_PORT = 4500
 ZERO_SPI = b"\x00" * 8
 
-# RFC 7296 3.1 exchange types; RFC 2408 3.1 / RFC 2409 for IKEv1.
-IKEV2_EXCHANGES = {34: "IKE_SA_INIT", 35: "IKE_AUTH", 36: "CREATE_CHILD_SA", 37: "INFORMATIONAL"}
-IKEV1_EXCHANGES = {2: "Main Mode", 4: "Aggressive Mode", 5: "Informational", 32: "Quick Mode",
-                   33: "New Group Mode"}
-IKE_SA_INIT, MAIN_MODE, AGGRESSIVE_MODE = 34, 2, 4
+# Exchange types: RFC 7296 3.1, RFC 5723 (IKE_SESSION_RESUME), RFC 9242 (IKE_INTERMEDIATE),
+# RFC 9370 (IKE_FOLLOWUP_KE); IKEv1: RFC 2408 3.1, RFC 2409, draft-ietf-ipsec-isakmp-mode-cfg
+# (Transaction: XAUTH, Mode Config).
+IKEV2_EXCHANGES = {34: "IKE_SA_INIT", 35: "IKE_AUTH", 36: "CREATE_CHILD_SA", 37: "INFORMATIONAL",
+                   38: "IKE_SESSION_RESUME", 43: "IKE_INTERMEDIATE", 44: "IKE_FOLLOWUP_KE"}
+IKEV1_EXCHANGES = {2: "Main Mode", 4: "Aggressive Mode", 5: "Informational", 6: "Transaction",
+                   32: "Quick Mode", 33: "New Group Mode"}
+IKE_SA_INIT, IKE_SESSION_RESUME, MAIN_MODE, AGGRESSIVE_MODE = 34, 38, 2, 4
 
 # RFC 7296 3.1 flags.
 FLAG_INITIATOR = 0x08
@@ -75,13 +83,21 @@ class IkeHeader:
 
     @property
     def can_start_negotiation(self) -> bool:
-        """Only these may create an ownership entry: an IKEv2 IKE_SA_INIT request or an IKEv1
-        first Main/Aggressive Mode message, each with a zero responder SPI and Message ID 0."""
+        """Only these may create an ownership entry: an IKEv2 IKE_SA_INIT (or, resuming a
+        session, IKE_SESSION_RESUME) request or an IKEv1 first Main/Aggressive Mode message,
+        each with a zero responder SPI and Message ID 0."""
         if self.rspi != ZERO_SPI or self.msgid != 0:
             return False
         if self.major == 2:
-            return self.exchange == IKE_SA_INIT and not self.is_response
+            return self.exchange in (IKE_SA_INIT, IKE_SESSION_RESUME) and not self.is_response
         return self.exchange in (MAIN_MODE, AGGRESSIVE_MODE)
+
+    @property
+    def is_stateless_reply(self) -> bool:
+        """An IKEv2 IKE_SA_INIT response with a zero responder SPI: a responder that keeps no
+        state answers this way (RFC 7296 2.6 COOKIE, 1.3 INVALID_KE_PAYLOAD, errors)."""
+        return (self.major == 2 and self.is_response and self.msgid == 0
+                and self.rspi == ZERO_SPI)
 
     def cluster_spi(self, sent_by_cluster: bool) -> bytes | None:
         """The SPI the cluster allocated, when the header says which side that is (IKEv2)."""
@@ -97,9 +113,9 @@ def parse_header(data: bytes) -> IkeHeader:
     """The IKE header at the start of `data` (UDP payload without the non-ESP marker)."""
     if len(data) < HEADER_LEN:
         raise ParseError(f"truncated: {len(data)} bytes, an IKE header needs {HEADER_LEN}")
-    if len(data) > MAX_IKE_LEN:
-        raise ParseError(f"oversized: {len(data)} bytes")
     ispi, rspi, _next, version, exchange, flags, msgid, length = HEADER.unpack_from(data)
+    if max(length, len(data)) > MAX_IKE_LEN:
+        raise ParseError(f"oversized: {max(length, len(data))} bytes")
     major = version >> 4
     if major not in (1, 2):
         raise ParseError(f"unknown IKE major version {major}")
@@ -107,9 +123,6 @@ def parse_header(data: bytes) -> IkeHeader:
         raise ParseError(f"length field says {length}, datagram holds {len(data)}")
     if ispi == ZERO_SPI:
         raise ParseError("zero initiator SPI")
-    known = IKEV2_EXCHANGES if major == 2 else IKEV1_EXCHANGES
-    if exchange not in known:
-        raise ParseError(f"unknown IKEv{major} exchange type {exchange}")
     return IkeHeader(ispi, rspi, major, exchange, flags, msgid, length)
 
 
@@ -138,13 +151,18 @@ class Datagram:
     payload: bytes
 
 
+MORE_FRAGMENTS, FRAGMENT_OFFSET = 0x2000, 0x1FFF
+
+
 def parse_datagram(packet: bytes) -> Datagram:
-    """IPv4 + UDP headers (RFC 791, RFC 768); raises ParseError."""
+    """IPv4 + UDP headers (RFC 791, RFC 768); raises ParseError, for an IP fragment too."""
     if len(packet) < 28 or packet[0] >> 4 != 4:
         raise ParseError("not an IPv4 packet")
     ihl = (packet[0] & 0x0F) * 4
     if ihl < 20 or len(packet) < ihl + 8 or packet[9] != 17:
         raise ParseError("not a UDP datagram")
+    if int.from_bytes(packet[6:8], "big") & (MORE_FRAGMENTS | FRAGMENT_OFFSET):
+        raise ParseError("an IP fragment: the member should have reassembled it")
     sport, dport, ulen = struct.unpack_from("!HHH", packet, ihl)
     if ulen < 8 or ihl + ulen > len(packet):
         raise ParseError("bad UDP length")

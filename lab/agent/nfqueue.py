@@ -4,6 +4,13 @@ them to NFQUEUE (and nothing else), and the two queues, inbound and outbound.
 Queued: inbound on the external interface, UDP 500, and UDP 4500 whose first four payload
 bytes are the RFC 3948 non-ESP marker (IKE, not ESP); outbound, the same from our own charon.
 `--queue-bypass`: with no agent listening the kernel lets packets through rather than drop.
+
+An IKE message larger than the path's MTU (an IKE_AUTH with a certificate chain, when IKE's
+own fragmentation is off) arrives as IP fragments, and only the first carries UDP ports: the
+rules could not see the rest, and a member that forwarded the first alone would forward half
+a message. So the member reassembles before the queue: `CT --notrack` rules in the raw table
+turn the kernel's defragmentation on for the namespace (it runs before the raw table) while
+keeping no connection state for anything, and the agent gets, and forwards, whole datagrams.
 """
 
 import subprocess
@@ -14,28 +21,34 @@ QUEUE_IN, QUEUE_OUT = 1, 2
 CHAIN_IN, CHAIN_OUT = "IKELAB_IN", "IKELAB_OUT"
 # u32: the 4 bytes after the UDP header are zero, i.e. the RFC 3948 non-ESP marker.
 NON_ESP_MARKER_U32 = "0>>22&0x3C@8=0"
-MAX_PACKET = 4096  # a queued packet is copied up to this many bytes
+MAX_PACKET = 65535  # a queued (reassembled) packet is copied whole
 
 
 def rules(interface: str, action: str) -> list[list[str]]:
     """The iptables commands that queue IKE (and nothing else) to this agent ("add"), or
     take those rules away ("remove")."""
-    commands = []
+    verb = "-A" if action == "add" else "-D"
+    commands = [["-t", "raw", verb, hook, "-j", "CT", "--notrack"]
+                for hook in ("PREROUTING", "OUTPUT")]
+    # A conntrack match (it only counts) is what turns the namespace's defragmentation on:
+    # iptables-nft makes the notrack rules native nft `notrack`, which does not.
+    commands.append(["-t", "raw", verb, "PREROUTING", "-m", "conntrack", "--ctstate",
+                     "UNTRACKED"])
     for chain, hook, direction, port_flag, num in (
             (CHAIN_IN, "PREROUTING", "-i", "--dport", QUEUE_IN),
             (CHAIN_OUT, "OUTPUT", "-o", "--sport", QUEUE_OUT)):
-        if action == "add":
-            commands += [["-N", chain],
-                         ["-A", chain, "-p", "udp", port_flag, "500", "-j", "NFQUEUE",
-                          "--queue-num", str(num), "--queue-bypass"],
-                         ["-A", chain, "-p", "udp", port_flag, "4500", "-m", "u32",
-                          "--u32", NON_ESP_MARKER_U32, "-j", "NFQUEUE",
-                          "--queue-num", str(num), "--queue-bypass"],
-                         ["-A", hook, direction, interface, "-p", "udp", "-j", chain]]
-        else:
-            commands += [["-D", hook, direction, interface, "-p", "udp", "-j", chain],
-                         ["-F", chain], ["-X", chain]]
-    return [["iptables", "-w", "-t", "mangle", *c] for c in commands]
+        mangle = [["-N", chain],
+                  ["-A", chain, "-p", "udp", port_flag, "500", "-j", "NFQUEUE",
+                   "--queue-num", str(num), "--queue-bypass"],
+                  ["-A", chain, "-p", "udp", port_flag, "4500", "-m", "u32",
+                   "--u32", NON_ESP_MARKER_U32, "-j", "NFQUEUE",
+                   "--queue-num", str(num), "--queue-bypass"],
+                  ["-A", hook, direction, interface, "-p", "udp", "-j", chain]]
+        if action != "add":
+            mangle = [["-D", hook, direction, interface, "-p", "udp", "-j", chain],
+                      ["-F", chain], ["-X", chain]]
+        commands += [["-t", "mangle", *c] for c in mangle]
+    return [["iptables", "-w", *c] for c in commands]
 
 
 class PacketQueues:

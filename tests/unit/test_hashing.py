@@ -12,16 +12,16 @@ def program(**spec):
 
 def test_l3_hashes_addresses_only_and_l4_adds_ports():
     plan, spec = program(hash="l3")
-    [group] = hashing.groups(plan.switch("external"), spec)
+    group, _fragments = hashing.groups(plan.switch("external"), spec)
     assert "fields(ip_src,ip_dst)" in group
     plan, spec = program(hash="l4")
-    [group] = hashing.groups(plan.switch("external"), spec)
+    group, _fragments = hashing.groups(plan.switch("external"), spec)
     assert "udp_src" in group and "udp_dst" in group and "tcp_src" in group
 
 
 def test_every_member_gets_a_bucket_in_load_sharing():
     plan, spec = program(members=5)
-    [group] = hashing.groups(plan.switch("external"), spec)
+    group, _fragments = hashing.groups(plan.switch("external"), spec)
     assert group.count("bucket=") == 5
     for port in (1, 2, 3, 4, 5):
         assert f"output:{port}" in group
@@ -29,7 +29,7 @@ def test_every_member_gets_a_bucket_in_load_sharing():
 
 def test_ha_sends_everything_to_the_first_member():
     plan, spec = program(members=3, mode="ha", hash="split")
-    [group] = hashing.groups(plan.switch("external"), spec)
+    group, _fragments = hashing.groups(plan.switch("external"), spec)
     assert group.endswith("),bucket=bucket_id=1,watch_port:1,output:1")
     assert not any("tp_dst=4500" in f for f in hashing.flows(plan.switch("external"), spec))
 
@@ -47,9 +47,9 @@ def test_split_rotates_the_4500_group_so_each_bucket_id_lands_on_another_member(
 
 def test_split_needs_two_members_and_only_touches_the_external_switch():
     plan, spec = program(members=1, hash="split")
-    assert len(hashing.groups(plan.switch("external"), spec)) == 1
+    assert len(hashing.groups(plan.switch("external"), spec)) == 2  # ip and fragments
     plan, spec = program(members=3, hash="split")
-    assert len(hashing.groups(plan.switch("internal"), spec)) == 1
+    assert len(hashing.groups(plan.switch("internal"), spec)) == 2
 
 
 def test_the_switch_answers_arp_for_the_virtual_ip_and_never_floods_to_members():
@@ -75,7 +75,7 @@ def test_the_sync_network_is_no_ovs_bridge():
 def test_only_serving_members_get_buckets_and_ids_follow_the_port():
     plan, spec = program(members=3, hash="split")
     switch = plan.switch("external")
-    ip, natt = hashing.groups(switch, spec, serving=["m1", "m3"])
+    ip, _fragments, natt = hashing.groups(switch, spec, serving=["m1", "m3"])
     assert "output:2" not in ip and "bucket_id=1," in ip and "bucket_id=3," in ip
     assert "bucket=bucket_id=1,watch_port:3,output:3" in natt
     assert hashing.bucket_members(switch, spec, ["m1", "m3"])[hashing.NATT_GROUP] == {
@@ -84,21 +84,37 @@ def test_only_serving_members_get_buckets_and_ids_follow_the_port():
 
 def test_nobody_serving_leaves_a_group_without_buckets():
     plan, spec = program(members=2)
-    [group] = hashing.groups(plan.switch("external"), spec, serving=[])
+    group, _fragments = hashing.groups(plan.switch("external"), spec, serving=[])
     assert "bucket" not in group
 
 
 def test_ha_gives_the_first_serving_member_everything():
     plan, spec = program(members=3, mode="ha")
-    [group] = hashing.groups(plan.switch("external"), spec, serving=["m2", "m3"])
+    group, _fragments = hashing.groups(plan.switch("external"), spec, serving=["m2", "m3"])
     assert group.endswith("bucket=bucket_id=2,watch_port:2,output:2")
 
 
 def test_rehash_mode_overrides_the_spec():
     plan, spec = program(members=3, hash="l4")
     switch = plan.switch("external")
-    assert len(hashing.groups(switch, spec, mode="split")) == 2
+    assert len(hashing.groups(switch, spec, mode="split")) == 3
     assert any("tp_dst=4500" in f for f in hashing.flows(switch, spec, mode="split"))
     assert not any("tp_dst=4500" in f for f in hashing.flows(switch, spec))
-    [group] = hashing.groups(switch, spec, mode="l3")
+    group, _fragments = hashing.groups(switch, spec, mode="l3")
     assert "fields(ip_src,ip_dst)" in group
+
+
+def test_every_fragment_is_hashed_on_addresses_alone_so_one_member_gets_them_all():
+    """Only a first fragment carries ports: hashing them would split a datagram."""
+    plan, spec = program(members=3, hash="l4")
+    switch = plan.switch("external")
+    ip, fragments = hashing.groups(switch, spec)
+    assert "udp_src" in ip and "fields(ip_src,ip_dst)," in fragments
+    assert fragments.split("),", 1)[1] == ip.split("),", 1)[1]  # the same buckets
+    flows = hashing.flows(switch, spec, mode="split")
+    [flow] = [f for f in flows if "nw_frag=yes" in f]
+    assert f"group:{hashing.FRAGMENT_GROUP}" in flow
+
+    def priority(f):
+        return int(f.split(",")[0].split("=")[1])
+    assert priority(flow) > max(priority(f) for f in flows if "group:" in f and f != flow)

@@ -8,7 +8,7 @@ INFORMATIONAL; IKEv1 Main Mode, Quick Mode, Informational; ESP in UDP on 4500.
 from pathlib import Path
 
 import pytest
-from scapy.all import IP, UDP, rdpcap
+from scapy.all import IP, UDP, fragment as fragment_packet, rdpcap
 from scapy.layers.isakmp import ISAKMP
 
 from lab.agent.ike import ParseError, ike_payload, parse_datagram, parse_header
@@ -83,7 +83,6 @@ def test_non_esp_marker_keepalive_and_esp_on_4500():
     (bytes(ISAKMP(init_cookie=b"\x11" * 8, exch_type=2)) + b"\0", "length field"),
     (b"\x11" * 16 + b"\x00\x30\x22\x00" + b"\0\0\0\0" + b"\0\0\0\x1c", "major version 3"),
     (b"\x00" * 16 + b"\x00\x20\x22\x00" + b"\0\0\0\0" + b"\0\0\0\x1c", "zero initiator SPI"),
-    (b"\x11" * 16 + b"\x00\x20\x63\x00" + b"\0\0\0\0" + b"\0\0\0\x1c", "exchange type 99"),
     (b"\x11" * 10001, "oversized"),
 ])
 def test_malformed_headers_raise_parse_error(data, why):
@@ -99,3 +98,26 @@ def test_datagram_parsing_refuses_what_is_not_ipv4_udp():
     for bad in (b"", good[:20], bytes(IP(proto=6) / (b"\0" * 20)), b"\x60" + good[1:]):
         with pytest.raises(ParseError):
             parse_datagram(bad)
+
+
+@pytest.mark.parametrize("major, exchange, name, starts", [
+    (1, 6, "Transaction", False), (2, 38, "IKE_SESSION_RESUME", True),
+    (2, 43, "IKE_INTERMEDIATE", False), (2, 44, "IKE_FOLLOWUP_KE", False),
+    (2, 99, "exchange 99", False), (1, 240, "exchange 240", False)])
+def test_unusual_and_future_exchange_types_are_parsed_for_routing(major, exchange, name, starts):
+    version = 0x20 if major == 2 else 0x10
+    msgid = 0 if starts else 7
+    raw = (b"\x11" * 8 + b"\0" * 8 + bytes([0, version, exchange, 0x08])
+           + msgid.to_bytes(4, "big") + (28).to_bytes(4, "big"))
+    header = parse_header(raw)
+    assert header.exchange_name == name and header.ispi == b"\x11" * 8
+    assert header.can_start_negotiation == starts
+
+
+def test_ip_fragments_are_refused_the_member_reassembles_before_the_agent():
+    whole = IP(src="203.0.113.11", dst="203.0.113.1", id=7) / UDP(sport=4500, dport=4500) / (
+        b"\0\0\0\0" + bytes(ISAKMP(init_cookie=b"\x33" * 8, exch_type=35)) + b"\0" * 2000)
+    for fragment in fragment_packet(whole, 1480):
+        with pytest.raises(ParseError, match="IP fragment"):
+            parse_datagram(bytes(fragment))
+    assert parse_datagram(bytes(whole)).dport == 4500  # reassembled, it is a datagram
