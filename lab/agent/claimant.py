@@ -18,6 +18,10 @@ from .ownership import NEGOTIATING, Key, ike_sa_key
 CLAIM_TIMEOUT = 1.0
 CLAIM_RESEND = 0.3
 LOOKUP_TIMEOUT = 2.0
+# Parked packets are state an unauthenticated packet makes: bounded. A key waits for its
+# owner a second or two; a peer retransmits a few times meanwhile.
+MAX_PARKED_KEYS = 1024  # claims and lookups each
+MAX_PACKETS_PER_KEY = 8
 
 
 @dataclass
@@ -44,7 +48,19 @@ class ClaimantRole:
         for ref, _inbound, _arrival, _data in parked.packets:
             self.emit(Drop(ref))
 
+    def parking_full(self, waiting: dict, key, packet: tuple) -> bool:
+        """No room to park `packet` (dropped and counted): the peer retransmits."""
+        parked = waiting.get(key)
+        if (parked is None and len(waiting) < MAX_PARKED_KEYS) or (
+                parked is not None and len(parked.packets) < MAX_PACKETS_PER_KEY):
+            return False
+        self.counters["parked_full"] += 1
+        self.emit(Drop(packet[0]))
+        return True
+
     def park_claim(self, key: Key, packet: tuple, peer: str) -> None:
+        if self.parking_full(self.claims, key, packet):
+            return
         parked = self.claims.get(key)
         if parked is None:
             inbound = packet[1]
@@ -62,6 +78,8 @@ class ClaimantRole:
             owner=0 if parked.inbound else self.me))
 
     def park_lookup(self, key: Key, packet: tuple) -> None:
+        if self.parking_full(self.lookups, key.ispi, packet):
+            return
         parked = self.lookups.get(key.ispi)
         if parked is None:
             self.counters["lookups"] += 1
@@ -96,7 +114,6 @@ class ClaimantRole:
             return
         del self.claims[key]
         if msg.owner == 0 or self.departed_owner(msg.owner):
-            self.refused_grants += msg.owner == 0
             self.drop_parked(parked)  # the peer retransmits, and the claim starts afresh
             return
         self.table.record(key, self.config.name_of(msg.owner), NEGOTIATING, self.now)

@@ -15,8 +15,10 @@ class AgentConfig:
     key: str  # hex cluster key: HMAC of every sync message
     mode: str = "ls"  # ls: load sharing; ha: the lowest serving member directs every key
     ownership: str = "table"
-    expiry: float = 120.0  # seconds an unfinished negotiation's entry lives
-    cap: int = 10000  # table entries at most
+    expiry: float = 30.0  # seconds a half-open (still negotiating) entry lives
+    cap: int = 10000  # established entries at most
+    half_open_cap: int = 2048  # half-open entries at most (the oldest makes room)
+    half_open_per_peer: int = 64  # half-open entries per peer address at most (likewise)
     external_interface: str = ""
     lan_interface: str = ""
     sync_interface: str = ""

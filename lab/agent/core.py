@@ -68,12 +68,17 @@ from .membership import ISOLATED, JOINING, SERVING, STATE_CODES, STATES, Members
 from .ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable, director_for, ike_sa_key
 
 TICK = 0.05
+STATELESS = "stateless"
+LABELLED = ("table+label", STATELESS)
 LATENCY_SAMPLES = 20000
+MAX_FORWARDED_SPIS = 4096
 ADVERTISE_INTERVAL = 5.0
 
 COUNTERS = ("seen_in", "seen_out", "delivered_local", "forwarded", "received_forwarded",
             "claims_won", "claims_lost", "claim_timeouts", "lookups", "lookups_unresolved",
-            "label_hits", "expired", "refused", "parse_errors", "outbound_refused",
+            "label_hits", "answered_here", "unknown_dropped", "stateless_replies", "expired",
+            "refused", "evicted",
+            "parked_full", "claims_refused", "parse_errors", "outbound_refused",
             "sync_sent", "sync_received", "sync_bad_mac", "sync_replayed", "sync_malformed",
             "heartbeats_sent", "heartbeats_received", "not_serving_drops", "members_died",
             "dead_owner_entries_dropped", "isolations", "snapshots_sent", "snapshots_applied",
@@ -97,15 +102,17 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
         self.actions: list = []
         self.membership = Membership(config.member, tuple(self.names), config.dead_after)
         self.membership.start(now, joining=join)
-        self.table = OwnershipTable(expiry=config.expiry, cap=config.cap)
+        self.table = OwnershipTable(expiry=config.expiry, cap=config.cap,
+                                    half_open_cap=config.half_open_cap,
+                                    half_open_per_peer=config.half_open_per_peer)
         self.codec = sync.Codec(bytes.fromhex(config.key), self.me, first_seq)
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.latencies_us: deque = deque(maxlen=LATENCY_SAMPLES)
         self.departed: set[str] = set()  # members dropped as dead, unheard since
         self.inbox: deque = deque()  # messages this member sends itself
         self.next_tag = 1
-        self.refused_grants = 0  # claims a director refused because its table was full
         self.forwarded_by_spi: dict[str, int] = {}
+        self.sent_by_type: dict[str, int] = {}  # sync messages sent, by message type
         self.holdings: frozenset = frozenset()  # prefixes of our INSTALLED CHILD SAs
         self.advertised: dict[int, frozenset] = {}  # member -> prefixes it holds
         self.next_tick = self.next_heartbeat = self.next_advertisement = 0.0
@@ -162,6 +169,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
             self.inbox.append(msg)
             return
         self.counters[counter] += 1
+        self.sent_by_type[msg.type_name] = self.sent_by_type.get(msg.type_name, 0) + 1
         self.emit(Send(to, self.codec.encode(msg)))
 
     def broadcast(self, msg: sync.Message, counter: str = "sync_sent") -> None:
@@ -175,16 +183,31 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
         as an owner must not put it back into the table."""
         return self.config.name_of(index) in self.departed
 
-    def label_owner(self, header: ike.IkeHeader, sent_by_cluster: bool) -> int | None:
-        if self.config.ownership != "table+label":
-            return None
-        spi = header.cluster_spi(sent_by_cluster)
-        # A label names its member for good, but not a dead member's SAs: the table decides.
-        if (spi is None or spi[0] not in self.indexes
+    def labelled(self, spi: bytes | None) -> int | None:
+        """The live member whose label `spi` carries. A label names its member for good, but
+        not a dead member's SAs: for those the table decides (and has forgotten them)."""
+        if (spi is None or spi == ike.ZERO_SPI or spi[0] not in self.indexes
                 or not self.membership.is_live(self.config.name_of(spi[0]))):
             return None
         self.counters["label_hits"] += 1
         return spi[0]
+
+    def owner_of(self, header: ike.IkeHeader, key: Key, inbound: bool) -> int | None:
+        """Who owns this packet's key, as far as this member can tell without asking: the
+        cluster's SPI label when the IKEv2 header says which SPI is the cluster's, else the
+        table; and, statelessly, the label of an IKEv1 responder cookie that no entry claims
+        (IKEv1 does not say who initiated, but a negotiation the cluster started is in the
+        table from its first packet on)."""
+        if self.config.ownership in LABELLED:
+            owner = self.labelled(header.cluster_spi(sent_by_cluster=not inbound))
+            if owner is not None:
+                return owner
+        name = self.table.owner_of(key)
+        if name:
+            return self.config.index_of(name)
+        if self.config.ownership == STATELESS and header.major == 1:
+            return self.labelled(header.rspi)
+        return None
 
     # ---- packets from NFQUEUE -------------------------------------------------------------
     def on_packet(self, event: PacketQueued) -> None:
@@ -210,12 +233,22 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
             return
         key = Key(header.ispi, header.msgid, header.requester)
         packet = (event.ref, inbound, event.arrival_ns, event.data)
-        owner = self.label_owner(header, sent_by_cluster=not inbound)
-        if owner is None:
-            name = self.table.owner_of(key)
-            owner = self.config.index_of(name) if name else None
+        owner = self.owner_of(header, key, inbound)
         if owner is not None:
             self.release(packet, owner, key.ispi)
+        elif inbound and self.config.ownership == STATELESS:
+            if header.can_start_negotiation:
+                # Answered where it landed, with no state anywhere: charon's labelled
+                # responder SPI names this member for the rest of the negotiation.
+                self.counters["answered_here"] += 1
+                self.emit(Accept(event.ref))
+            else:
+                self.counters["unknown_dropped"] += 1  # no label, no entry: nobody's
+                self.emit(Drop(event.ref))
+        elif not inbound and header.is_stateless_reply:
+            # charon kept no state (a COOKIE, say): neither does the cluster.
+            self.counters["stateless_replies"] += 1
+            self.emit(Accept(event.ref))
         elif header.can_start_negotiation or not inbound:
             # Outbound: before our own request leaves, no other member may own its key.
             self.park_claim(key, packet, dgram.src if inbound else dgram.dst)
@@ -232,7 +265,9 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
             self.emit(Drop(ref))
             self.counters["forwarded"] += 1
             spi = ispi.hex()
-            self.forwarded_by_spi[spi] = self.forwarded_by_spi.get(spi, 0) + 1
+            self.forwarded_by_spi[spi] = self.forwarded_by_spi.pop(spi, 0) + 1
+            if len(self.forwarded_by_spi) > MAX_FORWARDED_SPIS:  # the least recent goes
+                del self.forwarded_by_spi[next(iter(self.forwarded_by_spi))]
             self.send(owner, sync.Message(sync.FORWARD, self.me,
                                           payload=arrival_ns.to_bytes(8, "big") + data))
         else:
@@ -458,7 +493,8 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
             self.advertise()
         self.table.expire(self.now)
         self.counters["expired"] = self.table.expired
-        self.counters["refused"] = self.table.refused + self.refused_grants
+        self.counters["refused"] = self.table.refused
+        self.counters["evicted"] = self.table.evicted
 
     # ---- what it knows --------------------------------------------------------------------
     def membership_view(self, now: float) -> dict:
@@ -482,6 +518,8 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
                                        "median": lat[len(lat) // 2] if lat else None,
                                        "p99": lat[int(len(lat) * 0.99)] if lat else None},
                 "forwarded_by_spi": dict(self.forwarded_by_spi),
+                "sync_sent_by_type": dict(self.sent_by_type),
+                "half_open": self.table.half_open(),
                 "steering": {"holds": sorted(self.holdings)}}
 
 

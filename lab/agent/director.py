@@ -18,6 +18,9 @@ from .ownership import NEGOTIATING, Key, ike_sa_key
 
 ANNOUNCE_RESEND = 0.3
 LOOKUP_TIMEOUT = 2.0
+# What the director keeps per key is pending work, made by other members' packets: bounded.
+MAX_ANNOUNCING = 4096
+MAX_WAITERS = 1024
 
 
 @dataclass
@@ -51,12 +54,13 @@ class DirectorRole:
         chosen = self.config.name_of(msg.owner or msg.sender)
         if msg.owner == 0:
             chosen = self.table.owner_for_peer(msg.peer) or chosen
-        owner, won = self.table.claim(key, chosen, self.now, msg.peer)
-        if owner is None:  # refused at the cap
+        if len(self.announcing) >= MAX_ANNOUNCING and key not in self.table.entries:
+            self.counters["claims_refused"] += 1  # the claimant drops; the peer retransmits
             self.send(msg.sender, sync.Message(sync.GRANT, self.me, ispi=msg.ispi,
                                                msgid=msg.msgid, requester=msg.requester,
                                                owner=0, tag=msg.tag))
             return
+        owner, won = self.table.claim(key, chosen, self.now, msg.peer)
         owner_index = self.config.index_of(owner)
         pending = next((a for a in self.announcing.values() if a.key == key), None)
         if won:
@@ -119,9 +123,12 @@ class DirectorRole:
         if name:
             self.send(msg.sender, sync.Message(sync.ANSWER, self.me, ispi=msg.ispi,
                                                owner=self.config.index_of(name), tag=msg.tag))
-        else:
+        elif msg.ispi in self.waiters or len(self.waiters) < MAX_WAITERS:
             self.waiters.setdefault(msg.ispi, []).append(
                 (msg.sender, msg.tag, self.now + LOOKUP_TIMEOUT))
+        else:
+            self.send(msg.sender, sync.Message(sync.ANSWER, self.me, ispi=msg.ispi, owner=0,
+                                               tag=msg.tag))
 
     def answer_waiters(self, ispi: bytes, owner: int) -> None:
         """The owner of `ispi` is known now: tell the members that asked us."""
@@ -171,6 +178,6 @@ class DirectorRole:
         for announcement in self.announcing.values():
             entry = self.table.entries.get(announcement.key)
             if entry is not None and entry.state == NEGOTIATING:
-                del self.table.entries[announcement.key]
+                self.table.forget(announcement.key)
         self.announcing.clear()
         self.waiters.clear()

@@ -91,7 +91,7 @@ class JoiningRole:
         if int.from_bytes(msg.payload[:4], "big") != len(snapshot.entries):
             self.snapshot = None  # a chunk was lost: ask again on the next tick
             return
-        self.table.entries.clear()
+        self.table.clear()
         for ispi, msgid, requester, owner, state, rspi, peer, age in snapshot.entries:
             # The pivot may not have counted a member dead that we already dropped.
             if owner in self.indexes and not self.departed_owner(owner):

@@ -11,14 +11,21 @@ IKE SA entry with the old SA's owner.
 Only the director of a key (`director_for`) decides who owns it; every member keeps a replica
 of the whole table, filled by the director's announcements, so lookups are local.
 
-Hygiene: an entry still negotiating expires (the reference's 120 s, configurable); an
+Hygiene, and why: every entry that an unauthenticated packet creates is a lever for an
+attacker, so entries still negotiating (*half-open*: a first packet claimed, nothing proven)
+are kept apart from the rest. They expire soon (`expiry`, 30 s by default: charon gives up on
+a half-open IKE SA then too), they have a budget of their own (`half_open_cap`) and one per
+peer address (`half_open_per_peer`), and when either is spent the *oldest* half-open entry
+makes room: a new negotiation always gets a slot, and no flood of first packets can refuse an
+established SA's entry or a legitimate peer's new negotiation (a negotiation needs its slot for
+a fraction of a second; at the cap, an entry lives `half_open_cap / flood rate` seconds). An
 established IKE SA's entry lives until the SA is deleted; a rekeyed SA's entry lingers for a
-grace period so the exchanges still in flight on it (its DELETE) find their owner. The table
-has a size cap; what it refuses is counted.
+grace period so the exchanges still in flight on it (its DELETE) find their owner. Established
+entries have a cap of their own (`cap`); what it refuses is counted.
 """
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 NEGOTIATING, ESTABLISHED, REKEYED = "negotiating", "established", "rekeyed"
 
@@ -60,17 +67,28 @@ def director_for(ispi: bytes, members: list[str]) -> str:
     return max(members, key=lambda m: hashlib.sha256(m.encode() + ispi).digest())
 
 
-@dataclass
 class OwnershipTable:
-    """The cluster-wide table as one member holds it; time is passed in, never read."""
+    """The cluster-wide table as one member holds it; time is passed in, never read. Indexed
+    so that nothing on the per-packet path scans the table."""
 
-    expiry: float = 120.0
-    cap: int = 10000
-    rekey_grace: float = 30.0
-    entries: dict[Key, Entry] = field(default_factory=dict)
-    refused: int = 0
-    expired: int = 0
+    def __init__(self, expiry: float = 30.0, cap: int = 10000, half_open_cap: int = 2048,
+                 half_open_per_peer: int = 64, rekey_grace: float = 30.0):
+        self.expiry = expiry
+        self.cap = cap
+        self.half_open_cap = half_open_cap
+        self.half_open_per_peer = half_open_per_peer
+        self.rekey_grace = rekey_grace
+        self.entries: dict[Key, Entry] = {}
+        self.refused = 0  # established entries refused at `cap`
+        self.evicted = 0  # half-open entries that made room for newer ones
+        self.expired = 0
+        self._by_ispi: dict[bytes, set[Key]] = {}
+        self._half_open: dict[Key, None] = {}  # in creation order: the oldest first
+        self._half_open_by_peer: dict[str, dict[Key, None]] = {}
+        self._lingering: dict[Key, None] = {}  # rekeyed, in the order their grace ends
+        self._established_by_peer: dict[str, dict[Key, None]] = {}
 
+    # ---- reading --------------------------------------------------------------------------
     def _ike_sa(self, ispi: bytes) -> Entry | None:
         return self.entries.get(ike_sa_key(ispi))
 
@@ -85,47 +103,45 @@ class OwnershipTable:
         A new Phase 1 from a peer that already has an IKE SA is a reauthentication (IKEv1
         rekeys its IKE SA that way, with new cookies): it goes to the same member.
         """
-        if peer is None:
-            return None
-        return next((e.owner for e in self.entries.values()
-                     if e.peer == peer and e.state == ESTABLISHED and e.key.is_ike_sa), None)
+        keys = self._established_by_peer.get(peer) if peer else None
+        return self.entries[next(iter(keys))].owner if keys else None
 
+    def half_open(self) -> int:
+        return len(self._half_open)
+
+    # ---- changing ---------------------------------------------------------------------------
     def claim(self, key: Key, member: str, now: float,
-              peer: str | None = None) -> tuple[str | None, bool]:
+              peer: str | None = None) -> tuple[str, bool]:
         """Make `member` the owner of `key` unless someone already is.
 
-        Returns (owner, won): the owner after the call and whether this claim created it;
-        (None, False) when the table is full (counted in `refused`).
+        Returns (owner, won): the owner after the call and whether this claim created it. A
+        claim is never refused: at a half-open budget the oldest half-open entry gives way.
         """
         existing = self.entries.get(key)
         if existing:
             return existing.owner, False
-        if len(self.entries) >= self.cap:
-            self.refused += 1
-            return None, False
-        self.entries[key] = Entry(key, member, NEGOTIATING, now, now + self.expiry, peer=peer)
+        self._add(Entry(key, member, NEGOTIATING, now, None, peer=peer), now)
         return member, True
 
     def record(self, key: Key, owner: str, state: str, now: float,
                peer: str | None = None) -> bool:
-        """Apply the director's announcement; False when refused at the cap."""
+        """Apply another member's word on `key`; False when refused at the cap."""
         entry = self.entries.get(key)
         if entry is None:
-            if len(self.entries) >= self.cap:
+            if state != NEGOTIATING and len(self.entries) - len(self._half_open) >= self.cap:
                 self.refused += 1
                 return False
-            entry = self.entries[key] = Entry(key, owner, state, now, None)
-        elif state == NEGOTIATING and entry.state != NEGOTIATING:
+            self._add(Entry(key, owner, state, now, None, peer=peer), now)
+            return True
+        if state == NEGOTIATING and entry.state != NEGOTIATING:
             return True  # charon confirmed this SA: word of a negotiation never undoes that
         entry.owner = owner
-        entry.peer = peer or entry.peer
+        if peer and peer != entry.peer:
+            self._unindex(entry)
+            entry.peer = peer
+            self._index(entry)
         self._set_state(entry, state, now)
         return True
-
-    def _set_state(self, entry: Entry, state: str, now: float) -> None:
-        entry.state = state
-        entry.expires = {NEGOTIATING: entry.created + self.expiry, ESTABLISHED: None,
-                         REKEYED: now + self.rekey_grace}[state]
 
     def establish(self, ispi: bytes, rspi: bytes | None, now: float) -> Entry | None:
         """The IKE SA is up: its entry lives until the SA is deleted."""
@@ -141,20 +157,29 @@ class OwnershipTable:
         old = self._ike_sa(old_ispi)
         if old is None:
             return None
-        if not self.record(ike_sa_key(new_ispi), old.owner, ESTABLISHED, now):
+        if not self.record(ike_sa_key(new_ispi), old.owner, ESTABLISHED, now, old.peer):
             return None
         new = self.entries[ike_sa_key(new_ispi)]
         new.rspi = new_rspi
-        new.peer = old.peer
         self._set_state(old, REKEYED, now)
         return new
 
     def delete(self, ispi: bytes) -> int:
         """Remove every entry of the IKE SA with this initiator SPI; how many went."""
-        gone = [k for k in self.entries if k.ispi == ispi]
+        gone = list(self._by_ispi.get(ispi, ()))
         for key in gone:
-            del self.entries[key]
+            self.forget(key)
         return len(gone)
+
+    def forget(self, key: Key) -> None:
+        """Remove one entry, if it is there."""
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self._unindex(entry)
+            keys = self._by_ispi[key.ispi]
+            keys.discard(key)
+            if not keys:
+                del self._by_ispi[key.ispi]
 
     def drop_owner(self, member: str) -> int:
         """Remove every entry `member` owns (it left the cluster); how many went.
@@ -165,27 +190,87 @@ class OwnershipTable:
         """
         gone = [k for k, e in self.entries.items() if e.owner == member]
         for key in gone:
-            del self.entries[key]
+            self.forget(key)
         return len(gone)
+
+    def clear(self) -> None:
+        for key in list(self.entries):
+            self.forget(key)
 
     def restore(self, key: Key, owner: str, state: str, rspi: bytes | None, peer: str | None,
                 age: float, now: float) -> None:
         """Take one entry from a serving member's snapshot, ages and all (no cap: the sender's
         table fit under the same cap)."""
-        entry = self.entries[key] = Entry(key, owner, state, now - age, None, rspi, peer)
-        self._set_state(entry, state, now)
+        self.forget(key)
+        self._add(Entry(key, owner, state, now - age, None, rspi, peer), now)
+
+    def expire(self, now: float) -> list[Entry]:
+        """Remove and return the entries whose time is up: half-open ones past `expiry`,
+        rekeyed ones past their grace (both kept in the order their time ends)."""
+        gone = []
+        for index in (self._half_open, self._lingering):
+            for key in list(index):
+                entry = self.entries[key]
+                if entry.expires > now:
+                    break
+                gone.append(entry)
+                self.forget(key)
+        self.expired += len(gone)
+        return gone
+
+    # ---- indexes ----------------------------------------------------------------------------
+    def _add(self, entry: Entry, now: float) -> None:
+        if entry.state == NEGOTIATING:
+            self._make_room(entry.peer)
+        self.entries[entry.key] = entry
+        self._by_ispi.setdefault(entry.key.ispi, set()).add(entry.key)
+        self._set_state(entry, entry.state, now, fresh=True)
+
+    def _make_room(self, peer: str | None) -> None:
+        """Before a new half-open entry: the oldest half-open one gives way at a budget."""
+        mine = self._half_open_by_peer.get(peer) if peer else None
+        if mine and len(mine) >= self.half_open_per_peer:
+            self.forget(next(iter(mine)))
+            self.evicted += 1
+        if len(self._half_open) >= self.half_open_cap:
+            self.forget(next(iter(self._half_open)))
+            self.evicted += 1
+
+    def _set_state(self, entry: Entry, state: str, now: float, fresh: bool = False) -> None:
+        if not fresh and state == entry.state and state != REKEYED:
+            return  # same state: same place in its index (a half-open entry keeps its age)
+        if not fresh:
+            self._unindex(entry)
+        entry.state = state
+        entry.expires = {NEGOTIATING: entry.created + self.expiry, ESTABLISHED: None,
+                         REKEYED: now + self.rekey_grace}[state]
+        self._index(entry)
+
+    def _index(self, entry: Entry) -> None:
+        key, peer = entry.key, entry.peer
+        if entry.state == NEGOTIATING:
+            self._half_open[key] = None
+            if peer:
+                self._half_open_by_peer.setdefault(peer, {})[key] = None
+        elif entry.state == REKEYED:
+            self._lingering[key] = None
+        elif key.is_ike_sa and peer:
+            self._established_by_peer.setdefault(peer, {})[key] = None
+
+    def _unindex(self, entry: Entry) -> None:
+        key, peer = entry.key, entry.peer
+        self._half_open.pop(key, None)
+        self._lingering.pop(key, None)
+        for index in (self._half_open_by_peer, self._established_by_peer):
+            keys = index.get(peer)
+            if keys is not None:
+                keys.pop(key, None)
+                if not keys:
+                    del index[peer]
 
     def owners(self) -> dict[str, str]:
         """key -> owner, for comparing replicas."""
         return {str(k): e.owner for k, e in self.entries.items()}
-
-    def expire(self, now: float) -> list[Entry]:
-        """Remove and return the entries whose time is up."""
-        gone = [e for e in self.entries.values() if e.expires is not None and e.expires <= now]
-        for entry in gone:
-            del self.entries[entry.key]
-        self.expired += len(gone)
-        return gone
 
     def rows(self, now: float) -> list[dict]:
         """The table for `ikelab status` and the CLI: key, owner, state, age."""

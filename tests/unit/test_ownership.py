@@ -54,14 +54,47 @@ def test_negotiating_entries_expire_and_established_ones_do_not():
     assert table.owner_of(ike_sa_key(B)) == "m1" and table.expire(10**6) == []
 
 
-def test_the_cap_refuses_and_counts():
+def test_established_entries_are_refused_at_their_cap_and_counted():
     table = OwnershipTable(cap=2)
-    table.claim(ike_sa_key(A), "m1", 0)
-    table.claim(ike_sa_key(B), "m1", 0)
-    assert table.claim(ike_sa_key(b"\xcc" * 8), "m1", 0) == (None, False)
+    table.record(ike_sa_key(A), "m1", ESTABLISHED, 0)
+    table.record(ike_sa_key(B), "m1", ESTABLISHED, 0)
     assert not table.record(ike_sa_key(b"\xdd" * 8), "m2", ESTABLISHED, 0)
-    assert table.refused == 2
+    assert table.refused == 1
+    assert table.claim(ike_sa_key(b"\xcc" * 8), "m1", 0) == ("m1", True)  # half-open: apart
 
+
+def test_half_open_entries_make_room_oldest_first_and_never_for_established_ones():
+    table = OwnershipTable(half_open_cap=3)
+    table.record(ike_sa_key(A), "m1", ESTABLISHED, 0, "203.0.113.12")
+    flood = [bytes([0x10 + n]) * 8 for n in range(6)]
+    for n, ispi in enumerate(flood):
+        assert table.claim(ike_sa_key(ispi), "m2", n, peer=f"203.0.113.{20 + n}")[1]
+    assert table.half_open() == 3 and table.evicted == 3
+    assert {k.ispi for k in table.entries if k.ispi in flood} == set(flood[3:])
+    assert table.owner_of(ike_sa_key(A)) == "m1"
+
+
+def test_a_peer_at_its_half_open_budget_gives_up_its_own_oldest_entry():
+    table = OwnershipTable(half_open_per_peer=2)
+    other = b"\x99" * 8
+    table.claim(ike_sa_key(other), "m1", 0, peer="203.0.113.12")
+    flood = [bytes([0x10 + n]) * 8 for n in range(3)]
+    for n, ispi in enumerate(flood):
+        table.claim(ike_sa_key(ispi), "m2", 1 + n, peer="203.0.113.11")
+    assert table.owner_of(ike_sa_key(flood[0])) is None
+    assert table.owner_of(ike_sa_key(flood[2])) == "m2"
+    assert table.owner_of(ike_sa_key(other)) == "m1" and table.evicted == 1
+
+def test_a_half_open_entry_that_is_established_leaves_the_half_open_budget():
+    table = OwnershipTable(half_open_cap=1)
+    table.claim(ike_sa_key(A), "m1", 0, peer="203.0.113.11")
+    table.establish(A, b"\x01" * 8, 1)
+    table.claim(ike_sa_key(B), "m2", 2, peer="203.0.113.12")
+    assert table.owner_of(ike_sa_key(A)) == "m1" and table.owner_of(ike_sa_key(B)) == "m2"
+    assert table.owner_for_peer("203.0.113.11") == "m1"
+    assert table.evicted == 0
+    assert [e.key for e in table.expire(100)] == [ike_sa_key(B)]  # the established one stays
+    assert table.owner_of(ike_sa_key(A)) == "m1"
 
 def test_a_rekeyed_ike_sa_stays_with_its_owner_and_the_old_entry_lingers():
     table = OwnershipTable(rekey_grace=30)
