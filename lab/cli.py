@@ -57,7 +57,7 @@ def parser() -> Parser:
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     run = sub.add_parser("run", help="build the lab, bring the tunnels up, test, report")
     run.add_argument("--members", type=_int, default=3, help="cluster members, 1-8 (3)")
-    run.add_argument("--peers", type=_int, default=2, help="VPN peer gateways (2)")
+    run.add_argument("--peers", type=_int, default=2, help="VPN peer gateways, 1-128 (2)")
     run.add_argument("--hash", choices=HASH_MODES, default="l4",
                      help="what the hashing switch hashes on (l4)")
     run.add_argument("--mode", choices=CLUSTER_MODES, default="ls",
@@ -65,13 +65,20 @@ def parser() -> Parser:
     run.add_argument("--ike", choices=IKE_CHOICES, default="2",
                      help="IKE version of the peers; mixed alternates (2)")
     run.add_argument("--auth", choices=AUTH_METHODS, default="psk", help="psk or pubkey (psk)")
+    run.add_argument("--chain", type=_int, default=0,
+                     help="with --auth pubkey: intermediate CAs above every certificate, 0-4, "
+                     "all sent in IKE_AUTH (0)")
+    run.add_argument("--no-ike-fragmentation", dest="ike_fragmentation", action="store_false",
+                     help="no RFC 7383 IKE fragmentation: a big IKE message crosses the wire "
+                     "as IP fragments")
     run.add_argument("--nat", action="store_true", help="put the first peer behind a NAT router")
     run.add_argument("--no-agent", dest="agent", action="store_false",
                      help="run the members without the forwarding agent (the reference's "
                      "problem, unsolved)")
     run.add_argument("--ownership", choices=OWNERSHIP_MODES, default="table",
                      help="table: the reference's table; table+label: read the owner from "
-                     "SPI labels when it can (table)")
+                     "SPI labels when it can; stateless: no state for a first packet, the "
+                     "member it reaches answers it (table)")
     run.add_argument("--timeout", type=_seconds, default=30.0,
                      help="seconds to wait for the tunnels (30)")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -80,8 +87,8 @@ def parser() -> Parser:
     run.add_argument("--keep", action="store_true", help="keep the run's configs and logs")
     run.add_argument("--templates", type=Path, default=None,
                      help="render configs from this template directory (the lab's own)")
-    run.add_argument("--expiry", type=_seconds, default=120.0,
-                     help="seconds before an unfinished negotiation's entry expires (120)")
+    run.add_argument("--expiry", type=_seconds, default=30.0,
+                     help="seconds before a half-open negotiation's entry expires (30)")
     run.add_argument("--dead-after", type=_seconds, default=2.0,
                      help="seconds of silence after which members count one dead, 0.5-30 (2)")
     run.add_argument("--chaos", action="store_true",
@@ -121,7 +128,8 @@ def cmd_run(args) -> int:
     from .preflight import NotReady, check_machine
 
     spec = LabSpec(args.members, args.peers, args.hash, args.mode, args.ike, args.auth, args.nat,
-                   args.agent, args.ownership, args.expiry, args.dead_after)
+                   args.agent, args.ownership, args.expiry, args.dead_after, args.chain,
+                   args.ike_fragmentation)
     spec.validate()
     if args.chaos and not spec.agent:
         raise UsageError("--chaos needs the agent: without it no tunnel survives a member")

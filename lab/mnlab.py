@@ -26,17 +26,20 @@ def _flag(value) -> bool:
 
 class IkeClusterMnTopo(IkeClusterTopo):
     """`--topo ikecluster,members=3,peers=2,hash=split,mode=ls,ike=2,auth=psk,nat=1,keep=1,
-    agent=0,ownership=table+label,dead_after=2`."""
+    agent=0,ownership=stateless,dead_after=2,chain=3,ike_fragmentation=0`."""
 
     def __init__(self, members=3, peers=2, hash="l4", mode="ls", ike="2", auth="psk", nat=False,
-                 keep=False, agent=True, ownership="table", dead_after=2.0):
+                 keep=False, agent=True, ownership="table", dead_after=2.0, chain=0,
+                 ike_fragmentation=True):
         try:
-            dead_after = float(dead_after)
+            dead_after, chain = float(dead_after), int(chain)
         except ValueError:
-            error(f"ikelab: error: dead_after must be a number of seconds (got {dead_after!r})\n")
+            error(f"ikelab: error: dead_after must be seconds and chain a whole number "
+                  f"(got {dead_after!r}, {chain!r})\n")
             raise SystemExit(2) from None
         spec = LabSpec(members, peers, str(hash), str(mode), str(ike), str(auth), _flag(nat),
-                       _flag(agent), str(ownership), dead_after=dead_after)
+                       _flag(agent), str(ownership), dead_after=dead_after, chain=chain,
+                       ike_fragmentation=_flag(ike_fragmentation))
         try:
             plan, run = prepare(spec, _flag(keep), say=lambda m: info(f"*** ikelab: {m}\n"))
         except (TopologyError, LabError, NotReady) as exc:

@@ -1,6 +1,13 @@
-"""Certificates for `--auth pubkey`: a lab CA and a key and certificate per identity.
+"""Certificates for `--auth pubkey`: a lab CA, and a key and certificate per identity; with
+`--chain N`, N intermediate CAs between them.
 
 Made with strongSwan's own `pki` tool into the run directory. ECDSA P-256 keys keep it fast.
+The intermediates make IKE_AUTH bigger (with IKE fragmentation off, big enough to cross the
+wire as IP fragments), but only if they are sent: charon leaves out an intermediate that the
+other side asked for by name (CERTREQ), and it asks for every CA it knows. So the cluster's
+certificate and the peers' hang from two chains of their own, each node knows only its own
+side's intermediates (untrusted, to build its chain from; the lab CA alone is trusted), and
+each side must send its intermediates for the other to verify it.
 """
 
 import subprocess
@@ -24,16 +31,43 @@ def make_credentials(plan: Plan, rundir: Path, cluster_key: bytes) -> Credential
     pki_dir = Path(rundir) / "pki"
     pki_dir.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = pki_dir / "ca.key", pki_dir / "ca.crt"
-    ca_key.write_bytes(_pki("--gen", "--type", "ecdsa", "--size", "256", "--outform", "pem"))
+    ca_key.write_bytes(_key())
     ca_cert.write_bytes(_pki("--self", "--ca", "--lifetime", "30", "--in", str(ca_key),
                              "--type", "ecdsa", "--dn", "CN=ikelab CA", "--outform", "pem"))
+    issuers = {side: _intermediates(pki_dir, side, (ca_cert, ca_key), plan.spec.chain)
+               for side in ("cluster", "peers")}
     certs = {}
     for identity in [CLUSTER_ID] + [p.identity for p in plan.peers]:
+        chain, issuer = issuers["cluster" if identity == CLUSTER_ID else "peers"]
         key, cert = pki_dir / f"{identity}.key", pki_dir / f"{identity}.crt"
-        key.write_bytes(_pki("--gen", "--type", "ecdsa", "--size", "256", "--outform", "pem"))
-        public = _pki("--pub", "--in", str(key), "--type", "ecdsa")
-        cert.write_bytes(_pki("--issue", "--cacert", str(ca_cert), "--cakey", str(ca_key),
-                              "--type", "pub", "--dn", f"CN={identity}", "--san", identity,
-                              "--lifetime", "30", "--outform", "pem", stdin=public))
-        certs[identity] = (key, cert)
+        key.write_bytes(_key())
+        cert.write_bytes(_issue(issuer, key, f"CN={identity}", san=identity))
+        certs[identity] = (key, cert, chain)
     return Credentials("pubkey", cluster_key, pki_dir, ca_cert, certs)
+
+
+def _intermediates(pki_dir: Path, side: str, root: tuple[Path, Path],
+                   depth: int) -> tuple[tuple[Path, ...], tuple[Path, Path]]:
+    """`depth` CAs below `root`, each issuing the next: their certificates, and the
+    (certificate, key) that issues `side`'s end-entity certificates."""
+    chain, issuer = [], root
+    for n in range(1, depth + 1):
+        key, cert = pki_dir / f"{side}-ca{n}.key", pki_dir / f"{side}-ca{n}.crt"
+        key.write_bytes(_key())
+        cert.write_bytes(_issue(issuer, key, f"CN=ikelab {side} CA {n}", ca=True))
+        chain.append(cert)
+        issuer = (cert, key)
+    return tuple(chain), issuer
+
+
+def _key() -> bytes:
+    return _pki("--gen", "--type", "ecdsa", "--size", "256", "--outform", "pem")
+
+
+def _issue(issuer: tuple[Path, Path], key: Path, dn: str, san: str | None = None,
+           ca: bool = False) -> bytes:
+    """A certificate for `key`'s public key, signed by `issuer` (certificate, key)."""
+    public = _pki("--pub", "--in", str(key), "--type", "ecdsa")
+    return _pki("--issue", "--cacert", str(issuer[0]), "--cakey", str(issuer[1]), "--type",
+                "pub", "--dn", dn, *(["--san", san] if san else []), *(["--ca"] if ca else []),
+                "--lifetime", "30", "--outform", "pem", stdin=public)

@@ -20,7 +20,8 @@ import jinja2
 from .agent.config import AgentConfig
 from .agent.names import (CHILD_NAME, CLUSTER_CONNECTION, IKE_SPI_LABEL_MASK, NodeFiles,
                           esp_spi_range, ike_spi_label)
-from .topology import CLUSTER_ID, CLUSTER_LAN, EXTERNAL_VIP, SYNC_WITNESS, Member, Peer, Plan
+from .topology import (CLUSTER_ID, CLUSTER_LAN, EXTERNAL_VIP, LABELLED_OWNERSHIP, SYNC_WITNESS,
+                       Member, Peer, Plan)
 
 
 def _template_dir() -> Path:
@@ -82,15 +83,20 @@ class Credentials:
     auth: str
     cluster_key: bytes
     pki_dir: Path | None = None
-    ca_cert: Path | None = None
-    certs: dict = field(default_factory=dict)  # identity -> (key path, cert path)
+    ca_cert: Path | None = None  # the lab CA, the one trusted certificate
+    certs: dict = field(default_factory=dict)  # identity -> (key, cert, its intermediates)
 
     def install(self, identity: str, swanctl_dir: Path) -> None:
-        """Copy the CA, and `identity`'s key and certificate, into a node's swanctl directory."""
+        """Copy the CA chain, and `identity`'s key and certificate, into a node's swanctl
+        directory."""
         if self.auth != "pubkey":
             return
-        key, cert = self.certs[identity]
-        for sub, source in (("x509ca", self.ca_cert), ("x509", cert), ("ecdsa", key)):
+        key, cert, intermediates = self.certs[identity]
+        # Only the lab CA is trusted; the intermediates are there to build the chain from, and
+        # so are sent in IKE_AUTH (lab.pki says why each side knows only its own).
+        files = ([("x509ca", self.ca_cert)] + [("x509", ca) for ca in intermediates]
+                 + [("x509", cert), ("ecdsa", key)])
+        for sub, source in files:
             (swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, swanctl_dir / sub / source.name)
 
@@ -105,8 +111,10 @@ class Credentials:
 
 
 def spi_label(plan: Plan, node: str) -> int | None:
-    """With --ownership table+label, member i stamps i into the top byte of its IKE SPIs."""
-    if plan.spec.ownership != "table+label" or not any(m.name == node for m in plan.members):
+    """With --ownership table+label or stateless, member i stamps i into the top byte of its
+    IKE SPIs."""
+    if (plan.spec.ownership not in LABELLED_OWNERSHIP
+            or not any(m.name == node for m in plan.members)):
         return None
     return ike_spi_label(plan.member(node).index)
 
@@ -130,8 +138,10 @@ def strongswan_conf_data(files: NodeFiles, label: int | None = None,
 
 
 def _connection(name, version, local_addrs, remote_addrs, local_id, remote_id, local_ts,
-                remote_ts, auth, cert, dpd_action, dpd_delay=MEMBER_DPD_DELAY, keyingtries=1):
+                remote_ts, auth, cert, dpd_action, fragmentation, dpd_delay=MEMBER_DPD_DELAY,
+                keyingtries=1):
     return {"name": name, "version": version, "local_addrs": local_addrs,
+            "fragmentation": "yes" if fragmentation else "no",
             "remote_addrs": remote_addrs, "proposals": IKE_PROPOSALS, "dpd_delay": dpd_delay,
             "dpd_timeout": IKEV1_DPD_TIMEOUT, "keyingtries": keyingtries,
             "local_id": local_id, "remote_id": remote_id, "auth": auth, "cert": cert,
@@ -151,7 +161,8 @@ def member_swanctl_data(plan: Plan, member: Member, creds: Credentials) -> dict:
     auth, cert = _auth_data(creds, CLUSTER_ID)
     connections = [
         _connection(p.name, p.ike_version, str(EXTERNAL_VIP), str(p.seen_as), CLUSTER_ID,
-                    p.identity, str(CLUSTER_LAN), str(p.lan), auth, cert, "clear")
+                    p.identity, str(CLUSTER_LAN), str(p.lan), auth, cert, "clear",
+                    plan.spec.ike_fragmentation)
         for p in plan.peers]
     psks = [{"name": p.name, "ids": [CLUSTER_ID, p.identity], "secret": creds.psk(p)}
             for p in plan.peers] if auth == "psk" else []
@@ -164,8 +175,8 @@ def peer_swanctl_data(plan: Plan, peer: Peer, creds: Credentials) -> dict:
     auth, cert = _auth_data(creds, peer.identity)
     connection = _connection(CLUSTER_CONNECTION, peer.ike_version, str(peer.address),
                              str(EXTERNAL_VIP), peer.identity, CLUSTER_ID, str(peer.lan),
-                             str(CLUSTER_LAN), auth, cert, "restart", PEER_DPD_DELAY,
-                             keyingtries=0)
+                             str(CLUSTER_LAN), auth, cert, "restart",
+                             plan.spec.ike_fragmentation, PEER_DPD_DELAY, keyingtries=0)
     psks = [{"name": CLUSTER_CONNECTION, "ids": [peer.identity, CLUSTER_ID],
              "secret": creds.psk(peer)}] if auth == "psk" else []
     return {"node": peer.name, "connections": [connection], "psks": psks}

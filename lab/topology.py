@@ -28,9 +28,11 @@ HASH_MODES = ("l3", "l4", "split")
 CLUSTER_MODES = ("ls", "ha")
 IKE_CHOICES = ("1", "2", "mixed")
 AUTH_METHODS = ("psk", "pubkey")
-OWNERSHIP_MODES = ("table", "table+label")
+OWNERSHIP_MODES = ("table", "table+label", "stateless")
+LABELLED_OWNERSHIP = ("table+label", "stateless")  # members stamp their index into IKE SPIs
 MAX_MEMBERS = 8
-MAX_PEERS = 64
+MAX_PEERS = 128
+MAX_CHAIN = 4
 
 INTERNET = IPv4Network("203.0.113.0/24")
 NAT_HOME = IPv4Network("198.51.100.0/24")
@@ -66,8 +68,10 @@ class LabSpec:
     nat: bool = False
     agent: bool = True
     ownership: str = "table"
-    expiry: float = 120.0
+    expiry: float = 30.0  # seconds a half-open negotiation's table entry lives
     dead_after: float = 2.0  # seconds of silence after which members count one dead
+    chain: int = 0  # with pubkey: intermediate CAs between the lab CA and every certificate
+    ike_fragmentation: bool = True  # RFC 7383; without it, big IKE messages are IP-fragmented
 
     def validate(self) -> "LabSpec":
         """Return self, or raise TopologyError naming the first bad option."""
@@ -79,6 +83,10 @@ class LabSpec:
             raise TopologyError(f"expiry must be 0 to 3600 seconds (got {self.expiry!r})")
         if not isinstance(self.dead_after, (int, float)) or not 0.5 <= self.dead_after <= 30:
             raise TopologyError(f"dead-after must be 0.5 to 30 seconds (got {self.dead_after!r})")
+        if not isinstance(self.chain, int) or not 0 <= self.chain <= MAX_CHAIN:
+            raise TopologyError(f"chain must be 0 to {MAX_CHAIN} (got {self.chain!r})")
+        if self.chain and self.auth != "pubkey":
+            raise TopologyError("chain needs auth pubkey: it is a chain of certificates")
         for name, value, choices in (("hash", self.hash, HASH_MODES),
                                      ("mode", self.mode, CLUSTER_MODES),
                                      ("ike", self.ike, IKE_CHOICES),

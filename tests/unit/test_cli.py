@@ -8,7 +8,7 @@ from lab.cli import main
 @pytest.mark.parametrize("argv, words", [
     (["run", "--members", "9"], "members must be 1 to 8"),
     (["run", "--members", "three"], "not a whole number"),
-    (["run", "--peers", "0"], "peers must be 1 to 64"),
+    (["run", "--peers", "0"], "peers must be 1 to 128"),
     (["run", "--hash", "l7"], "invalid choice: 'l7'"),
     (["run", "--timeout", "-1"], "between 0 and 3600"),
     (["run", "--bogus"], "unrecognized arguments: --bogus"),

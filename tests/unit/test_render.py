@@ -60,8 +60,8 @@ def test_strongswan_conf_loads_libipsec_before_netlink_and_names_the_node_socket
 
 def test_pubkey_names_certificates_and_renders_no_psk():
     plan = build_plan(LabSpec(auth="pubkey", peers=1))
-    certs = {CLUSTER_ID: (Path("/k/c.key"), Path("/k/cluster.crt")),
-             "p1.ikelab.test": (Path("/k/p.key"), Path("/k/p1.crt"))}
+    certs = {CLUSTER_ID: (Path("/k/c.key"), Path("/k/cluster.crt"), ()),
+             "p1.ikelab.test": (Path("/k/p.key"), Path("/k/p1.crt"), ())}
     creds = Credentials("pubkey", KEY, Path("/k"), Path("/k/ca.crt"), certs)
     _, member = render(plan, "m1", creds)
     _, peer = render(plan, "p1", creds)

@@ -11,8 +11,10 @@ from lab.topology import (CLUSTER_LAN, EXTERNAL_VIP, EXTERNAL_VMAC, INTERNAL_VIP
 @pytest.mark.parametrize("spec, message", [
     (LabSpec(members=0), "members must be 1 to 8"),
     (LabSpec(members=9), "members must be 1 to 8"),
-    (LabSpec(peers=0), "peers must be 1 to 64"),
-    (LabSpec(peers=65), "peers must be 1 to 64"),
+    (LabSpec(peers=0), "peers must be 1 to 128"),
+    (LabSpec(peers=129), "peers must be 1 to 128"),
+    (LabSpec(chain=2), "chain needs auth pubkey"),
+    (LabSpec(auth="pubkey", chain=5), "chain must be 0 to 4"),
     (LabSpec(hash="l7"), "hash must be one of l3, l4, split"),
     (LabSpec(mode="active"), "mode must be one of ls, ha"),
     (LabSpec(ike="3"), "ike must be one of 1, 2, mixed"),
@@ -36,7 +38,7 @@ def test_default_plan_has_three_members_two_peers_and_three_switches():
     assert plan.nat_router is None
 
 
-@pytest.mark.parametrize("members, peers", [(1, 1), (3, 2), (8, 16), (8, 64)])
+@pytest.mark.parametrize("members, peers", [(1, 1), (3, 2), (8, 16), (8, 128)])
 def test_every_address_is_unique_except_the_shared_virtual_ips(members, peers):
     plan = build_plan(LabSpec(members=members, peers=peers, nat=True))
     addresses = [i.address.ip for h in plan.hosts() for i in h.interfaces]
