@@ -17,6 +17,13 @@ Hash modes (`--hash`):
 
 In ``--mode ha`` the group has a single bucket: the active member takes everything.
 
+Addresses nobody holds: the switch answers a member's ARP request for any address of the
+segment that no node owns, with a MAC whose frames it drops (as the upstream router of a real
+cluster would answer for the whole internet). Without it, a flood from spoofed sources leaves
+each member ARPing for hundreds of addresses, its replies queued behind resolutions that
+never come, until charon's socket buffer is full and its answers to legitimate peers wait
+seconds behind them. A member's request for an address a node does own goes to that node.
+
 IP fragments: only a datagram's first fragment carries its UDP ports, so a switch that hashes
 on ports would send the first fragment of a big IKE message to one member and the rest to
 another, and neither could reassemble it. Like real switches, this one hashes every fragment
@@ -32,6 +39,7 @@ at run time (`rehash`, failover); by default they are the spec's mode and every 
 
 from .topology import LabSpec, Switch
 
+SINK_MAC = "02:1c:ff:00:00:00"  # what the switch answers for addresses nobody holds
 IKE_GROUP = 1
 NATT_GROUP = 2
 FRAGMENT_GROUP = 3
@@ -96,22 +104,35 @@ def bucket_members(switch: Switch, spec: LabSpec, serving=None,
     return result
 
 
+def _arp_reply(mac: str) -> str:
+    """Actions that turn an ARP request into the reply "the asked-for address is at `mac`",
+    sent back where it came from."""
+    return ("move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],"
+            f"mod_dl_src:{mac},"
+            "load:0x2->NXM_OF_ARP_OP[],"
+            "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],"
+            "move:NXM_OF_ARP_TPA[]->NXM_NX_REG0[],"
+            "move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],"
+            "move:NXM_NX_REG0[]->NXM_OF_ARP_SPA[],"
+            f"load:{'0x' + mac.replace(':', '')}->NXM_NX_ARP_SHA[],"
+            "in_port")
+
+
 def flows(switch: Switch, spec: LabSpec, mode: str | None = None) -> list[str]:
     """The flow table of a hashing switch, as `ovs-ofctl add-flow` arguments; a miss drops."""
     others = switch.other_ports()
     to_others = ",".join(f"output:{p.port}" for p in others) or "drop"
-    vmac_hex = "0x" + switch.vmac.replace(":", "")
     # ARP for the virtual IP is answered by the switch itself, always with the one shared MAC.
-    result = [
-        f"priority=400,arp,arp_op=1,arp_tpa={switch.vip},actions="
-        "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],"
-        f"mod_dl_src:{switch.vmac},"
-        "load:0x2->NXM_OF_ARP_OP[],"
-        "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],"
-        "move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],"
-        f"load:{vmac_hex}->NXM_NX_ARP_SHA[],"
-        f"load:{int(switch.vip):#x}->NXM_OF_ARP_SPA[],"
-        "in_port"]
+    result = [f"priority=400,arp,arp_op=1,arp_tpa={switch.vip},actions={_arp_reply(switch.vmac)}"]
+    # A member asking for a node's address asks that node; for any other address, the switch
+    # answers with a MAC it drops.
+    for p in others:
+        if p.address is not None:
+            result.append(f"priority=390,arp,arp_op=1,dl_src={switch.vmac},arp_tpa={p.address},"
+                          f"actions=output:{p.port}")
+    result.append(f"priority=380,arp,arp_op=1,dl_src={switch.vmac},"
+                  f"actions={_arp_reply(SINK_MAC)}")
+    result.append(f"priority=370,dl_dst={SINK_MAC},actions=drop")
     result.append(f"priority=350,ip,nw_frag=yes,dl_dst={switch.vmac},"
                   f"actions=group:{FRAGMENT_GROUP}")
     if splits(switch, spec, mode):

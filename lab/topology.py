@@ -151,6 +151,7 @@ class SwitchPort:
     node: str
     interface: str
     mac: str
+    address: IPv4Address | None = None  # the node's address on the segment (not a member's)
 
 
 @dataclass(frozen=True)
@@ -272,12 +273,12 @@ def build_plan(spec: LabSpec) -> Plan:
                 Interface("eth1", IPv4Interface(f"{router_inside}/{NAT_HOME.prefixlen}"), _mac(3, 1, 1)),
             ), forwarding=True)
             host_links.append(HostLink("r1", "eth1", name, "eth0"))
-            ext_ports.append(SwitchPort(OTHER_PORT_BASE + i, "r1", "eth0", _mac(3, 1, 0)))
+            ext_ports.append(SwitchPort(OTHER_PORT_BASE + i, "r1", "eth0", _mac(3, 1, 0), public))
         else:
             address = public
             wan = Interface("eth0", IPv4Interface(f"{address}/{INTERNET.prefixlen}"), _mac(2, i, 0))
             routes = ()
-            ext_ports.append(SwitchPort(OTHER_PORT_BASE + i, name, "eth0", _mac(2, i, 0)))
+            ext_ports.append(SwitchPort(OTHER_PORT_BASE + i, name, "eth0", _mac(2, i, 0), public))
         host = Host(name, "peer", (wan, Interface("eth1", lan_gw, _mac(2, i, 1))),
                     routes=routes, forwarding=True)
         peers.append(Peer(i, name, ike_version_of(spec, i), f"{name}.ikelab.test", address, public,
@@ -288,7 +289,8 @@ def build_plan(spec: LabSpec) -> Plan:
         "eth0", IPv4Interface(f"{CLUSTER_LAN.network_address + 10}/{CLUSTER_LAN.prefixlen}"),
         _mac(5, 0, 0)),), routes=(("default", str(INTERNAL_VIP)),))
     int_ports = [SwitchPort(m.index, m.name, "eth1", INTERNAL_VMAC) for m in members]
-    int_ports.append(SwitchPort(OTHER_PORT_BASE + 1, "hc", "eth0", _mac(5, 0, 0)))
+    int_ports.append(SwitchPort(OTHER_PORT_BASE + 1, "hc", "eth0", _mac(5, 0, 0),
+                                lan_host.interfaces[0].address.ip))
     sync_ports = [SwitchPort(m.index, m.name, "eth2", _mac(1, m.index, 2)) for m in members]
     switches = (
         Switch("ikex", "0000000000001c01", "external", tuple(ext_ports), EXTERNAL_VIP, EXTERNAL_VMAC),

@@ -56,8 +56,8 @@ def test_the_switch_answers_arp_for_the_virtual_ip_and_never_floods_to_members()
     plan, spec = program(members=3, peers=2)
     switch = plan.switch("external")
     flows = hashing.flows(switch, spec)
-    [responder] = [f for f in flows if "arp_op=1" in f]
-    assert "arp_tpa=203.0.113.1" in responder and "in_port" in responder
+    [responder] = [f for f in flows if "arp_op=1" in f and "arp_tpa=203.0.113.1," in f]
+    assert "in_port" in responder and f"mod_dl_src:{switch.vmac}" in responder
     broadcasts = [f for f in flows if "dl_dst=ff:ff:ff:ff:ff:ff" in f]
     assert broadcasts
     for flow in broadcasts:
@@ -65,6 +65,20 @@ def test_the_switch_answers_arp_for_the_virtual_ip_and_never_floods_to_members()
         assert all(f"output:{p.port}" not in actions.split(",")
                    for p in switch.member_ports())
 
+
+def test_a_members_arp_for_an_address_nobody_holds_is_answered_with_a_mac_that_is_dropped():
+    """A spoofed flood must not leave members ARPing for hundreds of absent addresses."""
+    plan, spec = program(members=3, peers=2)
+    switch = plan.switch("external")
+    flows = hashing.flows(switch, spec)
+    asked = [f for f in flows if "arp_op=1" in f and f"dl_src={switch.vmac}" in f]
+    to_peer = [f for f in asked if "arp_tpa=203.0.113.12," in f]
+    [sink] = [f for f in asked if "arp_tpa" not in f]
+    assert to_peer == [f"priority=390,arp,arp_op=1,dl_src={switch.vmac},"
+                       "arp_tpa=203.0.113.12,actions=output:102"]
+    assert f"mod_dl_src:{hashing.SINK_MAC}" in sink and sink.endswith("in_port")
+    assert f"priority=370,dl_dst={hashing.SINK_MAC},actions=drop" in flows
+    assert int(sink.split(",")[0].split("=")[1]) < int(to_peer[0].split(",")[0].split("=")[1])
 
 def test_the_sync_network_is_no_ovs_bridge():
     plan, _ = program(members=3)
