@@ -72,6 +72,7 @@ STATELESS = "stateless"
 LABELLED = ("table+label", STATELESS)
 LATENCY_SAMPLES = 20000
 MAX_FORWARDED_SPIS = 4096
+LOGGED_PER_KIND = 3  # malformed packets logged in full, per kind of fault
 ADVERTISE_INTERVAL = 5.0
 
 COUNTERS = ("seen_in", "seen_out", "delivered_local", "forwarded", "received_forwarded",
@@ -113,6 +114,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
         self.next_tag = 1
         self.forwarded_by_spi: dict[str, int] = {}
         self.sent_by_type: dict[str, int] = {}  # sync messages sent, by message type
+        self.parse_errors: dict[str, int] = {}  # packets dropped as malformed, by why
         self.holdings: frozenset = frozenset()  # prefixes of our INSTALLED CHILD SAs
         self.advertised: dict[int, frozenset] = {}  # member -> prefixes it holds
         self.next_tick = self.next_heartbeat = self.next_advertisement = 0.0
@@ -227,8 +229,13 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
                 self.emit(Accept(event.ref))
                 return
             header = ike.parse_header(data)
-        except ike.ParseError:
+        except ike.ParseError as exc:
             self.counters["parse_errors"] += 1
+            why = str(exc).split(":")[0]  # the kind, without the numbers
+            self.parse_errors[why] = self.parse_errors.get(why, 0) + 1
+            if self.parse_errors[why] <= LOGGED_PER_KIND:
+                self.log(f"dropped a malformed {'inbound' if inbound else 'outbound'} packet "
+                         f"({exc}): {event.data[:64].hex()}")
             self.emit(Drop(event.ref))
             return
         key = Key(header.ispi, header.msgid, header.requester)
@@ -519,6 +526,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
                                        "p99": lat[int(len(lat) * 0.99)] if lat else None},
                 "forwarded_by_spi": dict(self.forwarded_by_spi),
                 "sync_sent_by_type": dict(self.sent_by_type),
+                "parse_errors": dict(self.parse_errors),
                 "half_open": self.table.half_open(),
                 "steering": {"holds": sorted(self.holdings)}}
 

@@ -43,6 +43,14 @@ ANSWER_TIMEOUT = 2.0  # a control request the loop has not answered by then gets
 SYNC_BUFFER = 4 << 20  # a snapshot of a full table is a burst of 250 datagrams
 
 
+def resident_kb() -> int:
+    """This process's resident memory (VmRSS), in KiB."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 class ErrorCount:
     """Bugs seen, from any thread."""
 
@@ -193,6 +201,7 @@ class AgentDaemon:
             # Slow parts, here and not in the loop: nft, and the routes the kernel has.
             reply["pid"] = os.getpid()
             reply["cpu_s"] = sum(os.times()[:2])
+            reply["rss_kb"] = resident_kb()
             reply["counters"]["errors"] = self.errors.value
             reply["steering"]["counters"] = self.steering_counters() if self.config.peers else {}
             reply["steering"]["routes"] = {p: self.config.name_of(m)

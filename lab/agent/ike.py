@@ -128,11 +128,12 @@ def parse_header(data: bytes) -> IkeHeader:
 
 def ike_payload(port: int, udp_payload: bytes) -> bytes | None:
     """The IKE message inside a UDP payload on `port` (500 or 4500), or None when it is not
-    IKE (ESP or a NAT-keepalive on 4500)."""
-    if port != NATT_PORT:
-        return udp_payload
+    IKE: ESP, or a NAT-keepalive (charon also sends those from 500, to a peer whose NAT it has
+    seen before the IKE SA moved to 4500)."""
     if udp_payload == b"\xff":
         return None
+    if port != NATT_PORT:
+        return udp_payload
     if udp_payload[:4] == NON_ESP_MARKER:
         return udp_payload[4:]
     if len(udp_payload) < 4:

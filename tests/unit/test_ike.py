@@ -71,6 +71,7 @@ def test_non_esp_marker_keepalive_and_esp_on_4500():
     ike = bytes(ISAKMP(init_cookie=b"\x22" * 8, exch_type=2))
     assert ike_payload(4500, b"\0\0\0\0" + ike) == ike
     assert ike_payload(4500, b"\xff") is None
+    assert ike_payload(500, b"\xff") is None  # charon keeps NAT mappings open from 500 too
     assert ike_payload(4500, b"\x12\x34\x56\x78" + b"\0" * 40) is None
     assert ike_payload(500, ike) == ike
     with pytest.raises(ParseError, match="truncated"):
