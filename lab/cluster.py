@@ -13,9 +13,10 @@ from mininet.net import Mininet
 
 from .agent.control import query
 from .daemons import DaemonConfigError
-from .nodes import ClusterMember, SyncBridge
+from .flood import Flood
+from .nodes import ClusterMember, PeerGateway, SyncBridge
 from .switch import HashingSwitch, SwitchError
-from .topology import HASH_MODES
+from .topology import HASH_MODES, INTERNET
 
 HOW = ("daemons", "links")
 
@@ -25,7 +26,39 @@ class FailoverError(ValueError):
 
 
 class ClusterNet(Mininet):
-    """A Mininet network holding the lab's cluster, with its failover operations."""
+    """A Mininet network holding the lab's cluster, with its failover operations, and the
+    floods its peers may be made to send."""
+
+    def __init__(self, *args, **params):
+        self.floods: list[Flood] = []
+        super().__init__(*args, **params)
+
+    def stop(self):
+        self.stop_floods()
+        super().stop()
+
+    def flood(self, peer: str, rate: float = 1000.0, seconds: float = 30.0, ike: int = 2,
+              port: int = 500, spoof: bool = False) -> Flood:
+        """Have `peer` flood the cluster with IKE first messages (lab.flood), in the
+        background; with `spoof`, from random addresses of the lab's internet."""
+        node = self.nameToNode.get(peer)
+        if not isinstance(node, PeerGateway):
+            peers = ", ".join(n.name for n in self.hosts if isinstance(n, PeerGateway))
+            raise FailoverError(f"{peer!r} is not a peer (peers: {peers})")
+        if not (0 < rate <= 100000 and 0 < seconds <= 3600 and ike in (1, 2)
+                and port in (500, 4500)):
+            raise FailoverError("flood: rate 0-100000/s, seconds 0-3600, ike 1|2, port "
+                                "500|4500")
+        flood = Flood(node, rate, seconds, ike, port, str(INTERNET) if spoof else None)
+        self.floods = [f for f in self.floods if f.running()] + [flood]
+        return flood
+
+    def stop_floods(self) -> int:
+        """Stop every flood still running; how many there were."""
+        running = [f for f in self.floods if f.running()]
+        for flood in running:
+            flood.stop()
+        return len(running)
 
     def cluster_members(self) -> list[ClusterMember]:
         return [n for n in self.hosts if isinstance(n, ClusterMember)]

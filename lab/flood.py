@@ -2,6 +2,8 @@
 
     python -m lab.flood --rate 1000 --seconds 30 [--ike 1|2] [--port 500|4500] [--spoof PREFIX]
 
+(`Flood` starts one in a node; the CLI's `flood` and the flood tests and benchmark use it.)
+
 Each packet is a real first message captured in the lab (IKEv2 IKE_SA_INIT, or IKEv1 Main
 Mode message 1) with a fresh random initiator SPI and a fresh source port, sent to the
 cluster's virtual IP: unspoofed from the node's own address, or with `--spoof` from random
@@ -17,6 +19,7 @@ import os
 import random
 import socket
 import struct
+import subprocess
 import sys
 import time
 
@@ -97,6 +100,40 @@ def flood(rate: float, seconds: float, ike: int, port: int,
         time.sleep(max(0.0, min(0.005, start + sent / rate - time.monotonic())))
     took = time.monotonic() - start
     return {"sent": sent, "seconds": round(took, 2), "rate": round(sent / took, 1)}
+
+
+class Flood:
+    """A flood running in a lab node (its own process, recorded with the run like any other)."""
+
+    def __init__(self, node, rate: float = 1000.0, seconds: float = 30.0, ike: int = 2,
+                 port: int = 500, spoof: str | None = None):
+        self.node, self.rate, self.seconds = node, rate, seconds
+        command = [sys.executable, "-m", "lab.flood", "--rate", str(rate), "--seconds",
+                   str(seconds), "--ike", str(ike), "--port", str(port)]
+        if spoof:
+            command += ["--spoof", spoof]
+        self.description = (f"{node.name}: IKEv{ike} first messages to UDP {port} at {rate:g}/s "
+                            f"for {seconds:g} s" + (f", sources spoofed from {spoof}"
+                                                    if spoof else ""))
+        self.process = node.popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                      p for p in sys.path if p)))
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def wait(self, timeout: float | None = None) -> dict:
+        """What the flood reported when done: packets sent and the rate achieved."""
+        out, _ = self.process.communicate(timeout=timeout)
+        try:
+            return json.loads(out.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {"error": out.decode(errors="replace").strip() or "no report"}
+
+    def stop(self) -> None:
+        if self.running():
+            self.process.terminate()
+            self.process.wait(5)
 
 
 def main(argv=None) -> int:

@@ -24,7 +24,8 @@ UP_TIMEOUT = 20.0
 
 class LabCLI(CLI):
     """Mininet's CLI plus `sas`, `up`, `ownership`, `steering`, `hashing`, `members`, `fail`,
-    `restore`, `rehash`, `partition` and `heal`; `help <command>` shows what each does."""
+    `restore`, `rehash`, `partition`, `heal` and `flood`; `help <command>` shows what each
+    does."""
 
     prompt = "ikelab> "
 
@@ -143,6 +144,25 @@ class LabCLI(CLI):
         """heal MEMBER: end a partition; the member rejoins with a fresh copy of the table."""
         self._act("heal MEMBER", self.mn.heal, one_member(line))
 
+    def do_flood(self, line):
+        """flood PEER [--rate 1000] [--seconds 30] [--ike 1|2] [--port 500|4500] [--spoof] |
+        flood stop: have a peer flood the cluster with IKE first messages (fresh SPIs and
+        ports), in the background; --spoof takes random sources from the lab's internet.
+        Watch the agents hold with `ownership`, and bring another peer up with `up`."""
+        if line.strip() == "stop":
+            self.stdout.write(f"stopped {self.mn.stop_floods()} floods\n")
+            return
+        arguments = flood_arguments(line)
+        try:
+            if arguments is None:
+                raise FailoverError("usage: flood PEER [--rate R] [--seconds S] [--ike 1|2] "
+                                    "[--port 500|4500] [--spoof] | flood stop")
+            flood = self.mn.flood(*arguments)
+        except FailoverError as exc:
+            self.stdout.write(f"*** {exc}\n")
+            return
+        self.stdout.write(f"flooding: {flood.description}; `flood stop` ends it\n")
+
     def do_rehash(self, line):
         """rehash l3|l4|split [MEMBER,...]: make the hashing switches hash on other fields,
         live, and (given members) spread traffic over those members only: the others are
@@ -166,6 +186,22 @@ def fail_arguments(line: str) -> tuple[str, str] | None:
     except (argparse.ArgumentError, SystemExit, ValueError):
         return None
     return args.member, args.how
+
+
+def flood_arguments(line: str) -> tuple | None:
+    """(peer, rate, seconds, ike, port, spoof) from the flood command's line, else None."""
+    parser = argparse.ArgumentParser(prog="flood", add_help=False, exit_on_error=False)
+    parser.add_argument("peer")
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--ike", type=int, default=2)
+    parser.add_argument("--port", type=int, default=500)
+    parser.add_argument("--spoof", action="store_true")
+    try:
+        args = parser.parse_args(shlex.split(line))
+    except (argparse.ArgumentError, SystemExit, ValueError):
+        return None
+    return args.peer, args.rate, args.seconds, args.ike, args.port, args.spoof
 
 
 def rehash_arguments(line: str) -> tuple[str, list[str] | None] | None:
