@@ -9,16 +9,29 @@ the user. `ikelab run` builds a ClusterNet; under plain `mn`, topologies/ikeclus
 it the `Mininet` that mn builds.
 """
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 from mininet.net import Mininet
 
 from .agent.control import query
-from .daemons import DaemonConfigError
+from .daemons import READY_POLL, Daemon, DaemonConfigError
 from .flood import Flood
-from .nodes import ClusterMember, PeerGateway, SyncBridge
+from .nodes import ClusterMember, PeerGateway, StrongSwanNode, SyncBridge
 from .switch import HashingSwitch, SwitchError
 from .topology import HASH_MODES, INTERNET
 
 HOW = ("daemons", "links")
+SETTLERS = 8  # charons loading their configs at once (swanctl waits on charon, not the CPU)
+
+
+def _settle(pair: tuple[StrongSwanNode, Daemon]) -> tuple[StrongSwanNode, Exception | None]:
+    node, daemon = pair
+    try:
+        daemon.settle()
+        return node, None
+    except DaemonConfigError as exc:
+        return node, exc
 
 
 class FailoverError(ValueError):
@@ -32,6 +45,32 @@ class ClusterNet(Mininet):
     def __init__(self, *args, **params):
         self.floods: list[Flood] = []
         super().__init__(*args, **params)
+
+    def build(self):
+        super().build()
+        self.wait_for_daemons()
+
+    def wait_for_daemons(self) -> None:
+        """Every node launched its daemons in `config()`: wait for all of them together, then
+        let them settle (each charon loads its swanctl.conf) a few at a time. A daemon that
+        refuses raises DaemonConfigError from its node (or is reported, under plain mn)."""
+        pending = [(node, daemon) for node in self.hosts if isinstance(node, StrongSwanNode)
+                   for daemon in node.daemons]
+        ready = []
+        while pending:
+            waiting = []
+            for node, daemon in pending:
+                try:
+                    (ready if daemon.started() else waiting).append((node, daemon))
+                except DaemonConfigError as exc:
+                    node.failed_to_start(exc)
+            pending = waiting
+            if pending:
+                time.sleep(READY_POLL)
+        with ThreadPoolExecutor(SETTLERS) as pool:
+            for node, exc in pool.map(_settle, ready):
+                if exc is not None:
+                    node.failed_to_start(exc)
 
     def stop(self):
         self.stop_floods()

@@ -81,21 +81,38 @@ class Daemon:
     def start(self) -> None:
         """Start the daemon and return once it is ready; raise DaemonConfigError, with its
         last words, if it exits first or is not ready within READY_DEADLINE seconds."""
+        self.launch()
+        while not self.started():
+            time.sleep(READY_POLL)
+        self.settle()
+
+    def launch(self) -> None:
+        """Start the process, and return at once: `started()` says when it is ready. A lab
+        launches every node's daemons first and waits for them together."""
         self.prepare()
         with open(self.output, "ab") as out:
             self.process = self.node.popen(self.command(), env=self.environment(), stdout=out,
                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.launches += 1
-        deadline = time.monotonic() + self.READY_DEADLINE
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise DaemonConfigError(f"{self.files.node}: {self.NAME} exited with status "
-                                        f"{self.process.returncode}: {self.last_words()}")
-            if self.ready():
-                return
-            time.sleep(READY_POLL)
-        raise DaemonConfigError(f"{self.files.node}: {self.NAME}'s {self.SOCKET} did not answer "
-                                f"within {self.READY_DEADLINE:g} s: {self.last_words()}")
+        self.deadline = time.monotonic() + self.READY_DEADLINE
+
+    def started(self) -> bool:
+        """True once the launched daemon is ready; raises DaemonConfigError, with its last
+        words, if it has exited or missed READY_DEADLINE."""
+        if self.process.poll() is not None:
+            raise DaemonConfigError(f"{self.files.node}: {self.NAME} exited with status "
+                                    f"{self.process.returncode}: {self.last_words()}")
+        if self.ready():
+            return True
+        if time.monotonic() > self.deadline:
+            raise DaemonConfigError(f"{self.files.node}: {self.NAME}'s {self.SOCKET} did not "
+                                    f"answer within {self.READY_DEADLINE:g} s: "
+                                    f"{self.last_words()}")
+        return False
+
+    def settle(self) -> None:
+        """What a ready daemon still needs before it counts as started (nothing, unless a
+        subclass says so); raises DaemonConfigError."""
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -155,8 +172,7 @@ class Charon(Daemon):
         finally:
             sock.close()
 
-    def start(self) -> None:
-        super().start()
+    def settle(self) -> None:
         self.load()
 
     def load(self) -> None:

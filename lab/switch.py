@@ -14,7 +14,9 @@ counted in `health_errors`, which the CLI's `members` shows: buckets that stop f
 members never freeze silently.
 """
 
+import json
 import re
+import shlex
 import subprocess
 import threading
 import time
@@ -32,6 +34,7 @@ from .topology import HASH_MODES, LabSpec, Switch
 HEALTH_INTERVAL = 0.1
 HEALTH_TIMEOUT = 0.3
 HEALTH_MISSES = 3
+BRIDGE_STALL = 15.0  # seconds without a newly attached port before the bridge counts dead
 
 
 class SwitchError(RuntimeError):
@@ -71,6 +74,17 @@ class HashingSwitch(OVSSwitch):
         params.update(datapath="user", protocols="OpenFlow15", failMode="secure", batch=False,
                       dpid=plan_switch.dpid)
         super().__init__(name, **params)
+
+    def vsctl(self, *args, **kwargs):
+        """Mininet's ovs-vsctl, but run directly: Mininet types it into the switch's shell,
+        whose terminal cuts a line at 4095 bytes, and a bridge with 72 ports or more is one
+        longer command than that (it was: "ikex is not a bridge")."""
+        command = shlex.split(" ".join(str(arg).strip() for arg in args))
+        result = subprocess.run(["ovs-vsctl", "--timeout=120", *command], capture_output=True,
+                                text=True, timeout=150)
+        if result.returncode:
+            raise SwitchError(f"{self.name}: ovs-vsctl: {result.stderr.strip()}")
+        return result.stdout
 
     def start(self, controllers):
         super().start([])
@@ -184,17 +198,37 @@ class HashingSwitch(OVSSwitch):
             error(f"*** {self.name}: health check failed: {what}\n"
                   + "".join(traceback.format_exception(exc)))
 
-    def _wait_for_bridge(self, deadline: float = 10.0) -> None:
-        # ovs-vswitchd opens the bridge's OpenFlow socket a moment after ovs-vsctl returns.
-        end = time.monotonic() + deadline
+    def _wait_for_bridge(self, stall: float = BRIDGE_STALL) -> None:
+        """Return once ovs-vswitchd has the bridge up with every port of the plan attached (an
+        OpenFlow port number each) and answers OpenFlow on it. ovs-vswitchd attaches a
+        userspace port at a time, so a 136-port bridge takes a while: the wait goes on as long
+        as ports keep coming, and gives up only after `stall` seconds with none."""
+        ports = {f"{self.name}-eth{p.port}" for p in self.plan_switch.ports}
+        attached, last_progress = -1, time.monotonic()
         while True:
-            probe = subprocess.run(["ovs-ofctl", "-O", "OpenFlow15", "show", self.name],
-                                   capture_output=True, text=True, timeout=10)
-            if probe.returncode == 0:
+            now_attached = self._attached(ports)
+            if now_attached == len(ports) and subprocess.run(
+                    ["ovs-ofctl", "-O", "OpenFlow15", "show", self.name],
+                    capture_output=True, timeout=10).returncode == 0:
                 return
-            if time.monotonic() > end:
-                raise SwitchError(f"{self.name}: bridge did not come up: {probe.stderr.strip()}")
-            time.sleep(0.05)
+            if now_attached > attached:
+                attached, last_progress = now_attached, time.monotonic()
+            elif time.monotonic() - last_progress > stall:
+                raise SwitchError(f"{self.name}: bridge did not come up: {attached} of "
+                                  f"{len(ports)} ports attached, none more for {stall:g} s")
+            time.sleep(0.1)
+
+    def _attached(self, ports: set[str]) -> int:
+        """How many of `ports` ovs-vswitchd has attached to the bridge (ofport assigned)."""
+        result = subprocess.run(["ovs-vsctl", "--timeout=10", "--format=json", "--columns=name,"
+                                 "ofport", "list", "Interface"], capture_output=True, text=True,
+                                timeout=15)
+        try:
+            rows = json.loads(result.stdout)["data"]
+        except (ValueError, KeyError):
+            return 0
+        return sum(1 for name, ofport in rows
+                   if name in ports and isinstance(ofport, int) and ofport > 0)
 
     def group_definitions(self) -> list[str]:
         """The groups as OVS holds them (`dump-groups`)."""

@@ -56,8 +56,8 @@ def ikelab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-def ikelab_json(*args: str) -> tuple[int, dict]:
-    result = ikelab("run", "--json", *args)
+def ikelab_json(*args: str, timeout: float = 300) -> tuple[int, dict]:
+    result = ikelab("run", "--json", *args, timeout=timeout)
     assert result.stdout, result.stderr
     return result.returncode, json.loads(result.stdout)
 

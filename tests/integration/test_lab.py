@@ -12,7 +12,7 @@ from lab.preflight import host_networks
 from lab.render import TEMPLATE_DIR
 from lab.topology import LabSpec, overlaps_host
 
-from .helpers import ROOT, bring_up, ikelab, poll
+from .helpers import ROOT, bring_up, ikelab, ikelab_json, poll
 
 pytestmark = pytest.mark.root
 
@@ -103,3 +103,11 @@ def test_run_with_cli_opens_the_lab_commands_before_teardown():
     assert "OK: every tunnel" in result.stdout
     assert "m1: p1[1] IKEv2 ESTABLISHED" in result.stdout
     assert "ikei (internal, virtual IP 10.1.0.1)" in result.stdout
+
+
+def test_the_largest_lab_the_cli_accepts_comes_up_green():
+    code, report = ikelab_json("--members", "8", "--peers", "128", "--hash", "split",
+                               "--ike", "mixed", timeout=600)
+    assert code == 0 and report["ok"], [t["problems"] for t in report["tunnels"] if t["problems"]]
+    assert len(report["tunnels"]) == 128
+    assert report["timings"]["lab_up_s"] < 60  # 20 s on this machine kind; CI may be slower
