@@ -11,7 +11,8 @@
 2. Time for 16 peers to bring their tunnels up in `--hash split` with the agent against
    `--mode ha` (median of REPEAT runs each, the configurations taking turns): from the first
    initiate to the last peer's CHILD SA, timed by each peer charon's own `child-updown` event;
-   and sync messages per established tunnel in each `--ownership` mode.
+   and sync messages per established tunnel in each `--ownership` mode, by what they carry:
+   the table's state, IKE packets forwarded to their owner, the data plane's steering routes.
 """
 
 import argparse
@@ -31,7 +32,7 @@ from lab import strongswan  # noqa: E402
 from lab.agent.control import query  # noqa: E402
 from lab.agent.names import CHILD_NAME, CLUSTER_CONNECTION  # noqa: E402
 from lab.lab import Lab  # noqa: E402
-from lab.topology import EXTERNAL_VIP, LabSpec  # noqa: E402
+from lab.topology import EXTERNAL_VIP, OWNERSHIP_MODES, LabSpec  # noqa: E402
 
 SENDER = """
 import socket, sys, time
@@ -121,11 +122,26 @@ def timed_bring_up(spec: LabSpec, timeout: float = 30.0) -> tuple[float | None, 
         for clock in clocks:
             clock.join(max(0.0, started + timeout - time.monotonic()))
         ups = [c.up_at for c in clocks]
-        sync_sent = sum(query(lab.node(m.name).files.agent_socket)["counters"]["sync_sent"]
-                        for m in lab.plan.members) if spec.agent else 0
+        sent = sync_by_kind([query(lab.node(m.name).files.agent_socket)
+                             for m in lab.plan.members] if spec.agent else [])
+        per_tunnel = {kind: n / len(peers) for kind, n in sent.items()}
         if any(u is None for u in ups):
-            return None, sync_sent / len(peers)
-        return max(ups) - started, sync_sent / len(peers)
+            return None, per_tunnel
+        return max(ups) - started, per_tunnel
+
+
+# Sync messages by what they carry: the table's state, IKE packets forwarded to their owner,
+# and the data plane's steering routes.
+KINDS = {"forward": "forwarded IKE", "routes": "steering"}
+
+
+def sync_by_kind(statuses: list[dict]) -> dict[str, int]:
+    """Sync messages the agents sent, by kind: "table", "forwarded IKE", "steering"."""
+    result = {"table": 0, "forwarded IKE": 0, "steering": 0}
+    for status in statuses:
+        for kind, n in status.get("sync_sent_by_type", {}).items():
+            result[KINDS.get(kind, "table")] += n
+    return result
 
 
 def main() -> None:
@@ -149,10 +165,9 @@ def latency(packets: int) -> None:
 
 def bring_up_cost(repeat: int, peers: int = 16) -> None:
     """Runs alternate between the configurations, so drift in the machine's load hits all."""
-    configs = {"split + agent (table)": LabSpec(peers=peers, hash="split"),
-               "split + agent (table+label)": LabSpec(peers=peers, hash="split",
-                                                      ownership="table+label"),
-               "ha": LabSpec(peers=peers, mode="ha")}
+    configs = {f"split + agent ({mode})": LabSpec(peers=peers, hash="split", ownership=mode)
+               for mode in OWNERSHIP_MODES}
+    configs["ha"] = LabSpec(peers=peers, mode="ha")
     runs = {label: [] for label in configs}
     for _ in range(repeat):
         for label, spec in configs.items():
@@ -161,12 +176,15 @@ def bring_up_cost(repeat: int, peers: int = 16) -> None:
     for label, results in runs.items():
         done = sorted(t for t, _ in results if t is not None)
         times[label] = statistics.median(done) if done else None
+        per_tunnel = {kind: statistics.median(s[kind] for _, s in results)
+                      for kind in results[0][1]}
         print(f"{peers} peers, {label}: all tunnels up in {len(done)}/{len(results)} runs, "
               f"median {times[label] if done else float('nan'):.3f} s "
               f"(runs {', '.join(f'{t:.3f}' for t in done)}); sync messages per tunnel "
-              f"{statistics.median(s for _, s in results):.1f}")
-    for label in ("split + agent (table)", "split + agent (table+label)"):
-        if times[label] and times["ha"]:
+              f"{sum(per_tunnel.values()):.1f} ("
+              + ", ".join(f"{kind} {n:.1f}" for kind, n in per_tunnel.items()) + ")")
+    for label in configs:
+        if label != "ha" and times[label] and times["ha"]:
             print(f"ratio {label} / ha: {times[label] / times['ha']:.2f}")
 
 
