@@ -14,6 +14,7 @@ from lab import strongswan
 from lab.agent.control import query
 from lab.agent.names import CHILD_NAME, CLUSTER_CONNECTION
 from lab.lab import Lab
+from lab.render import Retransmit
 from lab.topology import LabSpec
 
 from .helpers import poll
@@ -100,7 +101,12 @@ def test_a_flood_never_locks_legitimate_peers_out(ownership, source, ike, port):
         again = lab.bring_up(None, 20)  # the flooder too
 
     assert sorted(again.up_after) == ["p1", "p2", "p3"], again.last_sa
-    assert max(again.up_after.values()) <= 2 * calm + 1, again.up_after
+    # Within one negotiation, before charon would give up: right after a spoofed IKEv1 flood
+    # (no cookies in IKEv1) a member's charon can still be busy with its own half-open SAs for
+    # a few seconds and answer a retransmission rather than the first packet (seen once in CI:
+    # 4.4 s). That is charon's load, not lockout; a locked-out peer never comes up.
+    assert max(again.up_after.values()) <= 2 * calm + 1 + Retransmit().gives_up_after, \
+        again.up_after
 
     assert report["sent"] >= RATE * SECONDS * 0.95, report
     assert samples >= 20
