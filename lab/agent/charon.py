@@ -108,11 +108,45 @@ class Charon:
                 continue
             time.sleep(HOLDINGS_SETTLE)
             self.holdings_stale.clear()
-            held = frozenset(ts for sa in list_sas(self.path)
-                             for child in sa.get("child-sas", {}).values()
-                             if child.get("state") == "INSTALLED"
-                             for ts in child.get("remote-ts", []))
-            self.post(HoldingsRead(held))
+            installed = frozenset(
+                (bytes.fromhex(sa.get("initiator-spi", "")), ts)
+                for sa in list_sas(self.path)
+                for child in sa.get("child-sas", {}).values()
+                if child.get("state") == "INSTALLED" for ts in child.get("remote-ts", []))
+            self.post(HoldingsRead(frozenset(ts for _spi, ts in installed), installed))
+
+    def initiate(self, connection: str, child: str) -> None:
+        """In a thread: have charon initiate `connection` and its CHILD SA `child`, without
+        waiting for the outcome (its events tell)."""
+        self._in_thread(f"initiating {connection}", self._initiate, connection, child)
+
+    def _initiate(self, connection: str, child: str) -> None:
+        with session(self.path) as sess:
+            for _ in sess.initiate({"ike": connection, "child": child, "timeout": -1}):
+                pass
+
+    def end_sa(self, ispi: bytes) -> None:
+        """In a thread: have charon end (with a DELETE to the peer) the IKE SA with this
+        initiator SPI, if it still holds one."""
+        self._in_thread(f"ending the SA {ispi.hex()}", self._end_sa, ispi)
+
+    def _end_sa(self, ispi: bytes) -> None:
+        for sa in list_sas(self.path):
+            if sa.get("initiator-spi") == ispi.hex():
+                with session(self.path) as sess:
+                    for _ in sess.terminate({"ike-id": str(sa["uniqueid"]), "timeout": -1}):
+                        pass
+
+    def _in_thread(self, what: str, work, *args) -> None:
+        def run():
+            try:
+                work(*args)
+            except VICI_ERRORS as exc:
+                self.log(f"{what}: {exc}")
+            except Exception:  # noqa: BLE001 - a bug: seen and counted
+                self.errors.add()
+                self.log(f"bug {what}:\n{traceback.format_exc()}")
+        threading.Thread(target=run, name="charon-request", daemon=True).start()
 
     def end_stale_sas(self, keep: frozenset, attempt: int) -> None:
         """In a thread: end every IKE SA charon holds that is not ours to keep, look again (up

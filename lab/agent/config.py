@@ -25,8 +25,10 @@ class AgentConfig:
     peers: dict = field(default_factory=dict)  # name -> [address as seen, protected LAN]
     vici_socket: str = ""
     control_socket: str = ""
-    dead_after: float = 2.0  # seconds of silence after which a member has left
+    dead_after: float = 0.6  # seconds of silence after which a member has left
     witness: str = ""  # the sync switch's own address (see membership)
+    rebalance: bool = True  # even the tunnels out over the members (see handover)
+    natt_peers: list = field(default_factory=list)  # peers with `-natt` connections
 
     @classmethod
     def load(cls, path: Path) -> "AgentConfig":

@@ -14,7 +14,7 @@ import socketserver
 import threading
 from pathlib import Path
 
-REQUESTS = ("state", "owners", "status", "reset-latency")
+REQUESTS = ("state", "owners", "status", "reset-latency", "drain", "undrain")
 REQUEST_TIMEOUT = 0.5  # a client that says nothing for this long is dropped
 
 

@@ -60,11 +60,13 @@ from . import ike, steering, sync
 from .config import AgentConfig
 from .claimant import ClaimantRole
 from .director import DirectorRole
-from .events import (Accept, CharonSaid, Drop, HoldingsRead, Inject, Log, PacketQueued,
-                     PingWitness, Send, StaleSasEnded, SteerRoutes, SyncArrived, Tick,
-                     WitnessAnswered)
+from .events import (Accept, CharonSaid, DrainAsked, Drop, HoldingsRead, Inject, Log,
+                     PacketQueued, PingWitness, Send, StaleSasEnded, SteerRoutes, SyncArrived,
+                     Tick, WitnessAnswered)
+from .handover import HandoverRole
 from .joining import JoiningRole
-from .membership import ISOLATED, JOINING, SERVING, STATE_CODES, STATES, Membership
+from .membership import (DRAINED, DRAINING, ISOLATED, JOINING, SERVING, SERVING_STATES,
+                         STATE_CODES, STATES, Membership)
 from .ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable, director_for, ike_sa_key
 
 TICK = 0.05
@@ -83,12 +85,12 @@ COUNTERS = ("seen_in", "seen_out", "delivered_local", "forwarded", "received_for
             "sync_sent", "sync_received", "sync_bad_mac", "sync_replayed", "sync_malformed",
             "heartbeats_sent", "heartbeats_received", "not_serving_drops", "members_died",
             "dead_owner_entries_dropped", "isolations", "snapshots_sent", "snapshots_applied",
-            "stale_sas_dropped")
+            "stale_sas_dropped", "takeovers", "handovers", "esp_held", "esp_held_full")
 # Messages that change the table: a joining member replays them over the snapshot it applies.
 TABLE_CHANGES = (sync.ANNOUNCE, sync.ANSWER, sync.DELETE, sync.REKEY, sync.ESTABLISHED)
 
 
-class Agent(ClaimantRole, DirectorRole, JoiningRole):
+class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
     """One member's agent. `handle(event, now)` returns the actions it decided on; the
     `*_view` methods say what it knows, for the control socket."""
 
@@ -122,10 +124,11 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
         ClaimantRole.__init__(self)
         DirectorRole.__init__(self)
         JoiningRole.__init__(self, now)
+        HandoverRole.__init__(self)
         self._handlers = {PacketQueued: self.on_packet, SyncArrived: self.on_sync,
                           Tick: self.on_tick, WitnessAnswered: self.on_witness,
                           CharonSaid: self.on_charon, HoldingsRead: self.on_holdings,
-                          StaleSasEnded: self.on_stale_sas_ended}
+                          StaleSasEnded: self.on_stale_sas_ended, DrainAsked: self.on_drain}
 
     # ---- the machine ----------------------------------------------------------------------
     def handle(self, event, now: float) -> list:
@@ -149,7 +152,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
 
     @property
     def serving(self) -> bool:
-        return self.membership.state == SERVING
+        return self.membership.state in SERVING_STATES
 
     def director(self, ispi: bytes) -> int | None:
         """The serving member that decides `ispi`'s owner (None if nobody serves): in HA
@@ -225,8 +228,10 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
             dgram = ike.parse_datagram(event.data)
             port = dgram.dport if inbound else dgram.sport
             data = ike.ike_payload(port, dgram.payload)
-            if data is None:  # ESP or keepalive: not ours to judge (the rules should not queue it)
-                self.emit(Accept(event.ref))
+            if data is None:  # ESP or a keepalive: queued only while a tunnel comes up here
+                if not (inbound and port == ike.NATT_PORT and len(dgram.payload) > 8
+                        and self.hold_esp(dgram.src, event.ref)):
+                    self.emit(Accept(event.ref))
                 return
             header = ike.parse_header(data)
         except ike.ParseError as exc:
@@ -292,6 +297,8 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
             return
         self.counters["heartbeats_received" if msg.type == sync.HEARTBEAT
                       else "sync_received"] += 1
+        if msg.sender in self.indexes and msg.sender != self.me:
+            self.membership.on_message(self.config.name_of(msg.sender), self.now)
         # Even cut off (isolated) a member records and ACKs what it hears: a member the others
         # still hear must not hold their grants up. Claims, lookups, forwards and snapshot
         # requests it ignores until it serves again.
@@ -366,12 +373,24 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
         self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner), ESTABLISHED,
                           self.now, msg.peer)
         self.table.establish(msg.ispi, msg.rspi, self.now)
+        self.table.locate(msg.ispi, msg.port, msg.nat)
         self.release_waiting(msg.ispi)
 
     def on_routes(self, msg: sync.Message) -> None:
         prefixes = msg.payload.decode(errors="replace")
         self.advertised[msg.sender] = frozenset(p for p in prefixes.split(",") if p)
         self.steer()
+
+    def on_drain(self, event: DrainAsked) -> None:
+        """Hand every tunnel over and stop serving (the switches follow), or serve again."""
+        state = self.membership.state
+        if event.drain and state == SERVING:
+            self.membership.state = DRAINING
+        elif not event.drain and state in (DRAINING, DRAINED):
+            self.membership.state = SERVING
+        else:
+            return
+        self.log(self.membership.state)
 
     # ---- membership -----------------------------------------------------------------------
     def on_heartbeat(self, msg: sync.Message) -> None:
@@ -433,28 +452,32 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
         self.log(f"{name} left the cluster")
         self.counters["members_died"] += 1
         self.departed.add(name)
+        orphans = self.table.established(name)
         self.counters["dead_owner_entries_dropped"] += self.table.drop_owner(name)
         if self.advertised.pop(index, None) is not None:
             self.steer()
         self.director_forgets(index)
         self.claimant_redirects(index)
+        self.take_over(orphans)
 
     # ---- data plane steering (routes only: no data packet passes through here) ------------
     def steer(self) -> None:
         """Ask for the kernel's steering routes to match what the members hold."""
-        self.advertised[self.me] = self.holdings
+        self.advertised[self.me] = self.offered()
         self.emit(SteerRoutes(steering.desired_routes(self.advertised, self.me)))
 
     def advertise(self) -> None:
         self.next_advertisement = self.now + ADVERTISE_INTERVAL
         self.broadcast(sync.Message(sync.ROUTES, self.me,
-                                    payload=",".join(sorted(self.holdings)).encode()))
+                                    payload=",".join(sorted(self.offered())).encode()))
 
     def on_holdings(self, event: HoldingsRead) -> None:
+        self.installed = event.installed
         if event.prefixes != self.holdings:
             self.holdings = event.prefixes
             self.steer()
             self.advertise()
+        self.release_installed()
 
     # ---- charon's events ------------------------------------------------------------------
     def on_charon(self, event: CharonSaid) -> None:
@@ -478,13 +501,17 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
             return
         if event.message.get("up") == "yes":
             peer = sa.get("remote-host")
+            port, nat = _port(sa.get("remote-port")), sa.get("nat-remote") == "yes"
             self.table.record(ike_sa_key(spis[0]), self.config.member, ESTABLISHED, self.now,
                               peer)
             self.table.establish(spis[0], spis[1], self.now)
+            self.table.locate(spis[0], port, nat)
+            self.arrived(self.peer_names.get(peer), spis[0])
             self.broadcast(sync.Message(sync.ESTABLISHED, self.me, ispi=spis[0], rspi=spis[1],
-                                        owner=self.me, peer=peer))
+                                        owner=self.me, peer=peer, port=port, nat=nat))
         else:
             self.table.delete(spis[0])
+            self.ending.discard(spis[0])
             self.broadcast(sync.Message(sync.DELETE, self.me, ispi=spis[0]))
 
     # ---- timers ---------------------------------------------------------------------------
@@ -496,6 +523,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
         self.judge_membership()
         self.claimant_timers()
         self.director_timers()
+        self.handover_timers()
         if self.config.peers and self.now >= self.next_advertisement and self.serving:
             self.advertise()
         self.table.expire(self.now)
@@ -510,7 +538,9 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
         m = self.membership
         return {"member": self.config.member, "state": m.state, "live": sorted(m.live()),
                 "serving": m.serving(), "connected": m.connected(now),
-                "dead_after": m.dead_after, "table_size": len(self.table.entries)}
+                "dead_after": m.dead_after, "table_size": len(self.table.entries),
+                "holds": len(self.table.established(self.config.member)),
+                "moving": sorted(self.moving)}
 
     def status_view(self, now: float) -> dict:
         """Counters, membership, the table, pending work, latency, the prefixes we hold."""
@@ -529,6 +559,13 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole):
                 "parse_errors": dict(self.parse_errors),
                 "half_open": self.table.half_open(),
                 "steering": {"holds": sorted(self.holdings)}}
+
+
+def _port(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _spis(sa: dict) -> tuple[bytes, bytes] | None:

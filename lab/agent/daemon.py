@@ -32,10 +32,11 @@ from .charon import Charon
 from .config import AgentConfig
 from .control import ControlServer
 from .core import TICK, Agent
-from .events import (Accept, Drop, EndStaleSas, Inject, Log, PacketQueued, PingWitness, Send,
-                     SteerRoutes, SyncArrived, Tick, WitnessAnswered)
-from .names import SYNC_PORT
-from .nfqueue import PacketQueues
+from .events import (Accept, DrainAsked, Drop, EndSa, EndStaleSas, HoldEsp, Initiate, Inject,
+                     Log, PacketQueued, PingWitness, Send, SteerRoutes, SyncArrived, Tick,
+                     WitnessAnswered)
+from .names import CHILD_NAME, SYNC_PORT
+from .nfqueue import EspHold, PacketQueues
 from .routes import RouteKeeper
 from .witness import Witness
 
@@ -84,6 +85,7 @@ class AgentDaemon:
         os.set_blocking(self.wake_w, False)
         self.gateways = {config.index_of(n): a for n, a in config.members.items()}
         self.routes = RouteKeeper(self.gateways, config.sync_interface, self.errors, self.log)
+        self.esp_hold = EspHold(self.errors, self.log)
         self.charon = Charon(config.vici_socket, self.post, self.errors, self.log)
         self.stopping = False
         self.sync_sock = self.raw_sock = self.witness = None
@@ -93,7 +95,10 @@ class AgentDaemon:
         self.published_at = 0.0
 
     def log(self, text: str) -> None:
-        print(text, flush=True)
+        # Stamped like charon's log lines (time_add_ms), so the two read side by side.
+        now = time.time()
+        print(f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now % 1 * 1000):03d} "
+              f"{text}", flush=True)
 
     # ---- events in ------------------------------------------------------------------------
     def post(self, item) -> None:
@@ -159,6 +164,9 @@ class AgentDaemon:
         if kind == "reset-latency":
             self.agent.latencies_us.clear()
             return {"ok": True}
+        if kind in ("drain", "undrain"):
+            self.feed(DrainAsked(kind == "drain"))
+            return self.agent.membership_view(now)
         return self.agent.status_view(now)
 
     # ---- actions out ----------------------------------------------------------------------
@@ -183,8 +191,14 @@ class AgentDaemon:
                 self.witness.ping(action.seq)
             elif kind is SteerRoutes:
                 self.routes.want(action.routes)
+            elif kind is HoldEsp:
+                self.esp_hold.want(action.addresses)
             elif kind is EndStaleSas:
                 self.charon.end_stale_sas(action.keep, action.attempt)
+            elif kind is Initiate:
+                self.charon.initiate(action.connection, CHILD_NAME)
+            elif kind is EndSa:
+                self.charon.end_sa(action.ispi)
             elif kind is Log:
                 self.log(action.text)
 
@@ -246,6 +260,7 @@ class AgentDaemon:
         self.open_sockets()
         queues = PacketQueues(self.config.external_interface, self.on_packet)
         queues.install()
+        self.esp_hold.start()
         if self.config.peers:
             self.install_steering()
             self.routes.flush()  # a predecessor killed on this member left its routes
@@ -278,6 +293,24 @@ class AgentDaemon:
             self.routes.stop()
 
 
+REALTIME_PRIORITY = 10  # SCHED_RR, low among real-time tasks: above every ordinary process
+
+
+def run_ahead_of_the_data_plane() -> str:
+    """Put this process (and the threads it starts later) under SCHED_RR, so that bulk
+    traffic through charon and the switch cannot starve the heartbeats: a member late by
+    `dead_after` is counted dead, and its tunnels are taken over (Check Point's CCP runs in the
+    kernel for the same reason). The kernel's real-time throttling still leaves 5 % of every
+    second to the rest. Commands it forks (`ip`, `nft`) run as ordinary processes. Returns
+    what it got, for the log."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK,
+                              os.sched_param(REALTIME_PRIORITY))
+        return f"SCHED_RR {REALTIME_PRIORITY}"
+    except (OSError, AttributeError) as exc:
+        return f"ordinary scheduling ({exc})"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="ikelab forwarding agent for one member")
     parser.add_argument("--config", required=True)
@@ -290,7 +323,10 @@ def main(argv=None) -> int:
     except (OSError, ValueError, TypeError) as exc:
         print(f"agent: bad config {args.config}: {exc}", file=sys.stderr)
         return 2
-    AgentDaemon(config, join=args.join).run()
+    scheduling = run_ahead_of_the_data_plane()
+    daemon = AgentDaemon(config, join=args.join)
+    daemon.log(f"agent {config.member}: {scheduling}")
+    daemon.run()
     return 0
 
 

@@ -48,9 +48,19 @@ class CharonSaid:
 
 @dataclass(frozen=True, slots=True)
 class HoldingsRead:
-    """The remote prefixes of the CHILD SAs our charon has INSTALLED, read after its events."""
+    """The remote prefixes of the CHILD SAs our charon has INSTALLED, read after its events;
+    `installed`: (initiator SPI of their IKE SA, prefix) pairs."""
 
     prefixes: frozenset
+    installed: frozenset = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class DrainAsked:
+    """The lab asks this member to hand all its tunnels over and then stop serving (`drain`
+    True), or to serve again (False)."""
+
+    drain: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +119,37 @@ class SteerRoutes:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldEsp:
+    """Queue ESP from exactly these peer addresses to us (PacketQueued, inbound), and no
+    other ESP: a tunnel this member is bringing up may carry the peer's first packets before
+    our charon has installed its CHILD SA."""
+
+    addresses: frozenset
+
+
+@dataclass(frozen=True, slots=True)
 class EndStaleSas:
     """End every IKE SA our charon holds whose initiator SPI is not in `keep`, and answer
     with StaleSasEnded(attempt, ...)."""
 
     keep: frozenset
     attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Initiate:
+    """Have our charon initiate `connection` (its CHILD SA too) to `peer`, and return at once:
+    the SA's events say how it went."""
+
+    connection: str
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndSa:
+    """Have our charon end the IKE SA with this initiator SPI, telling the peer (DELETE)."""
+
+    ispi: bytes
 
 
 @dataclass(frozen=True, slots=True)

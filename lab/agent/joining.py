@@ -69,8 +69,8 @@ class JoiningRole:
         """A joining member wants the whole table: send it, then how many entries it was."""
         if not self.serving:
             return
-        entries = [(e.key, self.config.index_of(e.owner), e.state, e.rspi, e.peer,
-                    self.now - e.created) for e in self.table.entries.values()]
+        entries = [(e.key, self.config.index_of(e.owner), e.state, e.rspi, e.peer, e.port,
+                    e.nat, self.now - e.created) for e in self.table.entries.values()]
         for start in range(0, len(entries), sync.ENTRIES_PER_SNAPSHOT):
             chunk = entries[start:start + sync.ENTRIES_PER_SNAPSHOT]
             self.send(msg.sender, sync.Message(sync.SNAPSHOT, self.me, tag=msg.tag,
@@ -92,11 +92,11 @@ class JoiningRole:
             self.snapshot = None  # a chunk was lost: ask again on the next tick
             return
         self.table.clear()
-        for ispi, msgid, requester, owner, state, rspi, peer, age in snapshot.entries:
+        for ispi, msgid, requester, owner, state, rspi, peer, port, nat, age in snapshot.entries:
             # The pivot may not have counted a member dead that we already dropped.
             if owner in self.indexes and not self.departed_owner(owner):
                 self.table.restore(Key(ispi, msgid, requester), self.config.name_of(owner),
-                                   state, rspi, peer, age, self.now)
+                                   state, rspi, peer, age, self.now, port, nat)
         # What changed while the snapshot was on its way, applied again on top of it.
         self.snapshot = None
         self.replaying = True

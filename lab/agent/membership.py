@@ -10,6 +10,9 @@ States of a member:
   (the reference's full sync). It keeps up with live updates, directs nothing, and the hashing
   switches give it no traffic.
 - SERVING: it takes traffic, claims, directs keys and forwards.
+- DRAINING: it serves, but hands its tunnels over to the others (make-before-break, see
+  `handover`) and takes none in a rebalance; once it holds none it is DRAINED: live, up to
+  date, and without traffic, until it is asked to serve again.
 - ISOLATED: it cannot reach the sync network's witness (the sync switch's own address), so it
   cannot tell a dead cluster from its own cut cable. It stops claiming, directing and handling
   IKE altogether and tells the switches, through its state, to stop sending it traffic (what it
@@ -29,7 +32,8 @@ on, any member that might direct a key waits for its acknowledgement, and it wai
 so two directors can never both grant one key during a change of membership.
 
 A member whose own loop stalled (CPU starvation) does not judge others on that round: a gap in
-its own clock is not evidence that anyone else died.
+its own clock is not evidence that anyone else died. And any message from a live member, not
+only its heartbeat, shows it alive: a heartbeat can queue behind a flood's table traffic.
 
 Pure logic: time is passed in, nothing here touches a socket.
 """
@@ -37,8 +41,10 @@ Pure logic: time is passed in, nothing here touches a socket.
 from dataclasses import dataclass, field
 
 JOINING, SERVING, ISOLATED = "joining", "serving", "isolated"
-STATES = (JOINING, SERVING, ISOLATED)
-STATE_CODES = {JOINING: 0, SERVING: 1, ISOLATED: 2}
+DRAINING, DRAINED = "draining", "drained"
+STATES = (JOINING, SERVING, ISOLATED, DRAINING, DRAINED)
+STATE_CODES = {state: code for code, state in enumerate(STATES)}
+SERVING_STATES = (SERVING, DRAINING)  # the members that take traffic and direct keys
 
 
 @dataclass
@@ -86,6 +92,14 @@ class Membership:
         if member in self.members and member != self.me:
             self.heard[member] = Heard(now, state, frozenset(live))
 
+    def on_message(self, member: str, now: float) -> None:
+        """Any authenticated message from a live member shows it alive: under load its
+        heartbeat may sit in a queue behind the table's traffic. It keeps a member live; it
+        never brings back one counted dead (that takes a heartbeat, with its state)."""
+        heard = self.heard.get(member)
+        if heard is not None and member in self.live_set and now > heard.at:
+            heard.at = now
+
     def on_witness(self, now: float) -> None:
         self.witness_at = now
 
@@ -101,17 +115,20 @@ class Membership:
         """`member` was heard within `dead_after` at the last update (no copy: per packet)."""
         return member in self.live_set
 
+    def state_of(self, member: str) -> str | None:
+        """A live member's state (its last heartbeat, or this member's own); None if dead."""
+        if member == self.me:
+            return self.state
+        return self.heard[member].state if member in self.live_set else None
+
     def serving(self) -> list:
-        """Live members in SERVING state (their last heartbeat, or this member's own state),
-        in index order: the directors."""
-        result = []
-        for member in self.members:
-            if member == self.me:
-                if self.state == SERVING:
-                    result.append(member)
-            elif member in self.live_set and self.heard[member].state == SERVING:
-                result.append(member)
-        return result
+        """Live members that serve (draining ones too), in index order: the directors."""
+        return [m for m in self.members if self.state_of(m) in SERVING_STATES]
+
+    def receivers(self) -> list:
+        """Live members that serve and are not draining, in index order: those a tunnel may
+        move to."""
+        return [m for m in self.members if self.state_of(m) == SERVING]
 
     def pivot(self) -> str | None:
         """The lowest-indexed serving member: it answers joiners' snapshot requests."""
@@ -139,7 +156,8 @@ class Membership:
         before = set(self.live_set)
         if self.state == ISOLATED or not self.connected(now):
             # Cut off: nobody is judged dead from here, and nobody else's keys taken.
-            if self.state == SERVING or (self.state == JOINING and not self.connected(now)):
+            if self.state in (SERVING, DRAINING, DRAINED) or (
+                    self.state == JOINING and not self.connected(now)):
                 changes.state = self.state = ISOLATED
             if self.state == ISOLATED and self.connected(now):
                 changes.state = self.state = JOINING

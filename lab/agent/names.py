@@ -13,12 +13,24 @@ from pathlib import Path
 SYNC_PORT = 4600  # UDP, on the sync network: every message between agents
 CLUSTER_CONNECTION = "cluster"  # a peer's one connection to the cluster
 CHILD_NAME = "lan"  # the CHILD SA of every connection
+# A member has one connection per peer, named after it, and (lab.agent.handover) another that
+# initiates without INITIAL_CONTACT, for a make-before-break handover; for a peer behind a
+# NAT, a variant of each that starts on UDP 4500, the NAT's mapping.
+HANDOVER_SUFFIX, NATT_SUFFIX = "-mbb", "-natt"
 
 # ESP (steering): member i allocates its inbound SPIs from 0x(c0+i)000000-0x(c0+i)ffffff, so
 # the SPI's top byte names the member that holds the SA's keys.
 ESP_LABEL_BASE = 0xC0
 # IKE (--ownership table+label): member i stamps i into the top byte of every IKE SPI it makes.
 IKE_SPI_LABEL_MASK = 0xFF << 56
+
+
+def handover_connection(peer: str) -> str:
+    return peer + HANDOVER_SUFFIX
+
+
+def natt_connection(connection: str) -> str:
+    return connection + NATT_SUFFIX
 
 
 def member_name(index: int) -> str:

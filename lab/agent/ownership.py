@@ -59,6 +59,8 @@ class Entry:
     expires: float | None
     rspi: bytes | None = None
     peer: str | None = None  # the peer's address, as the cluster sees it
+    port: int = 0  # the peer's UDP port (its NAT's, behind one)
+    nat: bool = False  # the peer is behind a NAT
 
 
 def director_for(ispi: bytes, members: list[str]) -> str:
@@ -160,9 +162,34 @@ class OwnershipTable:
         if not self.record(ike_sa_key(new_ispi), old.owner, ESTABLISHED, now, old.peer):
             return None
         new = self.entries[ike_sa_key(new_ispi)]
-        new.rspi = new_rspi
+        new.rspi, new.port, new.nat = new_rspi, old.port, old.nat
         self._set_state(old, REKEYED, now)
         return new
+
+    def locate(self, ispi: bytes, port: int, nat: bool) -> None:
+        """Where the IKE SA's peer is: the port it talks from, and whether through a NAT (a
+        member taking the tunnel over must reach the peer there)."""
+        entry = self._ike_sa(ispi)
+        if entry is not None and port:
+            entry.port, entry.nat = port, nat
+
+    def established(self, owner: str | None = None) -> list[Entry]:
+        """The established IKE SAs' entries (of `owner` only, given one), oldest first."""
+        return sorted((e for e in self.entries.values() if e.state == ESTABLISHED
+                       and e.key.is_ike_sa and (owner is None or e.owner == owner)),
+                      key=lambda e: e.created)
+
+    def superseded(self, owner: str) -> list[tuple[Entry, Entry]]:
+        """(old, new) for each of `owner`'s established IKE SAs whose peer has a newer one with
+        another member (the newest of those): the tunnel moved, the old SA is left to end."""
+        result = []
+        for entry in self.established(owner):
+            keys = self._established_by_peer.get(entry.peer, {}) if entry.peer else {}
+            newer = [self.entries[k] for k in keys if self.entries[k].owner != owner
+                     and self.entries[k].created > entry.created]
+            if newer:
+                result.append((entry, max(newer, key=lambda e: e.created)))
+        return result
 
     def delete(self, ispi: bytes) -> int:
         """Remove every entry of the IKE SA with this initiator SPI; how many went."""
@@ -198,11 +225,11 @@ class OwnershipTable:
             self.forget(key)
 
     def restore(self, key: Key, owner: str, state: str, rspi: bytes | None, peer: str | None,
-                age: float, now: float) -> None:
+                age: float, now: float, port: int = 0, nat: bool = False) -> None:
         """Take one entry from a serving member's snapshot, ages and all (no cap: the sender's
         table fit under the same cap)."""
         self.forget(key)
-        self._add(Entry(key, owner, state, now - age, None, rspi, peer), now)
+        self._add(Entry(key, owner, state, now - age, None, rspi, peer, port, nat), now)
 
     def expire(self, now: float) -> list[Entry]:
         """Remove and return the entries whose time is up: half-open ones past `expiry`,

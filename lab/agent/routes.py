@@ -12,6 +12,9 @@ import traceback
 from . import steering
 
 PROTO = "static"  # the routes the agent owns, told apart from the member's own
+# The steering routes' own table, looked up just before kernel-libipsec's table 220: a member
+# letting a tunnel go steers its LAN to the new holder while its own SA (and route) still live.
+TABLE = RULE_PRIORITY = 210
 
 
 class RouteKeeper(threading.Thread):
@@ -38,6 +41,11 @@ class RouteKeeper(threading.Thread):
             return dict(self.applied)
 
     def run(self) -> None:
+        rules = subprocess.run(["ip", "rule", "show", "priority", str(RULE_PRIORITY)],
+                               capture_output=True, text=True).stdout
+        if not rules.strip():
+            subprocess.run(["ip", "rule", "add", "priority", str(RULE_PRIORITY), "lookup",
+                            str(TABLE)], capture_output=True)
         while True:
             with self.changed:
                 while self.desired is None and not self.stopping:
@@ -55,12 +63,13 @@ class RouteKeeper(threading.Thread):
         current = self.kernel_routes()
         replace, delete = steering.route_changes(current, desired)
         for prefix in delete:
-            subprocess.run(["ip", "route", "del", prefix, "proto", PROTO], capture_output=True)
+            subprocess.run(["ip", "route", "del", prefix, "proto", PROTO, "table",
+                            str(TABLE)], capture_output=True)
             current.pop(prefix)
         for prefix, member in replace.items():
             done = subprocess.run(["ip", "route", "replace", prefix, "via",
                                    self.gateways[member], "dev", self.interface, "proto",
-                                   PROTO], capture_output=True).returncode == 0
+                                   PROTO, "table", str(TABLE)], capture_output=True).returncode == 0
             if done:
                 current[prefix] = member
         with self.changed:
@@ -69,7 +78,8 @@ class RouteKeeper(threading.Thread):
     def kernel_routes(self) -> dict[str, int]:
         """prefix -> member, for the steering routes the kernel has now."""
         members = {address: index for index, address in self.gateways.items()}
-        out = subprocess.run(["ip", "-j", "route", "show", "proto", PROTO],
+        out = subprocess.run(["ip", "-j", "route", "show", "proto", PROTO, "table",
+                              str(TABLE)],
                              capture_output=True, text=True).stdout
         try:
             routes = json.loads(out or "[]")

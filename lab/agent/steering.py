@@ -11,11 +11,12 @@ Python; the agent only writes the rules:
   over the sync network; the holder receives a packet for the virtual IP, its charon decrypts
   it and writes it to ipsec0. These rules are static: the SPI says who holds the SA.
 - Cleartext from the cluster's LAN towards a peer's protected network. kernel-libipsec routes
-  the holder's traffic selectors to ipsec0 in routing table 220, which precedes the main
-  table. Every other member gets a main-table route for those prefixes via the holder's sync
-  address, learned from the holder's CHILD SA events: the kernel forwards the packet to the
-  holder, which encrypts it. A rekey keeps the holder, so the route does not move; the holder
-  re-advertises its prefixes every few seconds, so a lost message heals.
+  the holder's traffic selectors to ipsec0 in routing table 220. Every other member gets a
+  route for those prefixes via the holder's sync address in table 210 (looked up just before
+  220), learned from the holder's CHILD SA events: the kernel forwards the packet to the
+  holder, which encrypts it. A holder letting a tunnel go (a handover) steers its LAN to the
+  new holder the same way, before its own SA ends. A rekey keeps the holder, so the route does
+  not move; the holder re-advertises its prefixes every few seconds, so a lost message heals.
 
 Counters on the nftables rules show how much was steered (the CLI's `steering`).
 This module is pure: it writes nftables scripts and plans route changes; `daemon` and

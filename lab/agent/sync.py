@@ -5,21 +5,23 @@ Every message is `header | body | payload | MAC`:
     header  magic "IKLB", version 1, type, sender (member index), pad, sequence number (64 bit)
     body    initiator SPI (8), Message ID (4), requester (1), owner (member index, 0 = none),
             state (1), tag (4, matches answers to requests), responder SPI (8), the peer's
-            IPv4 address (4, zero when unknown)
+            IPv4 address (4, zero when unknown), its UDP port (2) and flags (1: bit 0, the
+            peer is behind a NAT): where a survivor finds the peer to take its tunnel over
     payload FORWARD: arrival time (ns, 8) + the original IP packet; REKEY: the old initiator SPI;
             ROUTES: the prefixes the sender holds outbound CHILD SAs for, comma-separated;
             HEARTBEAT: the sender's membership state and the members it hears (bitmap);
             SNAPSHOT: table entries (ENTRY each); SNAPSHOT_END: how many entries were sent
     MAC     HMAC-SHA256 over everything before it, under the cluster key
 
-Types: CLAIM (member -> director; `owner` is the claimant when it must own the key because its
-own charon sent the packet, 0 when the director may give it to the peer's existing owner), GRANT (director -> claimant, after every ACK), ANNOUNCE
-(director -> all) and ACK, LOOKUP / ANSWER (owner unknown here), FORWARD (an IKE packet for its
-owner), ESTABLISHED / REKEY / DELETE (the owner, from charon's events, to all), ROUTES (a member's
-outbound CHILD SA prefixes, for the data plane's steering routes), HEARTBEAT (every member to
-all, `membership`), SNAPSHOT_REQUEST / SNAPSHOT / SNAPSHOT_END (a joining member fetches the
-whole table; `tag` ties the answers to the request). ACK carries the key and the acker's owner
-for it, so a director learns of a conflicting announcement before it grants.
+Types: CLAIM (member -> director; `owner` is the claimant when it must own the key because its own
+charon sent the packet, 0 when the director may give it to the peer's existing owner), GRANT
+(director -> claimant, after every ACK), ANNOUNCE (director -> all) and ACK, LOOKUP / ANSWER (owner
+unknown here), FORWARD (an IKE packet for its owner), ESTABLISHED / REKEY / DELETE (the owner, from
+charon's events, to all), ROUTES (a member's outbound CHILD SA prefixes, for the data plane's
+steering routes), HEARTBEAT (every member to all, `membership`), SNAPSHOT_REQUEST / SNAPSHOT /
+SNAPSHOT_END (a joining member fetches the whole table; `tag` ties the answers to the request). ACK
+carries the key and the acker's owner for it, so a director learns of a conflicting announcement
+before it grants.
 
 A receiver drops (and counts) a message that is short, foreign, forged, or replayed. Replay is
 judged per sender with a 64-message sliding window over sequence numbers (as RFC 4303 3.4.3
@@ -34,9 +36,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 MAGIC = b"IKLB"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct("!4sBBBxQ")
-BODY = struct.Struct("!8sIcBBI8s4s")
+BODY = struct.Struct("!8sIcBBI8s4sHB")
+NAT_FLAG = 0x01
 MAC_LEN = 32
 MIN_LEN = HEADER.size + BODY.size + MAC_LEN
 WINDOW = 64
@@ -49,8 +52,9 @@ TYPE_NAMES = {CLAIM: "claim", GRANT: "grant", ANNOUNCE: "announce", ACK: "ack",
               HEARTBEAT: "heartbeat", SNAPSHOT_REQUEST: "snapshot-request",
               SNAPSHOT: "snapshot", SNAPSHOT_END: "snapshot-end"}
 # One table entry in a SNAPSHOT: initiator SPI, Message ID, requester, owner, state,
-# responder SPI (zero when unknown), the peer's IPv4 (zero when unknown), age in milliseconds.
-ENTRY = struct.Struct("!8sIcBB8s4sI")
+# responder SPI (zero when unknown), the peer's IPv4 (zero when unknown), its port and flags
+# (as in the body), age in milliseconds.
+ENTRY = struct.Struct("!8sIcBB8s4sHBI")
 ENTRIES_PER_SNAPSHOT = 40  # 1.2 KB: one unfragmented datagram
 HEARTBEAT_BODY = struct.Struct("!BI")  # sender's membership state code, bitmap of live members
 STATE_CODES = {"": 0, "negotiating": 1, "established": 2, "rekeyed": 3}
@@ -78,6 +82,8 @@ class Message:
     tag: int = 0
     rspi: bytes = b"\0" * 8
     peer: str | None = None
+    port: int = 0  # the peer's UDP port (0 when unknown)
+    nat: bool = False  # the peer is behind a NAT
     payload: bytes = b""
 
     @property
@@ -100,7 +106,8 @@ class Codec:
         data = (HEADER.pack(MAGIC, VERSION, msg.type, self.me, seq)
                 + BODY.pack(msg.ispi, msg.msgid, msg.requester.encode(), msg.owner,
                             STATE_CODES[msg.state], msg.tag, msg.rspi,
-                            IPv4Address(msg.peer).packed if msg.peer else b"\0" * 4)
+                            IPv4Address(msg.peer).packed if msg.peer else b"\0" * 4,
+                            msg.port, NAT_FLAG if msg.nat else 0)
                 + msg.payload)
         return data + hmac.new(self.key, data, hashlib.sha256).digest()
 
@@ -116,16 +123,16 @@ class Codec:
             raise SyncError("mac")
         if mtype not in TYPE_NAMES:
             raise SyncError("type")
-        ispi, msgid, requester, owner, state, tag, rspi, peer = BODY.unpack_from(data,
-                                                                                HEADER.size)
+        (ispi, msgid, requester, owner, state, tag, rspi, peer, port,
+         flags) = BODY.unpack_from(data, HEADER.size)
         if state not in STATE_NAMES or requester not in (b"i", b"r", b"-"):
             raise SyncError("type")
         if not self._fresh(sender, seq):
             raise SyncError("replay")
         return Message(mtype, sender, seq, ispi, msgid, requester.decode(), owner,
                        STATE_NAMES[state], tag, rspi,
-                       str(IPv4Address(peer)) if peer != b"\0" * 4 else None,
-                       body[HEADER.size + BODY.size:])
+                       str(IPv4Address(peer)) if peer != b"\0" * 4 else None, port,
+                       bool(flags & NAT_FLAG), body[HEADER.size + BODY.size:])
 
     def _fresh(self, sender: int, seq: int) -> bool:
         """Anti-replay: accept each sequence number once, within WINDOW of the highest seen."""
@@ -143,29 +150,32 @@ class Codec:
 
 
 def encode_entries(entries) -> bytes:
-    """SNAPSHOT payload for (Key-like, owner index, state, rspi, peer, age s) tuples."""
+    """SNAPSHOT payload for (Key-like, owner index, state, rspi, peer, port, nat, age s)
+    tuples."""
     out = bytearray()
-    for key, owner, state, rspi, peer, age in entries:
+    for key, owner, state, rspi, peer, port, nat, age in entries:
         out += ENTRY.pack(key.ispi, key.msgid, key.requester.encode(), owner,
                           STATE_CODES[state], rspi or b"\0" * 8,
-                          IPv4Address(peer).packed if peer else b"\0" * 4,
-                          min(int(age * 1000), 0xFFFFFFFF))
+                          IPv4Address(peer).packed if peer else b"\0" * 4, port,
+                          NAT_FLAG if nat else 0, min(int(age * 1000), 0xFFFFFFFF))
     return bytes(out)
 
 
 def decode_entries(payload: bytes) -> list[tuple]:
-    """(ispi, msgid, requester, owner index, state, rspi or None, peer or None, age s) tuples;
-    raises SyncError('malformed') for a payload that is not whole entries."""
+    """(ispi, msgid, requester, owner index, state, rspi or None, peer or None, port, nat,
+    age s) tuples; raises SyncError('malformed') for a payload that is not whole entries."""
     if len(payload) % ENTRY.size:
         raise SyncError("malformed")
     result = []
     for offset in range(0, len(payload), ENTRY.size):
-        ispi, msgid, requester, owner, state, rspi, peer, age = ENTRY.unpack_from(payload, offset)
+        (ispi, msgid, requester, owner, state, rspi, peer, port, flags,
+         age) = ENTRY.unpack_from(payload, offset)
         if state not in STATE_NAMES or requester not in (b"i", b"r", b"-") or not owner:
             raise SyncError("malformed")
         result.append((ispi, msgid, requester.decode(), owner, STATE_NAMES[state],
                        rspi if rspi != b"\0" * 8 else None,
-                       str(IPv4Address(peer)) if peer != b"\0" * 4 else None, age / 1000))
+                       str(IPv4Address(peer)) if peer != b"\0" * 4 else None, port,
+                       bool(flags & NAT_FLAG), age / 1000))
     return result
 
 

@@ -1,0 +1,250 @@
+"""Moving tunnels between members: taking a dead member's over at once, and handing tunnels
+over make-before-break when a member drains or the load is uneven.
+
+Takeover. A member's IKE and CHILD SAs die with its charon, and its peers would notice only
+when their DPD gives up, seconds later. Instead, as soon as the survivors count it dead (or
+cut off), one survivor per tunnel initiates that tunnel to the peer: rendezvous hashing of the
+peer's name over the members that take tunnels picks it, so every survivor agrees without a
+word and the orphans spread over them. Its IKE_AUTH carries INITIAL_CONTACT (RFC 7296 2.4;
+IKEv1: RFC 2407 4.6.3.3), so the peer drops the dead member's SAs and keeps the new one. A
+peer behind a NAT is reached through the NAT's mapping, on the port it was last seen at: the
+lab renders a connection `<peer>-natt` from the virtual IP's UDP 4500 to the NAT's 4500, the
+very mapping the NAT keeps for the peer's tunnel (a port-preserving NAT maps its 4500 to
+4500). A NAT that maps it to another port cannot be reached before the peer speaks, since a
+connection cannot be pointed at an arbitrary port when it is initiated: that tunnel is left to
+the peer's DPD, and the log says so.
+
+Handover (make-before-break). The member that is to hold a tunnel initiates a second IKE SA
+with the peer while the first still carries traffic, without INITIAL_CONTACT (connection
+`<peer>-mbb`, `unique = never`), so the peer keeps both. When the new SA is up its ESTABLISHED
+reaches every member and the steering routes follow the new holder; after a grace period the
+old holder releases the tunnel in two steps, so that no packet meets a member without a way to
+the peer: first it stops offering the peer's LAN (its own steering route to the new holder
+overrides charon's, and the others hear it no longer holds it), and a moment later it ends
+its SA with a DELETE (`superseded`). Which tunnels move is `balance`: all of a
+draining member's, and then from the most loaded member to the least until their counts
+differ by at most one (off with --no-rebalance). Every member computes the same plan from the
+same table; each initiates only the moves that come to it.
+
+The peer's first ESP. The peer answers our IKE_AUTH, installs its CHILD SA and may send on it
+at once, while our charon installs its own only when the answer reaches it, some milliseconds
+later: a packet in that gap would meet no SA. So while a tunnel comes up here the member
+queues that peer's ESP to the agent (`HoldEsp`) and holds it until charon's CHILD SA is
+installed (`release_installed`), at most ESP_HOLD_LIMIT seconds.
+
+`HandoverRole` is one role of `core.Agent`; it owns `moving` (initiations under way), `ending`
+(old SAs asked to end), `releasing` (old SAs whose LAN is steered away), the held ESP and the
+balance timer.
+"""
+
+import hashlib
+
+from .events import Accept, EndSa, HoldEsp, Initiate
+from .ike import NATT_PORT
+from .membership import DRAINED, DRAINING, SERVING
+from .names import handover_connection, natt_connection
+
+TAKEOVER_TIMEOUT = 10.0  # an initiation not up by then may be tried again
+HANDOVER_GRACE = 1.0  # the old holder lets go this long after the new SA is up
+ROUTES_SETTLE = 0.3  # between steering the peer's LAN away and ending the old SA
+ESP_HOLD_LIMIT = 2.0  # the longest a peer's ESP waits for our CHILD SA
+ESP_HELD_PER_PEER = 64  # beyond this, ESP passes at once (and may meet no SA)
+BALANCE_INTERVAL = 1.0
+
+
+def takeover_initiator(peer: str, receivers: list[str]) -> str | None:
+    """The member that takes `peer`'s orphaned tunnel over: highest random weight of
+    (member, peer) over the members that take tunnels."""
+    if not receivers:
+        return None
+    return max(receivers, key=lambda m: hashlib.sha256(f"{m}/{peer}".encode()).digest())
+
+
+def balance(holdings: dict[str, list[str]], receivers: list[str],
+            draining: list[str], even_out: bool = True) -> list[tuple[str, str, str]]:
+    """(peer, from, to) moves that leave the draining members without a tunnel and, with
+    `even_out`, the receivers' counts differing by at most one. `holdings`: member -> the
+    peers whose tunnels it holds. Deterministic: the least loaded receiver (lowest in order on
+    a tie) takes the last peer (by name) of the most loaded member."""
+    if not receivers:
+        return []
+    order = {m: n for n, m in enumerate(receivers)}
+    load = {m: sorted(holdings.get(m, [])) for m in receivers}
+    moves = []
+
+    def least() -> str:
+        return min(receivers, key=lambda m: (len(load[m]), order[m]))
+    for member in draining:
+        for peer in sorted(holdings.get(member, [])):
+            to = least()
+            moves.append((peer, member, to))
+            load[to].append(peer)
+    while even_out:
+        most = max(receivers, key=lambda m: (len(load[m]), -order[m]))
+        to = least()
+        if len(load[most]) - len(load[to]) <= 1:
+            break
+        peer = load[most].pop()
+        moves.append((peer, most, to))
+        load[to].append(peer)
+    return moves
+
+
+class HandoverRole:
+    def __init__(self):
+        self.moving: dict[str, float] = {}  # peer -> until when our initiation may be pending
+        self.ending: set[bytes] = set()  # initiator SPIs of our SAs we asked charon to end
+        self.releasing: dict[bytes, str] = {}  # initiator SPI of our old SA -> its peer's LAN
+        self.esp_until: dict[str, float] = {}  # peer -> until when its ESP is held here
+        self.esp_held: dict[str, list] = {}  # peer -> refs of its held ESP packets
+        self.new_sas: dict[str, bytes] = {}  # peer -> our SA that came up for it (initiator SPI)
+        self.installed: frozenset = frozenset()  # (initiator SPI, prefix) of our CHILD SAs
+        self.next_balance = 0.0
+        self.peer_names = {address: name for name, (address, _lan) in self.config.peers.items()}
+
+    def connection_for(self, peer: str, port: int, handover: bool) -> str | None:
+        """The connection that reaches `peer` where it was last seen (None: it cannot be
+        reached before it speaks: behind a NAT that maps it to a port other than 4500).
+        Whether a peer sits behind a NAT is the lab's word (`natt_peers`): charon's own flag
+        cannot tell, since kernel-libipsec fakes a NAT to get UDP encapsulation."""
+        name = handover_connection(peer) if handover else peer
+        if peer not in self.config.natt_peers:
+            return name
+        return natt_connection(name) if port == NATT_PORT else None
+
+    def initiate(self, peer: str, entry, handover: bool) -> None:
+        connection = self.connection_for(peer, entry.port, handover)
+        if connection is None:
+            self.log(f"{peer} is behind a NAT that maps it to port {entry.port}: its tunnel "
+                     "is left to its DPD")
+            return
+        self.moving[peer] = self.now + TAKEOVER_TIMEOUT
+        self.counters["handovers" if handover else "takeovers"] += 1
+        self.esp_until[peer] = self.now + ESP_HOLD_LIMIT
+        self.emit(HoldEsp(self._esp_held_from()))
+        self.emit(Initiate(connection, peer))
+
+    def _esp_held_from(self) -> frozenset:
+        return frozenset(self.config.peers[p][0] for p in self.esp_until)
+
+    def hold_esp(self, source: str, ref) -> bool:
+        """Keep this ESP packet from `source` until our CHILD SA with it is installed; False:
+        not held (no tunnel of that peer is coming up here, or too many are held)."""
+        peer = self.peer_names.get(source)
+        if peer not in self.esp_until:
+            return False
+        held = self.esp_held.setdefault(peer, [])
+        if len(held) >= ESP_HELD_PER_PEER:
+            self.counters["esp_held_full"] += 1
+            return False
+        held.append(ref)
+        self.counters["esp_held"] += 1
+        return True
+
+    def arrived(self, peer: str | None, ispi: bytes) -> None:
+        """Our IKE SA with `peer` is up: if we initiated it, the takeover or handover is
+        done, and its CHILD SA is about to be installed."""
+        if peer is not None and self.moving.pop(peer, None) is not None:
+            self.new_sas[peer] = ispi
+            self.release_installed()
+
+    def release_installed(self, expired_only: bool = False) -> None:
+        """Let the held ESP go for each peer whose new CHILD SA our charon has installed, or
+        whose hold ran out; and end our own older SAs with that peer: after a takeover the
+        peer dropped them (INITIAL_CONTACT), and charon must not keep sending on them."""
+        done = [p for p, until in self.esp_until.items() if until <= self.now]
+        if not expired_only:
+            done += [p for p, spi in self.new_sas.items()
+                     if (spi, self.config.peers[p][1]) in self.installed and p not in done]
+        for peer in done:
+            self.esp_until.pop(peer, None)
+            for ref in self.esp_held.pop(peer, []):
+                self.emit(Accept(ref))
+            spi, (address, prefix) = self.new_sas.pop(peer, None), self.config.peers[peer]
+            if (spi, prefix) not in self.installed:
+                continue  # it never came up here: nothing of ours to replace
+            for entry in self.table.established(self.config.member):
+                if (entry.peer == address and entry.key.ispi != spi
+                        and entry.key.ispi not in self.ending):
+                    self.ending.add(entry.key.ispi)
+                    self.log(f"ending {peer}'s older SA here: the new one replaces it")
+                    self.emit(EndSa(entry.key.ispi))
+        if done:
+            self.emit(HoldEsp(self._esp_held_from()))
+
+    def take_over(self, orphans: list) -> None:
+        """A member left with these established tunnels (table entries): initiate ours."""
+        if not self.serving:
+            return
+        receivers = self.membership.receivers()
+        for entry in orphans:
+            peer = self.peer_names.get(entry.peer)
+            if (peer is not None and peer not in self.moving
+                    and takeover_initiator(peer, receivers) == self.config.member):
+                self.log(f"taking over {peer}'s tunnel from {entry.owner}")
+                self.initiate(peer, entry, handover=False)
+
+    def offered(self) -> frozenset:
+        """The LAN prefixes this member steers to itself and tells the others it holds: its
+        CHILD SAs' (`holdings`), less those of tunnels it is letting go."""
+        return self.holdings - frozenset(self.releasing.values())
+
+    def forget_released(self) -> None:
+        """Drop what is done: an old SA that is gone and whose LAN charon no longer routes
+        here (or that this member holds anew)."""
+        mine = {e.key.ispi for e in self.table.established(self.config.member)}
+        self.ending &= mine
+        newest = self.tunnels_held().get(self.config.member, [])
+        for ispi, prefix in list(self.releasing.items()):
+            peer = next((n for n, (_a, lan) in self.config.peers.items() if lan == prefix), None)
+            if ispi not in mine and (prefix not in self.holdings or peer in newest):
+                del self.releasing[ispi]
+                self.steer()
+                self.advertise()
+
+    def tunnels_held(self) -> dict[str, list[str]]:
+        """member -> the peers whose tunnels it holds (the newest SA of each peer counts)."""
+        newest = {}
+        for entry in self.table.established():
+            peer = self.peer_names.get(entry.peer)
+            if peer is not None:
+                newest[peer] = entry
+        result: dict[str, list[str]] = {}
+        for peer, entry in newest.items():
+            result.setdefault(entry.owner, []).append(peer)
+        return result
+
+    def handover_timers(self) -> None:
+        """Forget initiations that went nowhere; end our SAs that moved; say when drained;
+        and, now and then, take the moves the balance gives this member."""
+        self.moving = {p: t for p, t in self.moving.items() if t > self.now}
+        self.release_installed(expired_only=True)
+        me = self.config.member
+        for old, new in self.table.superseded(me):
+            ispi, peer = old.key.ispi, self.peer_names.get(old.peer)
+            if ispi in self.ending or peer is None or self.now < new.created + HANDOVER_GRACE:
+                continue
+            if ispi not in self.releasing:
+                self.releasing[ispi] = self.config.peers[peer][1]
+                self.steer()
+                self.advertise()
+            elif self.now >= new.created + HANDOVER_GRACE + ROUTES_SETTLE:
+                self.ending.add(ispi)
+                self.log(f"ending {peer}'s old SA: its tunnel moved to {new.owner}")
+                self.emit(EndSa(ispi))
+        self.forget_released()
+        if (self.membership.state == DRAINING and not self.table.established(me)
+                and not self.moving):
+            self.membership.state = DRAINED
+            self.log(DRAINED)
+        if self.now < self.next_balance or self.membership.state != SERVING or self.moving:
+            return
+        self.next_balance = self.now + BALANCE_INTERVAL
+        members = self.membership.members
+        draining = [m for m in members if self.membership.state_of(m) == DRAINING]
+        entries = {self.peer_names.get(e.peer): e for e in self.table.established()}
+        for peer, _from, to in balance(self.tunnels_held(), self.membership.receivers(), draining,
+                                       self.config.rebalance):
+            if to == me and peer in entries:
+                self.log(f"taking {peer}'s tunnel over from {_from} (make-before-break)")
+                self.initiate(peer, entries[peer], handover=True)
