@@ -89,8 +89,12 @@ def parser() -> Parser:
                      help="render configs from this template directory (the lab's own)")
     run.add_argument("--expiry", type=_seconds, default=30.0,
                      help="seconds before a half-open negotiation's entry expires (30)")
-    run.add_argument("--dead-after", type=_seconds, default=2.0,
-                     help="seconds of silence after which members count one dead, 0.5-30 (2)")
+    run.add_argument("--dead-after", type=_seconds, default=0.6,
+                     help="seconds of silence after which members count one dead and take its "
+                     "tunnels over, 0.3-30 (0.6)")
+    run.add_argument("--no-rebalance", dest="rebalance", action="store_false",
+                     help="do not even the tunnels out over the members after a member returns "
+                     "(drains still move tunnels, make-before-break)")
     run.add_argument("--chaos", action="store_true",
                      help="after the traffic test, fail, restore, rehash and partition members "
                      "while the LANs ping each other, and report each outage")
@@ -129,7 +133,7 @@ def cmd_run(args) -> int:
 
     spec = LabSpec(args.members, args.peers, args.hash, args.mode, args.ike, args.auth, args.nat,
                    args.agent, args.ownership, args.expiry, args.dead_after, args.chain,
-                   args.ike_fragmentation)
+                   args.ike_fragmentation, args.rebalance)
     spec.validate()
     if args.chaos and not spec.agent:
         raise UsageError("--chaos needs the agent: without it no tunnel survives a member")

@@ -22,6 +22,7 @@ from .switch import HashingSwitch, SwitchError
 from .topology import HASH_MODES, INTERNET
 
 HOW = ("daemons", "links")
+DRAIN_TIMEOUT = 30.0
 SETTLERS = 8  # charons loading their configs at once (swanctl waits on charon, not the CPU)
 
 
@@ -138,6 +139,40 @@ class ClusterNet(Mininet):
         except (DaemonConfigError, OSError) as exc:
             raise FailoverError(f"{name} did not come back: {exc}") from None
 
+    def drain(self, name: str, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Have `name` hand every tunnel over to the others, make-before-break, and stop
+        serving; return once it holds none (the switches give it no traffic then)."""
+        self._ask(name, "drain")
+        end = time.monotonic() + timeout
+        while (state := self._ask(name, "state"))["state"] != "drained":
+            if time.monotonic() > end:
+                raise FailoverError(f"{name} still holds {state.get('holds')} tunnels after "
+                                    f"{timeout:g} s of draining ({state['state']})")
+            time.sleep(READY_POLL)
+
+    def undrain(self, name: str) -> None:
+        """Have a drained (or draining) member serve again; the others even the tunnels out
+        over it unless the lab runs with --no-rebalance."""
+        self._ask(name, "undrain")
+
+    def stop_member(self, name: str) -> None:
+        """Planned maintenance: drain `name`, then stop its daemons (`restore` brings it
+        back)."""
+        member = self.member(name)
+        if member.failed:
+            raise FailoverError(f"{name} has already failed ({member.failed}); restore it first")
+        self.drain(name)
+        member.fail("stopped")
+
+    def _ask(self, name: str, request: str) -> dict:
+        member = self.member(name)
+        if member.failed or member.agent is None:
+            raise FailoverError(f"{name} has no agent to ask (failed: {member.failed})")
+        try:
+            return query(member.files.agent_socket, request, timeout=2.0)
+        except (OSError, ValueError) as exc:
+            raise FailoverError(f"{name}'s agent does not answer: {exc}") from None
+
     def partition(self, name: str) -> None:
         """Drop every frame between `name` and the sync network."""
         self._sync_port(name, cut=True)
@@ -161,6 +196,15 @@ class ClusterNet(Mininet):
             raise FailoverError(f"hash must be one of {', '.join(HASH_MODES)} (got {mode!r})")
         for name in members or []:
             self.member(name)
+        # Make before break: the members left out hand their tunnels over first; the ones
+        # coming back serve again (and take their share back).
+        for node in self.cluster_members():
+            if node.failed or node.agent is None:
+                continue
+            if members and node.name not in members:
+                self.drain(node.name)
+            elif self._ask(node.name, "state")["state"] in ("draining", "drained"):
+                self.undrain(node.name)
         try:
             for switch in self.hashing_switches():
                 switch.rehash(mode, set(members) if members else None)
@@ -173,8 +217,9 @@ class ClusterNet(Mininet):
         health checks failed unexpectedly."""
         result = {}
         for node in self.cluster_members():
-            if node.failed == "daemons":
-                result[node.name] = {"state": "failed (daemons killed)"}
+            if node.failed in ("daemons", "stopped"):
+                result[node.name] = {"state": "failed (daemons killed)" if node.failed ==
+                                     "daemons" else "stopped (daemons stopped after a drain)"}
                 continue
             try:
                 result[node.name] = query(node.files.agent_socket, "state", timeout=1.0)

@@ -135,6 +135,21 @@ class LabCLI(CLI):
         and serves (and gets switch buckets) only then; tunnels keep their owners."""
         self._act("restore MEMBER", self.mn.restore, one_member(line))
 
+    def do_drain(self, line):
+        """drain MEMBER: hand the member's tunnels over to the others, make-before-break (each
+        peer gets its new SA before the old one ends: no packet lost), then stop serving it.
+        `undrain MEMBER` (or `rehash ... ` over every member) brings it back."""
+        self._act("drain MEMBER", self.mn.drain, one_member(line))
+
+    def do_undrain(self, line):
+        """undrain MEMBER: a drained member serves again; tunnels are evened out over it."""
+        self._act("undrain MEMBER", self.mn.undrain, one_member(line))
+
+    def do_stop(self, line):
+        """stop MEMBER: planned maintenance: drain the member, then stop its daemons cleanly.
+        `restore MEMBER` starts them again."""
+        self._act("stop MEMBER", self.mn.stop_member, one_member(line))
+
     def do_partition(self, line):
         """partition MEMBER: silently drop everything between the member and the sync network.
         It stops serving once the sync witness goes quiet; the others count it dead."""

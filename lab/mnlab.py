@@ -26,11 +26,11 @@ def _flag(value) -> bool:
 
 class IkeClusterMnTopo(IkeClusterTopo):
     """`--topo ikecluster,members=3,peers=2,hash=split,mode=ls,ike=2,auth=psk,nat=1,keep=1,
-    agent=0,ownership=stateless,dead_after=2,chain=3,ike_fragmentation=0`."""
+    agent=0,ownership=stateless,dead_after=0.6,chain=3,ike_fragmentation=0,rebalance=0`."""
 
     def __init__(self, members=3, peers=2, hash="l4", mode="ls", ike="2", auth="psk", nat=False,
-                 keep=False, agent=True, ownership="table", dead_after=2.0, chain=0,
-                 ike_fragmentation=True):
+                 keep=False, agent=True, ownership="table", dead_after=0.6, chain=0,
+                 ike_fragmentation=True, rebalance=True):
         try:
             dead_after, chain = float(dead_after), int(chain)
         except ValueError:
@@ -39,7 +39,7 @@ class IkeClusterMnTopo(IkeClusterTopo):
             raise SystemExit(2) from None
         spec = LabSpec(members, peers, str(hash), str(mode), str(ike), str(auth), _flag(nat),
                        _flag(agent), str(ownership), dead_after=dead_after, chain=chain,
-                       ike_fragmentation=_flag(ike_fragmentation))
+                       ike_fragmentation=_flag(ike_fragmentation), rebalance=_flag(rebalance))
         try:
             plan, run = prepare(spec, _flag(keep), say=lambda m: info(f"*** ikelab: {m}\n"))
         except (TopologyError, LabError, NotReady) as exc:

@@ -142,10 +142,14 @@ class ClusterMember(StrongSwanNode):
 
     def fail(self, how: str = "daemons") -> None:
         """Make this member die: `daemons` kills its agent and charon outright (SIGKILL, as a
-        crash would), `links` takes all its interfaces down and leaves the daemons running."""
+        crash would), `links` takes all its interfaces down and leaves the daemons running,
+        `stopped` stops the daemons in order (planned maintenance, after a drain)."""
         if how == "daemons":
             for daemon in reversed(self.daemons):
                 daemon.kill()
+        elif how == "stopped":
+            for daemon in reversed(self.daemons):
+                daemon.stop()
         elif how == "links":
             self._set_links("down")
         else:
@@ -155,7 +159,7 @@ class ClusterMember(StrongSwanNode):
     def restore(self) -> None:
         """Undo `fail()`: start the daemons again (the agent joins, fetching the table first)
         or bring the links back up (the agent notices and rejoins by itself)."""
-        if self.failed == "daemons":
+        if self.failed in ("daemons", "stopped"):
             self.start_daemons()
         elif self.failed == "links":
             self._set_links("up")

@@ -33,3 +33,26 @@ def longest_outage(times: list[float], start: float, end: float,
         points.append(end)  # still no answer when the window closed
     gaps = [b - a for a, b in zip(points, points[1:])]
     return round(max([g - interval for g in gaps] + [0.0]), 3)
+
+
+_SEQ = re.compile(r"^\[(\d+(?:\.\d+)?)\] (?:(\d+) bytes from .*|no answer yet for )"
+                  r"icmp_seq=(\d+)")
+
+
+def lost(text: str, start: float, end: float) -> int:
+    """Echo requests of Unix times [start, end] that got no reply at all: `ping -O` says "no
+    answer yet" for each overdue one (a late reply still counts as a reply)."""
+    replied, first_seen = set(), {}
+    for line in text.splitlines():
+        match = _SEQ.match(line.strip())
+        if match:
+            seq = int(match.group(3))
+            first_seen.setdefault(seq, float(match.group(1)))
+            if match.group(2):
+                replied.add(seq)
+    return sum(1 for seq, at in first_seen.items() if start <= at <= end and seq not in replied)
+
+
+def duplicates(text: str) -> int:
+    """Echo replies that came twice (ping marks them `(DUP!)`): two members answering."""
+    return sum(1 for line in text.splitlines() if "(DUP!)" in line)

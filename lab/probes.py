@@ -8,13 +8,14 @@ ping itself wrote; none sleeps and hopes. `ikelab run --chaos` and the scenarios
 "holds" mean one thing everywhere.
 """
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import daemons, strongswan
 from .agent.control import query
-from .outage import longest_outage, reply_times
+from .outage import duplicates, longest_outage, lost, reply_times
 from .report import holder_states
 
 RECOVERY_TIMEOUT = 45.0
@@ -50,6 +51,14 @@ class Pinger:
         """The longest stretch without a reply overlapping Unix times [start, end]
         (`lab.outage`)."""
         return longest_outage(self.replies(), start, end)
+
+    def lost(self, start: float, end: float) -> int:
+        """Echo requests sent in Unix times [start, end] never answered."""
+        return lost(self.path.read_text(errors="replace"), start, end)
+
+    def duplicates(self) -> int:
+        """Echo replies that came twice."""
+        return duplicates(self.path.read_text(errors="replace"))
 
 
 def ask_agent(lab, member: str, request: str = "status", timeout: float = 5.0) -> dict:
@@ -179,3 +188,37 @@ def _forgotten(lab, dead: str, survivors) -> bool:
         return forgotten_by(lab, dead, survivors)
     except (OSError, ValueError):
         return False  # a survivor that does not answer has not said it forgot
+
+
+def under_load(lab, seconds: float, flood_rate: int = 1000) -> dict:
+    """A hard time for the cluster: for `seconds`, four iperf3 transfers (4 streams each, two
+    each way) between the first two peers' LANs and the cluster's LAN host, and an unspoofed
+    IKEv2 IKE_SA_INIT flood of `flood_rate` packets/s from p1. Returns the bytes each transfer
+    delivered (`received`) and each agent's counters afterwards (`counters`)."""
+    hc, target = lab.node("hc"), str(lab.plan.lan_host.interfaces[0].address.ip)
+    hosts = [f"h{p.name[1:]}" for p in lab.plan.peers[:2]] * 2
+    ports = [5201 + n for n in range(len(hosts))]
+    servers = [hc.popen(["iperf3", "-s", "-1", "-p", str(port)]) for port in ports]
+    try:
+        deadline = time.monotonic() + 10
+        while not all(f":{port} " in hc.cmd("ss -ltnH") for port in ports):
+            if time.monotonic() > deadline:
+                raise OSError("iperf3 servers did not listen")
+            time.sleep(0.05)
+        clients = [lab.node(host).popen(["iperf3", "-J", "-c", target, "-p", str(port), "-t",
+                                         str(seconds), "-P", "4"] + (["-R"] if n % 2 else []))
+                   for n, (host, port) in enumerate(zip(sorted(hosts), ports))]
+        flood = lab.net.flood("p1", flood_rate, seconds, 2, 500)
+        flood.wait(seconds + 30)
+        received = []
+        for client in clients:
+            out = client.communicate(timeout=seconds + 60)[0]
+            try:
+                received.append(json.loads(out)["end"]["sum_received"]["bytes"])
+            except (ValueError, KeyError, TypeError):
+                received.append(0)
+    finally:
+        for server in servers:
+            daemons.end(server)
+    return {"received": received,
+            "counters": {m.name: ask_agent(lab, m.name)["counters"] for m in lab.plan.members}}

@@ -19,7 +19,7 @@ import jinja2
 
 from .agent.config import AgentConfig
 from .agent.names import (CHILD_NAME, CLUSTER_CONNECTION, IKE_SPI_LABEL_MASK, NodeFiles,
-                          esp_spi_range, ike_spi_label)
+                          esp_spi_range, handover_connection, ike_spi_label, natt_connection)
 from .topology import (CLUSTER_ID, CLUSTER_LAN, EXTERNAL_VIP, LABELLED_OWNERSHIP, SYNC_WITNESS,
                        Member, Peer, Plan)
 
@@ -33,6 +33,7 @@ def _template_dir() -> Path:
 
 
 TEMPLATE_DIR = _template_dir()
+NATT_PORT = 4500  # a NAT-T connection starts here (RFC 3948)
 
 # kernel-libipsec must come before kernel-netlink: the first IPsec backend registered wins,
 # and this kernel has XFRM netlink but no ESP transforms.
@@ -139,8 +140,11 @@ def strongswan_conf_data(files: NodeFiles, label: int | None = None,
 
 def _connection(name, version, local_addrs, remote_addrs, local_id, remote_id, local_ts,
                 remote_ts, auth, cert, dpd_action, fragmentation, dpd_delay=MEMBER_DPD_DELAY,
-                keyingtries=1):
+                keyingtries=1, remote_port=None, unique=None):
     return {"name": name, "version": version, "local_addrs": local_addrs,
+            # A NAT's mapping is from the peer's 4500 to the virtual IP's 4500: a takeover that
+            # is to pass through it must leave from 4500 too, or the NAT has no mapping for it.
+            "remote_port": remote_port, "local_port": remote_port, "unique": unique,
             "fragmentation": "yes" if fragmentation else "no",
             "remote_addrs": remote_addrs, "proposals": IKE_PROPOSALS, "dpd_delay": dpd_delay,
             "dpd_timeout": IKEV1_DPD_TIMEOUT, "keyingtries": keyingtries,
@@ -157,13 +161,23 @@ def _auth_data(creds: Credentials, identity: str) -> tuple[str, str | None]:
 
 
 def member_swanctl_data(plan: Plan, member: Member, creds: Credentials) -> dict:
-    """One connection per peer; members differ only in their node name."""
+    """The connections to each peer; members differ only in their node name. The first,
+    named after the peer, answers it, and initiates a takeover (with INITIAL_CONTACT, so the
+    peer drops a dead member's SAs); `<peer>-mbb` initiates a make-before-break handover
+    (`unique = never`: no INITIAL_CONTACT, the peer keeps the old SA until it is ended); for a
+    peer behind a NAT, `-natt` variants start on UDP 4500, through the NAT's mapping."""
     auth, cert = _auth_data(creds, CLUSTER_ID)
-    connections = [
-        _connection(p.name, p.ike_version, str(EXTERNAL_VIP), str(p.seen_as), CLUSTER_ID,
-                    p.identity, str(CLUSTER_LAN), str(p.lan), auth, cert, "clear",
-                    plan.spec.ike_fragmentation)
-        for p in plan.peers]
+    connections = []
+    for p in plan.peers:
+        variants = [(p.name, None), (handover_connection(p.name), "never")]
+        for name, unique in variants:
+            ports = [None] + ([NATT_PORT] if p.behind_nat else [])
+            for port in ports:
+                connections.append(_connection(
+                    natt_connection(name) if port else name, p.ike_version, str(EXTERNAL_VIP),
+                    str(p.seen_as), CLUSTER_ID, p.identity, str(CLUSTER_LAN), str(p.lan), auth,
+                    cert, "clear", plan.spec.ike_fragmentation, remote_port=port,
+                    unique=unique))
     psks = [{"name": p.name, "ids": [CLUSTER_ID, p.identity], "secret": creds.psk(p)}
             for p in plan.peers] if auth == "psk" else []
     return {"node": member.name, "connections": connections, "psks": psks}
@@ -193,7 +207,8 @@ def agent_config(plan: Plan, member: Member, files: NodeFiles,
         lan_interface=f"{member.name}-eth1", sync_interface=f"{member.name}-eth2",
         peers={p.name: [str(p.seen_as), str(p.lan)] for p in plan.peers},
         vici_socket=str(files.vici_socket), control_socket=str(files.agent_socket),
-        dead_after=plan.spec.dead_after, witness=str(SYNC_WITNESS.ip))
+        dead_after=plan.spec.dead_after, witness=str(SYNC_WITNESS.ip),
+        rebalance=plan.spec.rebalance, natt_peers=[p.name for p in plan.peers if p.behind_nat])
 
 
 def seconds(value: float) -> str:

@@ -235,8 +235,10 @@ def describe_membership(states: dict[str, dict]) -> list[str]:
             lines.append(f"{member}: {state['state']}")
             continue
         failed = f" ({state['failed']})" if state.get("failed") else ""
-        lines.append(f"{member}: {state['state']}{failed}, "
-                     f"hears {','.join(state['live'])}, sees serving "
+        moving = (f", taking over {','.join(state['moving'])}" if state.get("moving")
+                  else "")
+        lines.append(f"{member}: {state['state']}{failed}, holds {state.get('holds', 0)} "
+                     f"tunnels{moving}, hears {','.join(state['live'])}, sees serving "
                      f"{','.join(state['serving']) or 'nobody'}, witness "
                      f"{'answers' if state['connected'] else 'SILENT'}, table "
                      f"{state['table_size']}")
@@ -290,9 +292,14 @@ def describe_ownership(statuses: dict[str, dict], now_label: str = "") -> list[s
     lines.append("")
     for member, status in statuses.items():
         counters = " ".join(f"{k}={v}" for k, v in status["counters"].items() if v)
-        state = status.get("membership", {}).get("state")
-        lines.append(f"{member}{f' ({state})' if state else ''}: "
-                     f"{counters or 'all counters zero'}")
+        view = status.get("membership", {})
+        about = [view["state"]] if view.get("state") else []
+        if "holds" in view:
+            about.append(f"holds {view['holds']} tunnels")
+        if view.get("moving"):
+            about.append(f"taking over {','.join(view['moving'])}")
+        about_text = f" ({', '.join(about)})" if about else ""
+        lines.append(f"{member}{about_text}: {counters or 'all counters zero'}")
     return lines
 
 

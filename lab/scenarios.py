@@ -29,8 +29,12 @@ from .lab import Lab
 from .probes import Pinger, ask_agent, tunnel_holder, tunnel_holders, wait_consistent
 from .topology import LabSpec, Plan
 
-LEAVES, RETURNS, STAYS = "leaves", "returns", "stays"  # what a step does to the serving set
+# What a step does to the serving set: the member it acts on leaves it (dead to the others),
+# drains out of it (live, without tunnels or traffic), returns to it, every drained member
+# returns, or every member stays.
+LEAVES, DRAINS, RETURNS, UNDRAINS, STAYS = "leaves", "drains", "returns", "undrains", "stays"
 TUNNEL_TIMEOUT = 20.0
+TAKEOVER = 20.0  # seconds a step waits for a departing member's tunnels to be held by others
 
 
 class ScenarioError(RuntimeError):
@@ -56,6 +60,18 @@ def partition(net: ClusterNet, member: str) -> None:
 
 def heal(net: ClusterNet, member: str) -> None:
     net.heal(member)
+
+
+def drain(net: ClusterNet, member: str) -> None:
+    net.drain(member)
+
+
+def undrain(net: ClusterNet, member: str) -> None:
+    net.undrain(member)
+
+
+def stop_member(net: ClusterNet, member: str) -> None:
+    net.stop_member(member)
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,12 @@ def busiest_member(run: "ScenarioRun") -> str:
     return max(sorted(run.serving), key=held.count)
 
 
+def least_loaded_member(run: "ScenarioRun") -> str:
+    """The serving member holding the fewest tunnels (the first by name on a tie)."""
+    held = [m for members in tunnel_holders(run.lab, run.serving).values() for m in members]
+    return min(sorted(run.serving), key=held.count)
+
+
 def negotiation_owner(run: "ScenarioRun") -> str:
     """The member the agents' tables name as the owner of the one negotiation under way."""
     owners = set(ask_agent(run.lab, min(run.serving), "owners").values())
@@ -130,31 +152,46 @@ class Step:
         return self.name.format(member=member,
                                 others=",".join(sorted(m for m in members if m != member)))
 
-    def serving_after(self, serving: set[str], member: str | None) -> set[str]:
-        """The members that must serve once the cluster is whole again after this step."""
-        if self.serving == LEAVES:
+    def serving_after(self, serving: set[str], member: str | None,
+                      drained: set[str] = frozenset()) -> set[str]:
+        """The members that must serve once the cluster is whole again after this step
+        (`drained`: the members drained so far)."""
+        if self.serving in (LEAVES, DRAINS):
             return serving - {member}
         if self.serving == RETURNS:
             return serving | {member}
+        if self.serving == UNDRAINS:
+            return serving | drained
         return set(serving)
 
 
 def owner_dies(peer: str) -> Step:
     """The member holding `peer`'s tunnel dies: its agent and charon are killed outright. The
-    others forget it within --dead-after; the peer gives up on it through DPD
-    (`render.peer_gives_up_after()`) and negotiates its tunnel again, with a survivor."""
+    others count it dead within --dead-after, and one of them takes the tunnel over at once
+    (lab.agent.handover); the peer's DPD is only the fallback."""
     return Step(f"fail {{member}} (daemons killed, it owned {peer}'s tunnel)", kill_daemons,
                 TunnelHolder(peer), LEAVES)
+
+
+def owner_drained(peer: str) -> Step:
+    """The member holding `peer`'s tunnel is drained: its tunnels move to the others, each
+    make-before-break, then it stops serving (it stays live, up to date, without traffic)."""
+    return Step(f"drain {{member}} (it held {peer}'s tunnel)", drain, TunnelHolder(peer),
+                DRAINS)
+
+
+UNDRAINED = Step("undrain {member} (it takes its share back)", undrain, same_member, RETURNS)
 
 
 def rehashed(mode: str, drained: str | None = None) -> Step:
     """The switches hash on `mode`'s fields, live, over every member or (given `drained`, a
     peer) over all but the one holding that peer's tunnel; 2 s of traffic are watched."""
     if drained is None:
-        return Step(f"rehash {mode} over every member (2 s watched)", Rehash(mode), hold=2.0)
+        return Step(f"rehash {mode} over every member (2 s watched)", Rehash(mode), None,
+                    UNDRAINS, hold=2.0)
     return Step(f"rehash {mode} over {{others}} ({{member}}, holding {drained}'s tunnel, "
                 "drained; 2 s watched)", Rehash(mode, drain=True), TunnelHolder(drained),
-                hold=2.0)
+                DRAINS, hold=2.0)
 
 
 def partitioned(peer: str) -> Step:
@@ -243,6 +280,18 @@ SCENARIOS = {s.name: s for s in (
              "busiest once the cluster is whole", LabSpec(members=5, peers=4, hash="split"),
              (Step("fail {member} (daemons killed, the busiest)", kill_daemons, busiest_member,
                    LEAVES),) * 2, ("p1", "p2", "p3", "p4")),
+    Scenario("owner-death-5", "5 members, split: the member holding p1's tunnel dies",
+             LabSpec(members=5, peers=1, hash="split"), (owner_dies("p1"),), ("p1",)),
+    Scenario("drain", "3 members, 4 peers, l4: the holder of p1's tunnel drained (its tunnels "
+             "handed over make-before-break), then undrained (it takes its share back)",
+             LabSpec(members=3, peers=4, hash="l4"), (owner_drained("p1"), UNDRAINED),
+             ("p1", "p2", "p3", "p4")),
+    Scenario("rebalance", "3 members, 8 peers, l4: the least loaded member dies, then is "
+             "restored and the tunnels are evened out make-before-break",
+             LabSpec(members=3, peers=8, hash="l4"),
+             (Step("fail {member} (daemons killed, the least loaded)", kill_daemons,
+                   least_loaded_member, LEAVES), RESTORED),
+             tuple(f"p{i}" for i in range(1, 9))),
 )}
 
 
@@ -259,6 +308,9 @@ class StepResult:
     problem: str | None = None  # what was still wrong if never consistent
     forgotten_after_s: float | None = None  # from the action, for a member that left
     traffic_resumed: bool = False  # every peer's LAN answered again once consistent
+    takeover_s: float | None = None  # from the action until the tunnels the member held
+    #                                  are held by others (a member that left or drained)
+    lost: int = 0  # echo requests never answered, all peers, from the action to the end
 
     @property
     def recovered(self) -> bool:
@@ -267,6 +319,7 @@ class StepResult:
     def report(self) -> dict:
         """The step as the `chaos` list of the `--json` report gives it."""
         return {"name": self.name, "outage_s": self.outage_s,
+                "takeover_s": self.takeover_s, "lost": self.lost,
                 "consistent_after_s": self.consistent_after_s, "problem": self.problem,
                 "outages": self.outages}
 
@@ -275,7 +328,9 @@ class StepResult:
                   else f"outage {self.outage_s:.1f} s")
         after = (f"{self.consistent_after_s:.1f} s" if self.recovered
                  else f"never ({self.problem})")
-        return f"{self.name}: {outage}, consistent after {after}"
+        takeover = ("" if self.takeover_s is None
+                    else f", its tunnels held by others after {self.takeover_s:.2f} s")
+        return f"{self.name}: {outage}{takeover}, consistent after {after}"
 
 
 class ScenarioRun:
@@ -294,6 +349,7 @@ class ScenarioRun:
         self.pingers = {p: Pinger(lab.node(lab.plan.peer(p).lan_host), target,
                                   Path(directory) / f"{name}_ping_{p}.txt") for p in peers}
         self.serving = {m.name for m in lab.plan.members}  # where the steps so far lead
+        self.drained: set[str] = set()  # drained by the steps so far, not yet back
         self.last_member: str | None = None
         self._pings = ExitStack()
 
@@ -339,10 +395,15 @@ class ScenarioRun:
             return result
         name = step.describe(member, self.lab.net.member_names())
         self.say(f"{self.name}: {name}")
+        moving = (sorted(p for p, held in tunnel_holders(self.lab).items() if member in held)
+                  if step.serving in (LEAVES, DRAINS) else [])
         began, acted = time.time(), time.monotonic()
+        takeover = None
         try:
             step.act(self.lab.net, member)
-            time.sleep(step.hold)
+            if moving:
+                takeover = self.taken_over(moving, member, acted + max(step.hold, TAKEOVER))
+            time.sleep(max(0.0, acted + step.hold - time.monotonic()))
             if step.undo:
                 step.undo(self.lab.net, member)
         except FailoverError as exc:
@@ -350,7 +411,11 @@ class ScenarioRun:
             self.say(f"{self.name}: {result.summary()}")
             return result
         held = time.monotonic()
-        self.serving = step.serving_after(self.serving, member)
+        self.serving = step.serving_after(self.serving, member, self.drained)
+        if step.serving == DRAINS:
+            self.drained.add(member)
+        elif step.serving in (RETURNS, UNDRAINS, LEAVES):
+            self.drained = set() if step.serving == UNDRAINS else self.drained - {member}
         self.last_member = member
         recovery = wait_consistent(self.lab, self.serving,
                                    departed=member if step.serving == LEAVES else None)
@@ -363,9 +428,22 @@ class ScenarioRun:
             name, member, max(outages.values()) if outages else None, outages,
             _rounded(recovery.consistent_after_s), recovery.problem,
             _rounded(None if recovery.forgotten_after_s is None
-                     else held - acted + recovery.forgotten_after_s), resumed)
+                     else held - acted + recovery.forgotten_after_s), resumed,
+            _rounded(None if takeover is None else takeover - acted),
+            sum(p.lost(began, time.time()) for p in self.pingers.values()))
         self.say(f"{self.name}: {result.summary()}")
         return result
+
+
+    def taken_over(self, peers: list[str], member: str, until: float) -> float | None:
+        """When (monotonic) every one of `peers` had its tunnel held by one member other than
+        `member`; None if not by `until`."""
+        while time.monotonic() < until:
+            held = tunnel_holders(self.lab)
+            if all(len(held[p]) == 1 and held[p] != [member] for p in peers):
+                return time.monotonic()
+            time.sleep(0.02)
+        return None
 
 
 @contextmanager

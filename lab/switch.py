@@ -32,6 +32,7 @@ from .agent.names import NodeFiles
 from .topology import HASH_MODES, LabSpec, Switch
 
 HEALTH_INTERVAL = 0.1
+SERVING_STATES = ("serving", "draining")  # what an agent says while it should get traffic
 HEALTH_TIMEOUT = 0.3
 HEALTH_MISSES = 3
 BRIDGE_STALL = 15.0  # seconds without a newly attached port before the bridge counts dead
@@ -165,7 +166,7 @@ class HashingSwitch(OVSSwitch):
             try:
                 answer = query(sock, "state", timeout=HEALTH_TIMEOUT).get("state")
                 self.health_misses[member] = 0
-                if answer == "serving":
+                if answer in SERVING_STATES:
                     serving.append(member)
             except (ConnectionRefusedError, FileNotFoundError):
                 self.health_misses[member] = HEALTH_MISSES

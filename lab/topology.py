@@ -69,9 +69,10 @@ class LabSpec:
     agent: bool = True
     ownership: str = "table"
     expiry: float = 30.0  # seconds a half-open negotiation's table entry lives
-    dead_after: float = 2.0  # seconds of silence after which members count one dead
+    dead_after: float = 0.6  # seconds of silence after which members count one dead
     chain: int = 0  # with pubkey: intermediate CAs between the lab CA and every certificate
     ike_fragmentation: bool = True  # RFC 7383; without it, big IKE messages are IP-fragmented
+    rebalance: bool = True  # even the tunnels out over the members (make-before-break)
 
     def validate(self) -> "LabSpec":
         """Return self, or raise TopologyError naming the first bad option."""
@@ -81,8 +82,8 @@ class LabSpec:
             raise TopologyError(f"peers must be 1 to {MAX_PEERS} (got {self.peers!r})")
         if not isinstance(self.expiry, (int, float)) or not 0 < self.expiry <= 3600:
             raise TopologyError(f"expiry must be 0 to 3600 seconds (got {self.expiry!r})")
-        if not isinstance(self.dead_after, (int, float)) or not 0.5 <= self.dead_after <= 30:
-            raise TopologyError(f"dead-after must be 0.5 to 30 seconds (got {self.dead_after!r})")
+        if not isinstance(self.dead_after, (int, float)) or not 0.3 <= self.dead_after <= 30:
+            raise TopologyError(f"dead-after must be 0.3 to 30 seconds (got {self.dead_after!r})")
         if not isinstance(self.chain, int) or not 0 <= self.chain <= MAX_CHAIN:
             raise TopologyError(f"chain must be 0 to {MAX_CHAIN} (got {self.chain!r})")
         if self.chain and self.auth != "pubkey":

@@ -15,7 +15,7 @@ from lab.cli import main
     (["run", "--templates", "/nonexistent"], "no swanctl.conf.j2 there"),
     (["run", "--ownership", "labels"], "invalid choice: 'labels'"),
     (["run", "--expiry", "0"], "between 0 and 3600"),
-    (["run", "--dead-after", "0.2"], "dead-after must be 0.5 to 30 seconds"),
+    (["run", "--dead-after", "0.2"], "dead-after must be 0.3 to 30 seconds"),
     (["run", "--dead-after", "soon"], "not a number of seconds"),
     (["run", "--chaos", "--no-agent"], "--chaos needs the agent"),
     (["run", "--chaos", "--members", "1"], "--chaos needs at least 2 members"),

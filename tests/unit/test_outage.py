@@ -26,3 +26,17 @@ def test_a_gap_still_open_when_the_window_ends_counts_to_its_end():
 def test_steady_replies_are_no_outage():
     times = [100 + i / 10 for i in range(50)]
     assert longest_outage(times, 100.5, 104.5) == 0.0
+
+
+def test_lost_pings_are_those_never_answered_and_duplicates_are_counted():
+    from lab.outage import duplicates, lost
+    text = "\n".join([
+        "[100.0] 64 bytes from 10.1.0.10: icmp_seq=1 ttl=62 time=1 ms",
+        "[100.3] no answer yet for icmp_seq=2",
+        "[100.4] no answer yet for icmp_seq=3",
+        "[100.45] 64 bytes from 10.1.0.10: icmp_seq=3 ttl=62 time=250 ms",  # late, not lost
+        "[100.5] 64 bytes from 10.1.0.10: icmp_seq=4 ttl=62 time=1 ms",
+        "[100.5] 64 bytes from 10.1.0.10: icmp_seq=4 ttl=62 time=1 ms (DUP!)"])
+    assert lost(text, 100.0, 101.0) == 1
+    assert lost(text, 100.35, 101.0) == 0  # seq 2 was overdue before the window
+    assert duplicates(text) == 1

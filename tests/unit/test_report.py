@@ -121,15 +121,17 @@ def test_membership_lines_name_states_views_and_drained_members():
     from lab.report import describe_membership
     lines = describe_membership({
         "m1": {"state": "serving", "live": ["m1", "m3"], "serving": ["m1", "m3"],
-               "connected": True, "table_size": 2},
+               "connected": True, "table_size": 2, "holds": 1, "moving": ["p2"]},
         "m2": {"state": "failed (daemons killed)"},
         "m3": {"state": "isolated", "live": ["m3"], "serving": [], "connected": False,
-               "table_size": 2, "failed": "links down"},
+               "table_size": 2, "failed": "links down", "holds": 0, "moving": []},
         "switches": {"ikex": {"buckets": ["m1"], "hash": "l4", "drained": ["m3"]}}})
     assert lines == [
-        "m1: serving, hears m1,m3, sees serving m1,m3, witness answers, table 2",
+        "m1: serving, holds 1 tunnels, taking over p2, hears m1,m3, sees serving m1,m3, "
+        "witness answers, table 2",
         "m2: failed (daemons killed)",
-        "m3: isolated (links down), hears m3, sees serving nobody, witness SILENT, table 2",
+        "m3: isolated (links down), holds 0 tunnels, hears m3, sees serving nobody, witness "
+        "SILENT, table 2",
         "switch ikex: hash l4, buckets m1, drained m3"]
 
 

@@ -2,8 +2,8 @@
 named once its member is chosen, and the report item a step's result becomes."""
 
 from lab.report import CHAOS_STEPS, describe_chaos
-from lab.scenarios import (LEAVES, RETURNS, SCENARIOS, STAYS, Rehash, StepResult, chaos,
-                           kill_daemons, owner_dies)
+from lab.scenarios import (DRAINS, LEAVES, RETURNS, SCENARIOS, STAYS, UNDRAINS, Rehash,
+                           StepResult, chaos, kill_daemons, owner_dies)
 from lab.topology import LabSpec, build_plan
 
 
@@ -20,8 +20,8 @@ def test_chaos_has_the_reports_steps_in_order_over_the_labs_first_and_last_peer(
         "partition m2 from the sync network for 10 s, then heal",
         "fail m2 (links down)",
         "restore m2"]
-    assert [s.serving for s in steps] == [LEAVES, RETURNS, STAYS, STAYS, STAYS, STAYS, LEAVES,
-                                          RETURNS]
+    assert [s.serving for s in steps] == [LEAVES, RETURNS, UNDRAINS, DRAINS, UNDRAINS, STAYS,
+                                          LEAVES, RETURNS]
     assert [s.hold for s in steps] == [0, 0, 2, 2, 2, 10, 0, 0]
     assert steps[5].undo is not None and all(s.undo is None for s in steps[:5] + steps[6:])
     assert chaos(build_plan(LabSpec(hash="l3")))[2].act == Rehash("l4")
@@ -50,7 +50,8 @@ def test_every_scenario_brings_up_the_tunnels_its_steps_need():
 
 def test_a_step_result_is_the_chaos_reports_item():
     result = StepResult("restore m2", "m2", 0.4, {"p1": 0.4, "p2": 0.0}, 0.51, None, None, True)
-    assert result.report() == {"name": "restore m2", "outage_s": 0.4,
+    assert result.report() == {"name": "restore m2", "outage_s": 0.4, "takeover_s": None,
+                               "lost": 0,
                                "consistent_after_s": 0.51, "problem": None,
                                "outages": {"p1": 0.4, "p2": 0.0}}
     assert describe_chaos([result.report()])[1] == (
