@@ -388,6 +388,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
             self.membership.state = DRAINING
         elif not event.drain and state in (DRAINING, DRAINED):
             self.membership.state = SERVING
+            self.member_arrived()
         else:
             return
         self.log(self.membership.state)
@@ -420,6 +421,8 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
             self.on_state(changes.state)
         for name in sorted(changes.died):
             self.on_member_died(name)
+        if changes.appeared & self.departed:
+            self.member_arrived()  # back from the dead: it gets its share
         self.departed -= changes.appeared
         if changes.appeared and self.serving and self.config.peers:
             self.advertise()  # a newcomer learns our routes now, not in 5 s
@@ -445,6 +448,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
                 self.steer()
         elif state == SERVING and self.config.peers:
             self.steer()  # the kernel may have lost routes while our links were down
+            self.member_arrived()  # we are back (after joining): we get our share
 
     def on_member_died(self, name: str) -> None:
         """`name` left the live set: nothing here may point at it any more."""

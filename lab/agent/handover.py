@@ -21,9 +21,11 @@ reaches every member and the steering routes follow the new holder; after a grac
 old holder releases the tunnel in two steps, so that no packet meets a member without a way to
 the peer: first it stops offering the peer's LAN (its own steering route to the new holder
 overrides charon's, and the others hear it no longer holds it), and a moment later it ends
-its SA with a DELETE (`superseded`). Which tunnels move is `balance`: all of a
-draining member's, and then from the most loaded member to the least until their counts
-differ by at most one (off with --no-rebalance). Every member computes the same plan from the
+its SA with a DELETE (`superseded`). Which tunnels move is `balance`: all of a draining
+member's, and, once a member joins or returns to the serving set, from the most loaded member
+to the least until their counts differ by at most one (off with --no-rebalance). Tunnels the
+hashing switch spread unevenly over the same members stay where they came up: moving them
+would buy nothing and cost each a negotiation. Every member computes the same plan from the
 same table; each initiates only the moves that come to it.
 
 The peer's first ESP. The peer answers our IKE_AUTH, installs its CHILD SA and may send on it
@@ -100,6 +102,8 @@ class HandoverRole:
         self.new_sas: dict[str, bytes] = {}  # peer -> our SA that came up for it (initiator SPI)
         self.installed: frozenset = frozenset()  # (initiator SPI, prefix) of our CHILD SAs
         self.next_balance = 0.0
+        self.away: set[str] = set()  # members draining or drained at the last balance
+        self.evening_out = False  # a member joined or returned: even the tunnels out
         self.peer_names = {address: name for name, (address, _lan) in self.config.peers.items()}
 
     def connection_for(self, peer: str, port: int, handover: bool) -> str | None:
@@ -202,6 +206,11 @@ class HandoverRole:
                 self.steer()
                 self.advertise()
 
+    def member_arrived(self) -> None:
+        """A member came back (from the dead, from isolation, from a drain): even the tunnels
+        out at the next balance, unless --no-rebalance."""
+        self.evening_out = self.config.rebalance
+
     def tunnels_held(self) -> dict[str, list[str]]:
         """member -> the peers whose tunnels it holds (the newest SA of each peer counts)."""
         newest = {}
@@ -242,9 +251,15 @@ class HandoverRole:
         self.next_balance = self.now + BALANCE_INTERVAL
         members = self.membership.members
         draining = [m for m in members if self.membership.state_of(m) == DRAINING]
+        receivers = self.membership.receivers()
+        if self.away - set(draining) & set(receivers):
+            self.member_arrived()  # undrained
+        self.away = {m for m in members if self.membership.state_of(m) in (DRAINING, DRAINED)}
         entries = {self.peer_names.get(e.peer): e for e in self.table.established()}
-        for peer, _from, to in balance(self.tunnels_held(), self.membership.receivers(), draining,
-                                       self.config.rebalance):
+        moves = balance(self.tunnels_held(), receivers, draining, self.evening_out)
+        if not moves:
+            self.evening_out = False  # even (or nothing to move): until the next arrival
+        for peer, _from, to in moves:
             if to == me and peer in entries:
                 self.log(f"taking {peer}'s tunnel over from {_from} (make-before-break)")
                 self.initiate(peer, entries[peer], handover=True)

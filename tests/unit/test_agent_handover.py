@@ -193,10 +193,25 @@ def test_the_old_holder_steers_the_lan_to_the_new_one_before_its_sa_ends():
 
 
 def test_a_member_that_returns_gets_its_share_back_make_before_break():
-    c = Cluster(n=3, peers=PEERS).start()
+    c = Cluster(n=3, peers=PEERS, dead_after=0.5).start()
+    c.dead.add(3)
+    c.run(1.0)  # m3 counted dead
     for n, peer in enumerate(("p1", "p2", "p3", "p4", "p5", "p6"), start=1):
-        up(c, 1 + n % 2, peer, n)  # m1 and m2 hold three each, m3 none
+        up(c, 1 + n % 2, peer, n)  # m1 and m2 hold three each
     c.deliver()
     c.run(1.5)
+    assert initiated(c) == {}  # even over the two that serve
+    c.restart(3)
+    c.run(3.0)
     taken = initiated(c)
     assert len(taken) == 2 and all(m == ["m3"] for m in taken.values()), taken
+    assert all(a.connection.endswith("-mbb") for a in c.of_kind(3, Initiate))
+
+
+def test_tunnels_the_switch_spread_unevenly_stay_until_a_member_arrives():
+    c = Cluster(n=3, peers=PEERS).start()
+    for n, peer in enumerate(("p1", "p2", "p3", "p4"), start=1):
+        up(c, 1, peer, n)  # all on m1: the hashing switch's doing, not a member's arrival
+    c.deliver()
+    c.run(3.0)
+    assert initiated(c) == {}
