@@ -252,7 +252,7 @@ class HandoverRole:
         members = self.membership.members
         draining = [m for m in members if self.membership.state_of(m) == DRAINING]
         receivers = self.membership.receivers()
-        if self.away - set(draining) & set(receivers):
+        if (self.away - set(draining)) & set(receivers):
             self.member_arrived()  # undrained
         self.away = {m for m in members if self.membership.state_of(m) in (DRAINING, DRAINED)}
         entries = {self.peer_names.get(e.peer): e for e in self.table.established()}
