@@ -9,6 +9,8 @@ ping itself wrote; none sleeps and hopes. `ikelab run --chaos` and the scenarios
 """
 
 import json
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +200,12 @@ def under_load(lab, seconds: float, flood_rate: int = 1000) -> dict:
     hc, target = lab.node("hc"), str(lab.plan.lan_host.interfaces[0].address.ip)
     hosts = [f"h{p.name[1:]}" for p in lab.plan.peers[:2]] * 2
     ports = [5201 + n for n in range(len(hosts))]
-    servers = [hc.popen(["iperf3", "-s", "-1", "-p", str(port)]) for port in ports]
+    # Their output goes to files, not pipes: ten minutes of it would fill a pipe nobody reads
+    # before the end, and block iperf3.
+    servers = [hc.popen(["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL) for port in ports]
+    outputs = [tempfile.TemporaryFile() for _ in ports]
+    clients = []
     try:
         deadline = time.monotonic() + 10
         while not all(f":{port} " in hc.cmd("ss -ltnH") for port in ports):
@@ -206,19 +213,23 @@ def under_load(lab, seconds: float, flood_rate: int = 1000) -> dict:
                 raise OSError("iperf3 servers did not listen")
             time.sleep(0.05)
         clients = [lab.node(host).popen(["iperf3", "-J", "-c", target, "-p", str(port), "-t",
-                                         str(seconds), "-P", "4"] + (["-R"] if n % 2 else []))
-                   for n, (host, port) in enumerate(zip(sorted(hosts), ports))]
+                                         str(seconds), "-P", "4"] + (["-R"] if n % 2 else []),
+                                        stdout=out, stderr=subprocess.DEVNULL)
+                   for n, (host, port, out) in enumerate(zip(sorted(hosts), ports, outputs))]
         flood = lab.net.flood("p1", flood_rate, seconds, 2, 500)
         flood.wait(seconds + 30)
         received = []
-        for client in clients:
-            out = client.communicate(timeout=seconds + 60)[0]
+        for client, out in zip(clients, outputs):
+            client.wait(timeout=60)
+            out.seek(0)
             try:
-                received.append(json.loads(out)["end"]["sum_received"]["bytes"])
+                received.append(json.loads(out.read())["end"]["sum_received"]["bytes"])
             except (ValueError, KeyError, TypeError):
                 received.append(0)
     finally:
-        for server in servers:
-            daemons.end(server)
+        for process in servers + clients:
+            daemons.end(process)
+        for out in outputs:
+            out.close()
     return {"received": received,
             "counters": {m.name: ask_agent(lab, m.name)["counters"] for m in lab.plan.members}}
