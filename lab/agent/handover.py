@@ -96,7 +96,7 @@ class HandoverRole:
     def __init__(self):
         self.moving: dict[str, float] = {}  # peer -> until when our initiation may be pending
         self.ending: set[bytes] = set()  # initiator SPIs of our SAs we asked charon to end
-        self.releasing: dict[bytes, str] = {}  # initiator SPI of our old SA -> its peer's LAN
+        self.releasing: dict[bytes, str] = {}  # initiator SPI of our old SA -> its peer
         self.esp_until: dict[str, float] = {}  # peer -> until when its ESP is held here
         self.esp_held: dict[str, list] = {}  # peer -> refs of its held ESP packets
         self.new_sas: dict[str, bytes] = {}  # peer -> our SA that came up for it (initiator SPI)
@@ -191,17 +191,19 @@ class HandoverRole:
     def offered(self) -> frozenset:
         """The LAN prefixes this member steers to itself and tells the others it holds: its
         CHILD SAs' (`holdings`), less those of tunnels it is letting go."""
-        return self.holdings - frozenset(self.releasing.values())
+        return self.holdings - frozenset(self.config.peers[p][1] for p in self.releasing.values())
 
     def forget_released(self) -> None:
         """Drop what is done: an old SA that is gone and whose LAN charon no longer routes
         here (or that this member holds anew)."""
+        if not self.releasing and not self.ending:
+            return  # the usual tick: nothing moving away from here
         mine = {e.key.ispi for e in self.table.established(self.config.member)}
         self.ending &= mine
         newest = self.tunnels_held().get(self.config.member, [])
-        for ispi, prefix in list(self.releasing.items()):
-            peer = next((n for n, (_a, lan) in self.config.peers.items() if lan == prefix), None)
-            if ispi not in mine and (prefix not in self.holdings or peer in newest):
+        for ispi, peer in list(self.releasing.items()):
+            if ispi not in mine and (self.config.peers[peer][1] not in self.holdings
+                                     or peer in newest):
                 del self.releasing[ispi]
                 self.steer()
                 self.advertise()
@@ -234,7 +236,7 @@ class HandoverRole:
             if ispi in self.ending or peer is None or self.now < new.created + HANDOVER_GRACE:
                 continue
             if ispi not in self.releasing:
-                self.releasing[ispi] = self.config.peers[peer][1]
+                self.releasing[ispi] = peer
                 self.steer()
                 self.advertise()
             elif self.now >= new.created + HANDOVER_GRACE + ROUTES_SETTLE:
