@@ -80,33 +80,45 @@ def sole_holder(lab, ispi: str) -> str:
 
 @pytest.mark.parametrize("ike", ["2", "1"])
 def test_rekeys_from_either_side_stay_with_the_owner_and_the_table_follows(ike):
+    """Each step rekeys exactly the tunnel's current SA (by unique id: naming the connection
+    would also rekey a superseded IKEv1 SA that charon keeps for 10 s, and race two rekeys)
+    and waits until the superseded SAs are gone from the peer and the owner alike."""
     with Lab(LabSpec(members=3, peers=1, hash="split", ike=ike)) as lab:
         sa = bring_up(lab)["p1"]
         owner = sole_holder(lab, sa["initiator-spi"])
         peer_sock = lab.node("p1").files.vici_socket
         owner_sock = lab.node(owner).files.vici_socket
-        for sock, what in ((peer_sock, {"child": CHILD_NAME}), (owner_sock, {"child": CHILD_NAME}),
-                           (peer_sock, {"ike": CLUSTER_CONNECTION}), (owner_sock, {"ike": "p1"})):
-            sas = strongswan.list_sas(peer_sock).values()
-            ike_before = {s["initiator-spi"] for s in sas}
-            child_before = {c["spi-in"] for s in sas for c in s["child-sas"].values()}
+
+        def only_sa(sock):
+            """The daemon's IKE SA when it holds exactly one, ESTABLISHED, with one INSTALLED
+            CHILD SA (kept as "child"), else None. An IKEv1 CHILD SA rekeyed away stays until
+            its hard lifetime (charon.delete_rekeyed = no), so only installed ones count."""
+            sas = list(strongswan.list_sas(sock).values())
+            if len(sas) != 1 or sas[0]["state"] != "ESTABLISHED":
+                return None
+            installed = [c for c in sas[0]["child-sas"].values() if c["state"] == "INSTALLED"]
+            return dict(sas[0], child=installed[0]) if len(installed) == 1 else None
+
+        for side, what in (("peer", "child"), ("owner", "child"), ("peer", "ike"), ("owner", "ike")):
+            sock = peer_sock if side == "peer" else owner_sock
+            before = poll(lambda: only_sa(peer_sock) and only_sa(owner_sock)
+                          and (only_sa(peer_sock), only_sa(sock)), deadline=30)
+            peer_before, target = before
             with strongswan.session(sock) as sess:
-                sess.rekey(what)
+                sess.rekey({"child-id": target["child"]["uniqueid"]} if what == "child"
+                           else {"ike-id": target["uniqueid"]})
 
             def settled():
-                """The peer's one ESTABLISHED IKE SA with one INSTALLED CHILD SA, both new
-                where this step rekeyed them (IKEv1 keeps rekeyed SAs around a while)."""
-                sas = [s for s in strongswan.list_sas(peer_sock).values()
-                       if s["state"] == "ESTABLISHED"]
-                installed = [c for s in sas for c in s["child-sas"].values()
-                             if c["state"] == "INSTALLED"]
-                if len(sas) != 1 or len(installed) != 1:
+                """The peer's and the owner's one IKE SA with one CHILD SA, new where this step
+                rekeyed them (an IKEv2 IKE rekey moves the CHILD SA over unchanged)."""
+                current, held = only_sa(peer_sock), only_sa(owner_sock)
+                if not current or not held:
                     return None
-                if "ike" in what and sas[0]["initiator-spi"] in ike_before:
+                if what == "ike" and current["initiator-spi"] == peer_before["initiator-spi"]:
                     return None
-                if "child" in what and installed[0]["spi-in"] in child_before:
+                if what == "child" and current["child"]["spi-in"] == peer_before["child"]["spi-in"]:
                     return None
-                return sas[0]
+                return current
             current = poll(settled, deadline=30)
             ispi = current["initiator-spi"]
             assert sole_holder(lab, ispi) == owner
