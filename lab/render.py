@@ -208,7 +208,8 @@ def agent_config(plan: Plan, member: Member, files: NodeFiles,
         peers={p.name: [str(p.seen_as), str(p.lan)] for p in plan.peers},
         vici_socket=str(files.vici_socket), control_socket=str(files.agent_socket),
         dead_after=plan.spec.dead_after, witness=str(SYNC_WITNESS.ip),
-        rebalance=plan.spec.rebalance, natt_peers=[p.name for p in plan.peers if p.behind_nat])
+        rebalance=plan.spec.rebalance, natt_peers=[p.name for p in plan.peers if p.behind_nat],
+        trace=str(files.trace) if plan.spec.trace else "")
 
 
 def seconds(value: float) -> str:

@@ -73,6 +73,7 @@ class LabSpec:
     chain: int = 0  # with pubkey: intermediate CAs between the lab CA and every certificate
     ike_fragmentation: bool = True  # RFC 7383; without it, big IKE messages are IP-fragmented
     rebalance: bool = True  # even the tunnels out over the members (make-before-break)
+    trace: bool = True  # each agent writes its decisions to trace_<member>.jsonl
 
     def validate(self) -> "LabSpec":
         """Return self, or raise TopologyError naming the first bad option."""

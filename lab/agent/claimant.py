@@ -43,10 +43,11 @@ class ClaimantRole:
         self.claims: dict[Key, Parked] = {}
         self.lookups: dict[bytes, Parked] = {}
 
-    def drop_parked(self, parked: Parked) -> None:
+    def drop_parked(self, parked: Parked, why: str) -> None:
         """Give up on parked packets: the peer retransmits what still matters."""
-        for ref, _inbound, _arrival, _data in parked.packets:
+        for ref, inbound, _arrival, data in parked.packets:
             self.emit(Drop(ref))
+            self.trace("dropped", data, inbound, why=why)
 
     def parking_full(self, waiting: dict, key, packet: tuple) -> bool:
         """No room to park `packet` (dropped and counted): the peer retransmits."""
@@ -56,6 +57,7 @@ class ClaimantRole:
             return False
         self.counters["parked_full"] += 1
         self.emit(Drop(packet[0]))
+        self.trace("dropped", packet[3], packet[1], why="no room to park it")
         return True
 
     def park_claim(self, key: Key, packet: tuple, peer: str) -> None:
@@ -69,6 +71,8 @@ class ClaimantRole:
                                                peer=peer, inbound=inbound)
             self.send_claim(parked)
         parked.packets.append(packet)
+        self.trace("claimed", packet[3], packet[1],
+                   director=self.config.name_of(parked.director) if parked.director else None)
 
     def send_claim(self, parked: Parked) -> None:
         parked.director = self.director(parked.key.ispi)
@@ -87,6 +91,8 @@ class ClaimantRole:
                                                      self.now + LOOKUP_TIMEOUT, None)
             self.send_lookup(parked)
         parked.packets.append(packet)
+        self.trace("lookup", packet[3], packet[1],
+                   director=self.config.name_of(parked.director) if parked.director else None)
 
     def send_lookup(self, parked: Parked) -> None:
         parked.director = self.director(parked.key.ispi)
@@ -114,7 +120,7 @@ class ClaimantRole:
             return
         del self.claims[key]
         if msg.owner == 0 or self.departed_owner(msg.owner):
-            self.drop_parked(parked)  # the peer retransmits, and the claim starts afresh
+            self.drop_parked(parked, "claim refused")  # the peer retransmits: a new claim
             return
         self.table.record(key, self.config.name_of(msg.owner), NEGOTIATING, self.now)
         self.counters["claims_won" if msg.owner == self.me else "claims_lost"] += 1
@@ -128,7 +134,7 @@ class ClaimantRole:
         if msg.owner == 0:
             del self.lookups[msg.ispi]
             self.counters["lookups_unresolved"] += 1
-            self.drop_parked(parked)
+            self.drop_parked(parked, "lookup: no owner")
             return
         self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner), NEGOTIATING,
                           self.now)
@@ -139,7 +145,7 @@ class ClaimantRole:
             if self.now >= parked.deadline:
                 del self.claims[key]
                 self.counters["claim_timeouts"] += 1
-                self.drop_parked(parked)
+                self.drop_parked(parked, "claim timed out")
             elif parked.resend_at and self.now >= parked.resend_at:
                 # Again, to whoever directs the key now: the director may have died.
                 parked.resend_at = self.now + CLAIM_RESEND
@@ -148,7 +154,7 @@ class ClaimantRole:
             if self.now >= parked.deadline:
                 del self.lookups[ispi]
                 self.counters["lookups_unresolved"] += 1
-                self.drop_parked(parked)
+                self.drop_parked(parked, "lookup timed out")
 
     def claimant_redirects(self, index: int) -> None:
         """Member `index` left: what we asked of it, we ask the key's next director."""
@@ -162,6 +168,6 @@ class ClaimantRole:
     def claimant_isolated(self) -> None:
         """Cut off: nothing started here may finish, the others cannot hear about it."""
         for parked in list(self.claims.values()) + list(self.lookups.values()):
-            self.drop_parked(parked)
+            self.drop_parked(parked, "cut off from the cluster")
         self.claims.clear()
         self.lookups.clear()

@@ -29,6 +29,7 @@ class AgentConfig:
     witness: str = ""  # the sync switch's own address (see membership)
     rebalance: bool = True  # even the tunnels out over the members (see handover)
     natt_peers: list = field(default_factory=list)  # peers with `-natt` connections
+    trace: str = ""  # where to append the decision trace (JSON lines); "" for none
 
     @classmethod
     def load(cls, path: Path) -> "AgentConfig":

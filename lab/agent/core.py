@@ -62,7 +62,7 @@ from .claimant import ClaimantRole
 from .director import DirectorRole
 from .events import (Accept, CharonSaid, DrainAsked, Drop, HoldingsRead, Inject, Log,
                      PacketQueued, PingWitness, Send, StaleSasEnded, SteerRoutes, SyncArrived,
-                     Tick, WitnessAnswered)
+                     Tick, Trace, WitnessAnswered)
 from .handover import HandoverRole
 from .joining import JoiningRole
 from .membership import (DRAINED, DRAINING, ISOLATED, JOINING, SERVING, SERVING_STATES,
@@ -109,6 +109,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
                                     half_open_cap=config.half_open_cap,
                                     half_open_per_peer=config.half_open_per_peer)
         self.codec = sync.Codec(bytes.fromhex(config.key), self.me, first_seq)
+        self.tracing = bool(config.trace)
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.latencies_us: deque = deque(maxlen=LATENCY_SAMPLES)
         self.departed: set[str] = set()  # members dropped as dead, unheard since
@@ -145,6 +146,12 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
 
     def log(self, text: str) -> None:
         self.emit(Log(f"agent {self.config.member}: {text}"))
+
+    def trace(self, decision: str, packet: bytes | None = None, inbound: bool = True,
+              **detail) -> None:
+        """A line in this member's trace (`trace`); the shell formats it after the verdicts."""
+        if self.tracing:
+            self.emit(Trace(decision, packet, inbound, tuple(detail.items())))
 
     def new_tag(self) -> int:
         self.next_tag = (self.next_tag + 1) & 0xFFFFFFFF or 1
@@ -223,6 +230,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
             # speak for the cluster until the table says what is ours.
             self.counters["not_serving_drops"] += 1
             self.emit(Drop(event.ref))
+            self.trace("dropped", event.data, inbound, why="not serving")
             return
         try:
             dgram = ike.parse_datagram(event.data)
@@ -242,6 +250,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
                 self.log(f"dropped a malformed {'inbound' if inbound else 'outbound'} packet "
                          f"({exc}): {event.data[:64].hex()}")
             self.emit(Drop(event.ref))
+            self.trace("dropped", event.data, inbound, why=f"malformed: {why}")
             return
         key = Key(header.ispi, header.msgid, header.requester)
         packet = (event.ref, inbound, event.arrival_ns, event.data)
@@ -254,13 +263,16 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
                 # responder SPI names this member for the rest of the negotiation.
                 self.counters["answered_here"] += 1
                 self.emit(Accept(event.ref))
+                self.trace("delivered", event.data, why="stateless: answered where it landed")
             else:
                 self.counters["unknown_dropped"] += 1  # no label, no entry: nobody's
                 self.emit(Drop(event.ref))
+                self.trace("dropped", event.data, why="no owner (stateless)")
         elif not inbound and header.is_stateless_reply:
             # charon kept no state (a COOKIE, say): neither does the cluster.
             self.counters["stateless_replies"] += 1
             self.emit(Accept(event.ref))
+            self.trace("sent", event.data, False, why="stateless reply")
         elif header.can_start_negotiation or not inbound:
             # Outbound: before our own request leaves, no other member may own its key.
             self.park_claim(key, packet, dgram.src if inbound else dgram.dst)
@@ -273,6 +285,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
         if owner == self.me:
             self.counters["delivered_local"] += 1
             self.emit(Accept(ref))
+            self.trace("delivered" if inbound else "sent", data, inbound)
         elif inbound:
             self.emit(Drop(ref))
             self.counters["forwarded"] += 1
@@ -282,9 +295,12 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
                 del self.forwarded_by_spi[next(iter(self.forwarded_by_spi))]
             self.send(owner, sync.Message(sync.FORWARD, self.me,
                                           payload=arrival_ns.to_bytes(8, "big") + data))
+            self.trace("forwarded", data, to=self.config.name_of(owner))
         else:
             self.counters["outbound_refused"] += 1
             self.emit(Drop(ref))
+            self.trace("dropped", data, False,
+                       why=f"our charon spoke for {self.config.name_of(owner)}'s key")
 
     # ---- sync messages --------------------------------------------------------------------
     def on_sync(self, event: SyncArrived) -> None:
@@ -353,6 +369,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
         self.emit(Inject(packet, dgram.dst))
         self.counters["received_forwarded"] += 1
         self.latencies_us.append((self.now * 1e9 - arrival_ns) / 1000)
+        self.trace("injected", packet, **{"from": self.config.name_of(msg.sender)})
 
     def on_delete(self, msg: sync.Message) -> None:
         self.table.delete(msg.ispi)
@@ -530,7 +547,8 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
         self.handover_timers()
         if self.config.peers and self.now >= self.next_advertisement and self.serving:
             self.advertise()
-        self.table.expire(self.now)
+        for entry in self.table.expire(self.now):
+            self.trace("expired", key=str(entry.key), owner=entry.owner)
         self.counters["expired"] = self.table.expired
         self.counters["refused"] = self.table.refused
         self.counters["evicted"] = self.table.evicted

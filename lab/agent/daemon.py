@@ -34,10 +34,11 @@ from .control import ControlServer
 from .core import TICK, Agent
 from .events import (Accept, DrainAsked, Drop, EndSa, EndStaleSas, HoldEsp, Initiate, Inject,
                      Log, PacketQueued, PingWitness, Send, SteerRoutes, SyncArrived, Tick,
-                     WitnessAnswered)
+                     Trace, WitnessAnswered)
 from .names import CHILD_NAME, SYNC_PORT
 from .nfqueue import EspHold, PacketQueues
 from .routes import RouteKeeper
+from .trace import TraceFile, trace_line
 from .witness import Witness
 
 ANSWER_TIMEOUT = 2.0  # a control request the loop has not answered by then gets an error
@@ -88,6 +89,10 @@ class AgentDaemon:
         self.esp_hold = EspHold(self.errors, self.log)
         self.charon = Charon(config.vici_socket, self.post, self.errors, self.log)
         self.stopping = False
+        # Decisions to trace, stamped as they are carried out and written once per turn of
+        # the loop: formatting them must not delay the packet they are about.
+        self.traced: list = []
+        self.trace_file = TraceFile(config.trace) if config.trace else None
         self.sync_sock = self.raw_sock = self.witness = None
         # The membership view as of the last tick: the switches ask for it twenty times a
         # second, and a reference read needs no hand-off to the loop.
@@ -199,8 +204,23 @@ class AgentDaemon:
                 self.charon.initiate(action.connection, CHILD_NAME)
             elif kind is EndSa:
                 self.charon.end_sa(action.ispi)
+            elif kind is Trace:
+                self.traced.append((action, time.time()))
             elif kind is Log:
                 self.log(action.text)
+
+    def write_trace(self) -> None:
+        if self.trace_file is None:
+            return
+        for action, t in self.traced:
+            self.trace_file.add(trace_line(action.decision, action.packet, action.inbound,
+                                           action.detail, self.config.member, t))
+        self.traced.clear()
+        try:
+            self.trace_file.flush()
+        except OSError as exc:  # a full disk: the agent goes on without its trace
+            self.log(f"trace: {exc}; tracing stops")
+            self.trace_file = None
 
     # ---- control requests (in the control server's threads) -------------------------------
     def answer(self, kind: str) -> dict:
@@ -217,6 +237,9 @@ class AgentDaemon:
             reply["cpu_s"] = sum(os.times()[:2])
             reply["rss_kb"] = resident_kb()
             reply["counters"]["errors"] = self.errors.value
+            if self.trace_file is not None:
+                reply["trace"] = {"path": self.trace_file.path, "lines": self.trace_file.lines,
+                                  "rotations": self.trace_file.rotations}
             reply["steering"]["counters"] = self.steering_counters() if self.config.peers else {}
             reply["steering"]["routes"] = {p: self.config.name_of(m)
                                            for p, m in sorted(self.routes.routes().items())}
@@ -281,11 +304,13 @@ class AgentDaemon:
                 for key, _ in selector.select(TICK):
                     key.data()
                 self.feed(Tick())
+                self.write_trace()
                 now = time.monotonic()
                 if now - self.published_at >= TICK:
                     self.state_view = self.agent.membership_view(now)
                     self.published_at = now
         finally:
+            self.write_trace()
             control.close()
             self.charon.stop()
             queues.close()

@@ -70,6 +70,7 @@ class DirectorRole:
             self.announcing[pending.tag] = pending
             # Every configured member hears it (a joining one keeps up); the live ones ACK.
             self.broadcast(self._announcement(pending))
+            self.trace("announced", key=str(key), owner=owner)
             self.release_waiting(key.ispi)
         if pending:
             pending.grants.append((msg.sender, msg.tag))
@@ -80,6 +81,8 @@ class DirectorRole:
     def _grant(self, key: Key, owner: int, to: int, tag: int) -> None:
         self.send(to, sync.Message(sync.GRANT, self.me, ispi=key.ispi, msgid=key.msgid,
                                    requester=key.requester, owner=owner, tag=tag))
+        self.trace("granted", key=str(key), owner=self.config.name_of(owner),
+                   to=self.config.name_of(to))
 
     def _announcement(self, a: Announcement) -> sync.Message:
         return sync.Message(sync.ANNOUNCE, self.me, ispi=a.key.ispi, msgid=a.key.msgid,

@@ -155,3 +155,15 @@ class EndSa:
 @dataclass(frozen=True, slots=True)
 class Log:
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """A decision for the member's trace (`trace`): `decision` (delivered, forwarded, claimed,
+    ...), the IKE packet it was about, if any (the shell reads its header when it writes the
+    line, off the packet's path), and the rest as (name, value) pairs: to whom, why, the key."""
+
+    decision: str
+    packet: bytes | None = None
+    inbound: bool = True
+    detail: tuple = ()

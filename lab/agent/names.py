@@ -97,6 +97,11 @@ class NodeFiles:
     def agent_log(self) -> Path:
         return self.rundir / f"agent_{self.node}.log"
 
+    @property
+    def trace(self) -> Path:
+        """The agent's decisions, one JSON object per line (`lab.agent.trace`)."""
+        return self.rundir / f"trace_{self.node}.jsonl"
+
     @classmethod
     def agents(cls, rundir: Path) -> list["NodeFiles"]:
         """The members of a run that have an agent (its config was rendered)."""

@@ -12,7 +12,7 @@ AGENT = LAB / "agent"
 PURE = ("core", "claimant", "director", "joining", "events", "ike", "ownership", "membership",
         "sync", "steering", "names", "config")
 IO_MODULES = {"socket", "select", "selectors", "subprocess", "threading", "netfilterqueue"}
-DOOR = {"names", "config", "control", "steering"}
+DOOR = {"names", "config", "control", "steering", "trace"}
 MAX_LINES = 600
 
 

@@ -1,0 +1,117 @@
+"""The agent's decision trace: one JSON object per line in `trace_<member>.jsonl`.
+
+Every line has `t` (wall clock, seconds, like a pcap's timestamps, so a trace and a capture
+line up), `member` and `decision`:
+
+    delivered   an IKE packet went to our own charon (we own its key)
+    sent        our charon's IKE packet went out to the peer
+    forwarded   the packet went over the sync network to its owner (`to`)
+    injected    a packet another member forwarded (`from`) went into our stack
+    claimed     an unknown key's first packet waits for its director's grant (`director`)
+    lookup      a packet of an unknown key waits for its director's answer (`director`)
+    dropped     the packet went nowhere (`why`)
+    announced   as a key's director: who owns it (`key`, `owner`)
+    granted     as a key's director: a claimant learns the owner (`key`, `owner`, `to`)
+    expired     a half-open or rekeyed entry's time ran out (`key`, `owner`)
+
+A line about a packet also has `dir` ("in" from the peer, "out" from our charon), `peer` (its
+address as the cluster sees it), `port`, and, when it is IKE: `version`, `exchange`, `msgid`,
+`response` (IKEv2's R flag; IKEv1 has none), `ispi`, `rspi` and `key` (the table's key).
+
+A flood makes lines as fast as it makes packets: the file is bounded (`TraceFile`).
+"""
+
+import json
+import os
+
+from . import ike
+from .ownership import Key
+
+MAX_BYTES = 32 << 20  # then the file starts afresh, the old one kept as `<name>.1`
+
+
+def packet_fields(packet: bytes, inbound: bool) -> dict:
+    """What a trace line (or a ladder) says about an IPv4/UDP IKE packet; {} when the packet
+    is not one (a malformed one was dropped for that reason, and its line says why)."""
+    try:
+        dgram = ike.parse_datagram(packet)
+        port = dgram.dport if inbound else dgram.sport
+        fields = {"dir": "in" if inbound else "out", "peer": dgram.src if inbound else dgram.dst,
+                  "port": port}
+        data = ike.ike_payload(port, dgram.payload)
+        if data is None:
+            return fields
+        header = ike.parse_header(data)
+    except ike.ParseError:
+        return {}
+    fields.update(version=header.major, exchange=header.exchange_name, msgid=header.msgid,
+                  response=header.is_response, ispi=header.ispi.hex(), rspi=header.rspi.hex(),
+                  key=str(Key(header.ispi, header.msgid, header.requester)))
+    return fields
+
+
+def trace_line(decision: str, packet: bytes | None, inbound: bool, detail: tuple,
+               member: str, t: float) -> str:
+    """One line of the trace (with its newline)."""
+    line = {"t": round(t, 6), "member": member, "decision": decision}
+    if packet is not None:
+        line.update(packet_fields(packet, inbound))
+    line.update((name, value) for name, value in detail if value is not None)
+    return json.dumps(line, separators=(",", ":")) + "\n"
+
+
+def read_trace(path) -> list[dict]:
+    """A trace file's lines (its rotated predecessor's first), skipping any line that is not
+    a JSON object (a member killed mid-write leaves half a line)."""
+    lines = []
+    for name in (f"{path}.1", str(path)):
+        try:
+            text = open(name, encoding="utf-8", errors="replace").read()
+        except OSError:
+            continue
+        for raw in text.splitlines():
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(value, dict) and "t" in value and "decision" in value:
+                lines.append(value)
+    return lines
+
+
+class TraceFile:
+    """Appends trace lines, at most MAX_BYTES per file: past it the file is renamed to
+    `<name>.1` (replacing the previous one) and a new one begins."""
+
+    def __init__(self, path: str, max_bytes: int = MAX_BYTES):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.pending: list[str] = []
+        self.lines = 0
+        self.rotations = 0
+        self.file = open(path, "a", encoding="utf-8")
+        self.size = self.file.tell()
+
+    def add(self, line: str) -> None:
+        self.pending.append(line)
+
+    def flush(self) -> None:
+        """Write what was added since the last flush."""
+        if not self.pending:
+            return
+        text = "".join(self.pending)
+        self.lines += len(self.pending)
+        self.pending.clear()
+        if self.size + len(text) > self.max_bytes:
+            self.file.close()
+            os.replace(self.path, f"{self.path}.1")
+            self.rotations += 1
+            self.file = open(self.path, "a", encoding="utf-8")
+            self.size = 0
+        self.file.write(text)
+        self.file.flush()
+        self.size += len(text)
+
+    def close(self) -> None:
+        self.flush()
+        self.file.close()
