@@ -45,6 +45,7 @@ class ClusterNet(Mininet):
 
     def __init__(self, *args, **params):
         self.floods: list[Flood] = []
+        self.captures = None  # a lab.captures.Captures, when the lab set one up
         super().__init__(*args, **params)
 
     def build(self):
@@ -75,6 +76,8 @@ class ClusterNet(Mininet):
 
     def stop(self):
         self.stop_floods()
+        if self.captures is not None:
+            self.captures.stop()  # before the ports go: the files end cleanly
         super().stop()
 
     def flood(self, peer: str, rate: float = 1000.0, seconds: float = 30.0, ike: int = 2,

@@ -11,12 +11,14 @@ import signal
 import subprocess
 import threading
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 from mininet.log import setLogLevel
 
 from . import preflight, strongswan
 from .agent.names import NodeFiles
+from .captures import Captures
 from .cluster import ClusterNet
 from .mntopo import IkeClusterTopo, root_interfaces
 from .preflight import NotReady
@@ -75,7 +77,7 @@ def prepare(spec: LabSpec, keep: bool = False, template_dir: Path = TEMPLATE_DIR
                    + (", nat" if spec.nat else "")
                    + (f", agent ({spec.ownership})" if spec.agent else ", no agent"))
     run = RunDirectory.create(plan.bridge_names(), root_interfaces(plan), keep, description,
-                              lock)
+                              lock, spec=asdict(spec))
     try:
         with _private_files():
             _render(plan, spec, run, template_dir)
@@ -116,9 +118,11 @@ class Lab:
     """A running lab: `with Lab(spec) as lab:` builds and starts it, leaving tears it down."""
 
     def __init__(self, spec: LabSpec, keep: bool = False, template_dir: Path = TEMPLATE_DIR,
-                 say=lambda message: None):
+                 say=lambda message: None, capture: bool = False):
+        """`capture`: record pcaps from the start (`lab.captures`); it keeps the run."""
         self.spec = spec
-        self.keep = keep
+        self.keep = keep or capture
+        self.capture = capture
         self.template_dir = Path(template_dir)
         self.say = say
         self.plan = None
@@ -141,11 +145,15 @@ class Lab:
         try:
             topo = IkeClusterTopo(plan=self.plan, rundir=self.run.path, strict=True)
             self.net = ClusterNet(topo=topo, controller=None, build=False, autoSetMacs=False)
+            self.net.captures = Captures(self.net, self.plan, self.run)
             self.say(f"starting {len(self.plan.members)} members and {len(self.plan.peers)} "
                      "peers (charon per node, configs checked by loading them)")
             self.net.build()
             self.say("programming the hashing switches")
             self.net.start()
+            if self.capture:
+                files = self.net.captures.start()
+                self.say(f"capturing into {files[0].parent} ({len(files)} files)")
         except BaseException as exc:
             self.stop()
             if isinstance(exc, Exception) and not isinstance(exc, LabError):

@@ -12,6 +12,7 @@ from mininet.cli import CLI
 from . import strongswan
 from .agent.control import query
 from .agent.names import CHILD_NAME, CLUSTER_CONNECTION
+from .captures import CaptureError
 from .cluster import FailoverError
 from .daemons import DaemonConfigError
 from .nodes import ClusterMember, PeerGateway, StrongSwanNode
@@ -24,8 +25,8 @@ UP_TIMEOUT = 20.0
 
 class LabCLI(CLI):
     """Mininet's CLI plus `sas`, `up`, `ownership`, `steering`, `hashing`, `members`, `fail`,
-    `restore`, `rehash`, `partition`, `heal` and `flood`; `help <command>` shows what each
-    does."""
+    `restore`, `drain`, `undrain`, `stop`, `rehash`, `partition`, `heal`, `flood` and
+    `capture`; `help <command>` shows what each does."""
 
     prompt = "ikelab> "
 
@@ -178,11 +179,43 @@ class LabCLI(CLI):
             return
         self.stdout.write(f"flooding: {flood.description}; `flood stop` ends it\n")
 
+    def do_capture(self, line):
+        """capture start|stop [MEMBER|sync]: record pcaps of every member's port on the external
+        hashing switch and of the sync network (or of one of them) into <run dir>/captures/,
+        for Wireshark and `ikelab ladder`. Started with `ikelab run --capture`, they run from
+        the start. A run that is not kept (--keep) loses its files at teardown."""
+        arguments = capture_arguments(line)
+        if arguments is None:
+            self.stdout.write("*** usage: capture start|stop [MEMBER|sync]\n")
+            return
+        if self.mn.captures is None:
+            self.stdout.write("*** captures need a lab started by ikelab (not plain mn)\n")
+            return
+        action, target = arguments
+        try:
+            files = (self.mn.captures.start if action == "start" else self.mn.captures.stop)(target)
+        except CaptureError as exc:
+            self.stdout.write(f"*** {exc}\n")
+            return
+        verb = "capturing into" if action == "start" else "complete:"
+        for path in files:
+            self.stdout.write(f"{verb} {path}\n")
+        if not files:
+            self.stdout.write("nothing to " + action + "\n")
+
     def do_rehash(self, line):
         """rehash l3|l4|split [MEMBER,...]: make the hashing switches hash on other fields,
         live, and (given members) spread traffic over those members only: the others are
         drained, their tunnels kept and their packets forwarded and steered to them."""
         self._act("rehash l3|l4|split [MEMBER,...]", self.mn.rehash, rehash_arguments(line))
+
+
+def capture_arguments(line: str) -> tuple[str, str | None] | None:
+    """(start|stop, target or None) from `start|stop [TARGET]`, else None."""
+    words = line.split()
+    if not 1 <= len(words) <= 2 or words[0] not in ("start", "stop"):
+        return None
+    return words[0], words[1] if len(words) == 2 else None
 
 
 def one_member(line: str) -> tuple[str] | None:

@@ -111,7 +111,8 @@ class RunDirectory:
 
     @classmethod
     def create(cls, bridges: list[str], interfaces: list[str], keep: bool,
-               description: str, lock: LabLock | None = None) -> "RunDirectory":
+               description: str, lock: LabLock | None = None,
+               spec: dict | None = None) -> "RunDirectory":
         """Make a fresh run directory (root only) owned by this process and write its record."""
         runs_dir().mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -122,7 +123,7 @@ class RunDirectory:
         run.write({"owner_pid": os.getpid(), "owner_start": start_time(os.getpid()),
                    "boot_id": boot_id(), "created": time.time(), "description": description,
                    "keep": keep, "bridges": bridges, "interfaces": interfaces,
-                   "state": RUNNING})
+                   "state": RUNNING, "spec": spec or {}})
         if lock is not None:
             lock.describe(f"run {run.name}, pid {os.getpid()}")
         return run
@@ -167,6 +168,21 @@ def recorded_runs() -> list[RunDirectory]:
     if not runs_dir().is_dir():
         return []
     return [RunDirectory(p) for p in sorted(runs_dir().iterdir()) if (p / RECORD).is_file()]
+
+
+def find_run(name: str | None) -> RunDirectory:
+    """A recorded run by name or directory, or the latest one when `name` is None; raises
+    LookupError with one line saying what there is."""
+    if name is None:
+        runs = recorded_runs()
+        if not runs:
+            raise LookupError(f"no runs recorded in {runs_dir()}: ikelab run --keep (or "
+                              "--capture) keeps one")
+        return runs[-1]
+    path = Path(name) if "/" in name else runs_dir() / name
+    if not (path / RECORD).is_file():
+        raise LookupError(f"no run {name!r} (ikelab runs lists them)")
+    return RunDirectory(path)
 
 
 def live_runs() -> list[RunDirectory]:
