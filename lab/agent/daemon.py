@@ -42,6 +42,8 @@ from .trace import TraceFile, trace_line
 from .witness import Witness
 
 ANSWER_TIMEOUT = 2.0  # a control request the loop has not answered by then gets an error
+TRACE_BATCH = 32  # trace lines pending at most before they are written (a short burst)
+TRACE_DELAY = 0.25  # seconds a trace line waits at most for a quiet turn of the loop
 SYNC_BUFFER = 4 << 20  # a snapshot of a full table is a burst of 250 datagrams
 
 
@@ -89,9 +91,11 @@ class AgentDaemon:
         self.esp_hold = EspHold(self.errors, self.log)
         self.charon = Charon(config.vici_socket, self.post, self.errors, self.log)
         self.stopping = False
-        # Decisions to trace, stamped as they are carried out and written once per turn of
-        # the loop: formatting them must not delay the packet they are about.
+        # Decisions to trace, stamped as they are carried out and written when the loop has
+        # nothing waiting (or TRACE_BATCH are pending, or TRACE_DELAY passed): formatting
+        # them must not delay the packets they are about, nor the next ones.
         self.traced: list = []
+        self.trace_written_at = 0.0
         self.trace_file = TraceFile(config.trace) if config.trace else None
         self.sync_sock = self.raw_sock = self.witness = None
         # The membership view as of the last tick: the switches ask for it twenty times a
@@ -301,11 +305,15 @@ class AgentDaemon:
         self.log(f"agent {self.config.member}: running, {self.agent.membership.state}")
         try:
             while not self.stopping:
-                for key, _ in selector.select(TICK):
+                ready = selector.select(TICK)
+                for key, _ in ready:
                     key.data()
                 self.feed(Tick())
-                self.write_trace()
                 now = time.monotonic()
+                if self.traced and (not ready or len(self.traced) >= TRACE_BATCH
+                                    or now - self.trace_written_at >= TRACE_DELAY):
+                    self.write_trace()
+                    self.trace_written_at = now
                 if now - self.published_at >= TICK:
                     self.state_view = self.agent.membership_view(now)
                     self.published_at = now

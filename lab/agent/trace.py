@@ -23,9 +23,12 @@ A flood makes lines as fast as it makes packets: the file is bounded (`TraceFile
 
 import json
 import os
+import struct
 
 from . import ike
 from .ownership import Key
+
+PORTS = struct.Struct("!HH")
 
 MAX_BYTES = 32 << 20  # then the file starts afresh, the old one kept as `<name>.1`
 
@@ -52,12 +55,41 @@ def packet_fields(packet: bytes, inbound: bool) -> dict:
 
 def trace_line(decision: str, packet: bytes | None, inbound: bool, detail: tuple,
                member: str, t: float) -> str:
-    """One line of the trace (with its newline)."""
-    line = {"t": round(t, 6), "member": member, "decision": decision}
+    """One line of the trace (with its newline). Built by hand, not by json.dumps over
+    `packet_fields`: it runs for every IKE packet, and this is a third of the cost; only the
+    free-text details go through json."""
+    line = f'{{"t":{t:.6f},"member":"{member}","decision":"{decision}"'
     if packet is not None:
-        line.update(packet_fields(packet, inbound))
-    line.update((name, value) for name, value in detail if value is not None)
-    return json.dumps(line, separators=(",", ":")) + "\n"
+        line += _packet_json(packet, inbound)
+    for name, value in detail:
+        if value is not None:
+            line += f',"{name}":{json.dumps(value)}'
+    return line + "}\n"
+
+
+def _packet_json(packet: bytes, inbound: bool) -> str:
+    """`packet_fields` as JSON members (each with its leading comma), for a packet the agent
+    has parsed already: only offsets are read here; anything odd falls back."""
+    try:
+        ihl = (packet[0] & 0x0F) * 4
+        sport, dport = PORTS.unpack_from(packet, ihl)
+        port = dport if inbound else sport
+        start = ihl + 8 + (4 if port == ike.NATT_PORT else 0)
+        if len(packet) < start + ike.HEADER_LEN or (
+                port == ike.NATT_PORT and packet[ihl + 8:start] != ike.NON_ESP_MARKER):
+            raise ValueError("not IKE")
+        ispi, rspi, _next, version, exchange, flags, msgid, _length = \
+            ike.HEADER.unpack_from(packet, start)
+    except (IndexError, struct.error, ValueError):
+        return "".join(f',"{k}":{json.dumps(v)}' for k, v in packet_fields(packet,
+                                                                             inbound).items())
+    header = ike.IkeHeader(ispi, rspi, version >> 4, exchange, flags, msgid, 0)
+    peer = packet[12:16] if inbound else packet[16:20]
+    return (f',"dir":"{"in" if inbound else "out"}","peer":"{peer[0]}.{peer[1]}.{peer[2]}.'
+            f'{peer[3]}","port":{port},"version":{header.major},'
+            f'"exchange":"{header.exchange_name}","msgid":{msgid},'
+            f'"response":{"true" if header.is_response else "false"},"ispi":"{ispi.hex()}",'
+            f'"rspi":"{rspi.hex()}","key":"{ispi.hex()}/{msgid}/{header.requester}"')
 
 
 def read_trace(path) -> list[dict]:
@@ -74,7 +106,9 @@ def read_trace(path) -> list[dict]:
                 value = json.loads(raw)
             except ValueError:
                 continue
-            if isinstance(value, dict) and "t" in value and "decision" in value:
+            if (isinstance(value, dict) and isinstance(value.get("t"), (int, float))
+                    and isinstance(value.get("decision"), str)
+                    and isinstance(value.get("member"), str)):
                 lines.append(value)
     return lines
 
