@@ -1,8 +1,10 @@
 """`ikelab`: the lab's command line.
 
     ikelab run [options]   build the lab, bring every tunnel up, test traffic, report, tear down
-    ikelab status          the running lab's ownership table and agent counters
+    ikelab status          the running lab's ownership table and agent counters (--watch)
     ikelab runs            the recorded runs: running, kept or crashed
+    ikelab ladder          one peer's IKE across the members, as a sequence diagram
+    ikelab graph           the lab's nodes, links, addresses and switch ports, as a picture
     ikelab clean [--kept]  remove what crashed runs left behind (and kept runs), from records
 
 Exit status of `run`: 0 when every tunnel is up on exactly one member and carries traffic both
@@ -11,6 +13,7 @@ ways; 1 when the lab ran and something failed (the report says what), or could n
 interrupted (Ctrl-C, SIGTERM), after a complete teardown.
 """
 
+# PYTHON_ARGCOMPLETE_OK  (bash completion: argcomplete, registered by scripts/setup.sh)
 import argparse
 import json
 import os
@@ -51,17 +54,65 @@ def _seconds(text: str) -> float:
     return value
 
 
+EXAMPLES = {
+    None: """examples:
+  ikelab run                              the main job: 3 members, 2 peers; exit 0 if all is well
+  ikelab run --hash split --no-agent      the reference's problem: IKE_AUTH lands on the wrong member
+  ikelab run --hash split --capture       the agent mends it; pcaps and traces kept for `ladder`
+  ikelab ladder -o ladder.svg             the latest run's p1, hop by hop across the members
+  ikelab status --watch                   (while a lab runs) the ownership table, every second
+  ikelab <command> --help                 each command's options and examples""",
+    "run": """examples:
+  ikelab run --members 5 --peers 8 --ike mixed
+  ikelab run --hash split --capture       keep pcaps per switch port (Wireshark) and traces
+  ikelab run --hash split --cli           then: ownership, sas, fail m2, capture start, ...
+  ikelab run --chaos --keep               fail, rehash, partition members; writes chaos.png
+  ikelab run --json | jq .tunnels         the report as JSON (run_dir when kept)""",
+    "status": """examples:
+  ikelab status                           once
+  ikelab status --watch                   every second until Ctrl-C
+  ikelab status --json | jq '.m1.counters'""",
+    "runs": """examples:
+  ikelab runs
+  ikelab runs --json""",
+    "ladder": """examples:
+  ikelab ladder -o ladder.svg                       the latest run, peer p1
+  ikelab ladder 20261128-101500-4242 --peer p2 -o p2.png
+  ikelab ladder /var/lib/ikelab/runs/20261128-101500-4242 -o l.svg""",
+    "graph": """examples:
+  ikelab graph -o lab.svg                           the default lab (3 members, 2 peers)
+  ikelab graph --members 5 --peers 4 --nat -o lab.png
+  ikelab graph 20261128-101500-4242 -o lab.svg      the lab a kept run had""",
+    "clean": """examples:
+  ikelab clean                            what crashed runs left
+  ikelab clean --kept                     and the runs kept with --keep or --capture""",
+}
+
+
+def _add(sub, name: str, help: str) -> "Parser":
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                          epilog=EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _topology_options(parser) -> None:
+    parser.add_argument("--members", type=_int, default=3, help="cluster members, 1-8 (3)")
+    parser.add_argument("--peers", type=_int, default=2, help="VPN peer gateways, 1-128 (2)")
+    parser.add_argument("--hash", choices=HASH_MODES, default="l4",
+                        help="what the hashing switch hashes on (l4)")
+    parser.add_argument("--mode", choices=CLUSTER_MODES, default="ls",
+                        help="ls: load sharing; ha: one active member (ls)")
+    parser.add_argument("--nat", action="store_true",
+                        help="put the first peer behind a NAT router")
+
+
 def parser() -> Parser:
     top = Parser(prog="ikelab", description="IKE forwarding lab: VPN peers and a "
-                 "load-sharing cluster behind an Open vSwitch hashing switch.")
+                 "load-sharing cluster behind an Open vSwitch hashing switch.",
+                 epilog=EXAMPLES[None], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    run = sub.add_parser("run", help="build the lab, bring the tunnels up, test, report")
-    run.add_argument("--members", type=_int, default=3, help="cluster members, 1-8 (3)")
-    run.add_argument("--peers", type=_int, default=2, help="VPN peer gateways, 1-128 (2)")
-    run.add_argument("--hash", choices=HASH_MODES, default="l4",
-                     help="what the hashing switch hashes on (l4)")
-    run.add_argument("--mode", choices=CLUSTER_MODES, default="ls",
-                     help="ls: load sharing; ha: one active member (ls)")
+    run = _add(sub, "run", "build the lab, bring the tunnels up, test, report")
+    _topology_options(run)
     run.add_argument("--ike", choices=IKE_CHOICES, default="2",
                      help="IKE version of the peers; mixed alternates (2)")
     run.add_argument("--auth", choices=AUTH_METHODS, default="psk", help="psk or pubkey (psk)")
@@ -71,7 +122,6 @@ def parser() -> Parser:
     run.add_argument("--no-ike-fragmentation", dest="ike_fragmentation", action="store_false",
                      help="no RFC 7383 IKE fragmentation: a big IKE message crosses the wire "
                      "as IP fragments")
-    run.add_argument("--nat", action="store_true", help="put the first peer behind a NAT router")
     run.add_argument("--no-agent", dest="agent", action="store_false",
                      help="run the members without the forwarding agent (the reference's "
                      "problem, unsolved)")
@@ -85,6 +135,12 @@ def parser() -> Parser:
     run.add_argument("--cli", action="store_true",
                      help="open the Mininet CLI on the running lab before teardown")
     run.add_argument("--keep", action="store_true", help="keep the run's configs and logs")
+    run.add_argument("--capture", action="store_true",
+                     help="record pcaps of every member's switch port and of the sync network "
+                     "under <run dir>/captures/ (keeps the run, as --keep)")
+    run.add_argument("--no-trace", dest="trace", action="store_false",
+                     help="agents write no decision trace (trace_<member>.jsonl); for "
+                     "benchmarks")
     run.add_argument("--templates", type=Path, default=None,
                      help="render configs from this template directory (the lab's own)")
     run.add_argument("--expiry", type=_seconds, default=30.0,
@@ -98,12 +154,28 @@ def parser() -> Parser:
     run.add_argument("--chaos", action="store_true",
                      help="after the traffic test, fail, restore, rehash and partition members "
                      "while the LANs ping each other, and report each outage")
-    status = sub.add_parser("status", help="the running lab's ownership table and agent "
-                            "counters")
+    status = _add(sub, "status", "the running lab's ownership table and agent counters")
     status.add_argument("--json", action="store_true", help="print what the agents said as JSON")
-    runs = sub.add_parser("runs", help="the recorded runs: name, state, path, options")
+    status.add_argument("--watch", action="store_true",
+                        help="print it again every second until Ctrl-C")
+    runs = _add(sub, "runs", "the recorded runs: name, state, path, options")
     runs.add_argument("--json", action="store_true", help="print them as JSON")
-    clean = sub.add_parser("clean", help="remove what crashed runs left, from their records")
+    ladder = _add(sub, "ladder", "draw one peer's IKE negotiations across the cluster "
+                  "members as a sequence diagram, from a run's traces and captures")
+    ladder.add_argument("run", nargs="?", metavar="RUN",
+                        help="a run's name or directory (default: the latest run)")
+    ladder.add_argument("--peer", default="p1", help="the peer to draw (p1)")
+    ladder.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                        help="the picture: FILE.svg or FILE.png")
+    graph = _add(sub, "graph", "draw the lab: nodes, links, addresses, and which switch port "
+                 "feeds which member")
+    graph.add_argument("run", nargs="?", metavar="RUN",
+                       help="a run's name or directory: the lab it had (default: the lab "
+                       "these options give)")
+    _topology_options(graph)
+    graph.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                       help="the picture: FILE.svg or FILE.png")
+    clean = _add(sub, "clean", "remove what crashed runs left, from their records")
     clean.add_argument("--kept", action="store_true",
                        help="also remove the runs kept with --keep")
     return top
@@ -133,7 +205,7 @@ def cmd_run(args) -> int:
 
     spec = LabSpec(args.members, args.peers, args.hash, args.mode, args.ike, args.auth, args.nat,
                    args.agent, args.ownership, args.expiry, args.dead_after, args.chain,
-                   args.ike_fragmentation, args.rebalance)
+                   args.ike_fragmentation, args.rebalance, args.trace)
     spec.validate()
     if args.chaos and not spec.agent:
         raise UsageError("--chaos needs the agent: without it no tunnel survives a member")
@@ -161,7 +233,7 @@ def cmd_run(args) -> int:
         f"mode {spec.mode}, " + (f"agent ({spec.ownership})" if spec.agent else "no agent"))
     try:
         with Lab(spec, keep=args.keep, template_dir=args.templates or TEMPLATE_DIR,
-                 say=say) as lab:
+                 say=say, capture=args.capture) as lab:
             lab_up = time.monotonic() - start
             say(f"lab up in {lab_up:.1f} s")
             report = run_main_job(lab, args.timeout, lab_up, say)
@@ -193,6 +265,25 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
+    if not args.watch:
+        return _status_once(args)
+    try:
+        while True:
+            # Clear the screen and home the cursor, as watch(1) does.
+            print("\033[H\033[2J" + time.strftime("%H:%M:%S"), flush=True)
+            if _status_once(args) and not _live():
+                return 1
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _live() -> bool:
+    from .rundir import live_runs
+    return bool(live_runs())
+
+
+def _status_once(args) -> int:
     from .agent.control import query
     from .agent.names import NodeFiles
     from .report import describe_ownership
@@ -247,6 +338,80 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def _run_plan(name: str | None):
+    """(run, plan) of a recorded run; UsageError when there is none or it is too old."""
+    from .rundir import find_run
+
+    try:
+        run = find_run(name)
+    except LookupError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        spec = LabSpec(**run.read()["spec"]).validate()
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"run {run.name} does not say which lab it had (made by an older "
+                         "ikelab?)") from None
+    return run, build_plan(spec)
+
+
+def cmd_ladder(args) -> int:
+    from .ladder import LadderError, build, load
+    from .plots import PlotError, check_format, draw_ladder
+    from .topology import EXTERNAL_VIP
+
+    try:
+        check_format(args.output)
+    except PlotError as exc:
+        raise UsageError(str(exc)) from None
+    run, plan = _run_plan(args.run)
+    try:
+        peer = plan.peer(args.peer)
+    except StopIteration:
+        raise UsageError(f"run {run.name} has no peer {args.peer!r}: it has "
+                         f"{', '.join(p.name for p in plan.peers)}") from None
+    members = [m.name for m in plan.members]
+    try:
+        seen = load(run.path, members, str(EXTERNAL_VIP))
+    except LadderError as exc:
+        print(f"ikelab: {exc}", file=sys.stderr)
+        return 1
+    if not seen:
+        print(f"ikelab: run {run.name} has neither agent traces nor captures to draw from "
+              "(ikelab run --keep keeps traces; --capture adds pcaps)", file=sys.stderr)
+        return 1
+    ladder = build(peer.name, str(peer.seen_as), members, seen)
+    try:
+        draw_ladder(ladder, args.output, f"IKE of {peer.name} ({peer.seen_as}) across the "
+                    f"cluster, run {run.name}: {run.read().get('description', '')}")
+    except (PlotError, OSError) as exc:
+        print(f"ikelab: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.output}: {len(ladder.arrows)} IKE messages of {peer.name}; "
+          f"the IKE SA is held by {ladder.holder or 'no member'}")
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from .plots import PlotError, check_format, draw_topology
+
+    try:
+        check_format(args.output)
+    except PlotError as exc:
+        raise UsageError(str(exc)) from None
+    if args.run:
+        _, plan = _run_plan(args.run)
+    else:
+        plan = build_plan(LabSpec(args.members, args.peers, args.hash, args.mode,
+                                  nat=args.nat).validate())
+    try:
+        draw_topology(plan, args.output)
+    except OSError as exc:
+        print(f"ikelab: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.output}: {len(plan.members)} members, {len(plan.peers)} peers")
+    return 0
+
+
 def cmd_clean(args) -> int:
     from .rundir import clean_run, kept_runs, live_runs, stale_runs
 
@@ -265,18 +430,22 @@ def cmd_clean(args) -> int:
     return 0
 
 
+COMMANDS = {"run": cmd_run, "status": cmd_status, "runs": cmd_runs, "ladder": cmd_ladder,
+            "graph": cmd_graph, "clean": cmd_clean}
+
+
 def main(argv=None) -> int:
+    top = parser()
     try:
-        args = parser().parse_args(argv)
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "clean":
-            return cmd_clean(args)
-        if args.command == "status":
-            return cmd_status(args)
-        if args.command == "runs":
-            return cmd_runs(args)
-        raise UsageError("a command is required: run, status, runs or clean "
+        import argcomplete
+        argcomplete.autocomplete(top)  # answers a completion request and exits; else nothing
+    except ImportError:
+        pass
+    try:
+        args = top.parse_args(argv)
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
+        raise UsageError("a command is required: run, status, runs, ladder, graph or clean "
                          "(see ikelab --help)")
     except (UsageError, TopologyError) as exc:
         print(f"ikelab: error: {exc}", file=sys.stderr)

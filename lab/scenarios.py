@@ -311,6 +311,7 @@ class StepResult:
     takeover_s: float | None = None  # from the action until the tunnels the member held
     #                                  are held by others (a member that left or drained)
     lost: int = 0  # echo requests never answered, all peers, from the action to the end
+    began: float | None = None  # Unix time of the action (for plots)
 
     @property
     def recovered(self) -> bool:
@@ -321,7 +322,7 @@ class StepResult:
         return {"name": self.name, "outage_s": self.outage_s,
                 "takeover_s": self.takeover_s, "lost": self.lost,
                 "consistent_after_s": self.consistent_after_s, "problem": self.problem,
-                "outages": self.outages}
+                "outages": self.outages, "began": self.began}
 
     def summary(self) -> str:
         outage = ("no traffic watched" if self.outage_s is None
@@ -365,6 +366,18 @@ class ScenarioRun:
 
     def __exit__(self, *exc) -> None:
         self._pings.close()
+
+    def draw(self, path: Path, steps: list[dict]) -> Path:
+        """A picture of the run in `path`: each peer LAN's ping replies over time (a gap is
+        an outage), each step (`StepResult.report()`s) marked where it acted."""
+        from .plots import draw_replies
+
+        replies = {p: pinger.replies() for p, pinger in self.pingers.items()}
+        start = min((t for times in replies.values() for t in times), default=0.0)
+        marks = [(s["began"] - start, s["name"].split(" (")[0]) for s in steps if s.get("began")]
+        return draw_replies({p: [t - start for t in times] for p, times in replies.items()},
+                            marks, path, f"{self.name}: LAN-to-LAN ping replies per peer "
+                            "(every 100 ms)")
 
     def traffic_since(self, since: float) -> bool:
         """Every peer's LAN got a reply after Unix time `since`."""
@@ -430,7 +443,7 @@ class ScenarioRun:
             _rounded(None if recovery.forgotten_after_s is None
                      else held - acted + recovery.forgotten_after_s), resumed,
             _rounded(None if takeover is None else takeover - acted),
-            sum(p.lost(began, time.time()) for p in self.pingers.values()))
+            sum(p.lost(began, time.time()) for p in self.pingers.values()), began)
         self.say(f"{self.name}: {result.summary()}")
         return result
 
@@ -466,7 +479,11 @@ def run_chaos(lab: Lab, say=lambda message: None) -> list[dict]:
     """`ikelab run --chaos` on the running lab, every peer's LAN pinging: one report item per
     step taken (`StepResult.report`)."""
     with ScenarioRun(lab, [p.name for p in lab.plan.peers], lab.run.path, "chaos", say) as run:
-        return [result.report() for result in run.run(chaos(lab.plan))]
+        steps = [result.report() for result in run.run(chaos(lab.plan))]
+    if lab.keep:
+        path = run.draw(Path(lab.run.path) / "chaos.png", steps)
+        say(f"chaos timeline: {path}")
+    return steps
 
 
 def _poll(check, deadline: float, interval: float = 0.05):

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Forwarding agent benchmarks: forwarding latency, bring-up cost, sync and CPU per packet.
 
-    .venv/bin/python scripts/bench_agent.py [--packets 2000] [--repeat 3]
+    .venv/bin/python scripts/bench_agent.py [--packets 2000] [--repeat 3] [--trace-ab]
 
 1. Latency a forwarded IKE packet adds: a tunnel comes up in `--hash split` (UDP 4500 reaches
    the member that does not own the IKE SA); then the peer's side sends PACKETS IKE
    INFORMATIONAL messages on that IKE SA through the switch. The non-owner's agent stamps each
    on arrival; the owner's agent measures arrival-to-delivery into its charon's stack.
-   Median and p99, and the agents' CPU seconds per 1000 of these packets.
+   Median and p99, and the agents' CPU seconds per 1000 of these packets. With --trace-ab,
+   REPEAT labs with the agents' decision trace on and REPEAT with it off, taking turns, and
+   the median of each side's medians: what the trace costs a forwarded packet.
 2. Time for 16 peers to bring their tunnels up in `--hash split` with the agent against
    `--mode ha` (median of REPEAT runs each, the configurations taking turns): from the first
    initiate to the last peer's CHILD SA, timed by each peer charon's own `child-updown` event;
@@ -45,8 +47,8 @@ for n in range(count):
 """
 
 
-def forwarding_latency(packets: int) -> dict:
-    with Lab(LabSpec(members=2, peers=1, hash="split")) as lab:
+def forwarding_latency(packets: int, trace: bool = True) -> dict:
+    with Lab(LabSpec(members=2, peers=1, hash="split", trace=trace)) as lab:
         if "p1" not in lab.bring_up(["p1"], 20).up_after:
             raise SystemExit("the tunnel did not come up")
         sa = next(iter(strongswan.list_sas(lab.node("p1").files.vici_socket).values()))
@@ -151,10 +153,33 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--trace-ab", action="store_true",
+                        help="only the forwarded latency, trace on against trace off")
     args = parser.parse_args()
+    if args.trace_ab:
+        trace_cost(args.packets, args.repeat)
+        return
     if not args.skip_latency:
         latency(args.packets)
     bring_up_cost(args.repeat)
+
+
+def trace_cost(packets: int, repeat: int) -> None:
+    """Forwarded latency with the decision trace on and off, the two taking turns."""
+    medians, cpu = {True: [], False: []}, {True: [], False: []}
+    for _ in range(repeat):
+        for trace in (True, False):
+            result = forwarding_latency(packets, trace)
+            medians[trace].append(result["median_us"])
+            cpu[trace].append(result["cpu_s_per_1000"])
+    on, off = statistics.median(medians[True]), statistics.median(medians[False])
+    for trace, label in ((True, "trace on "), (False, "trace off")):
+        print(f"{label}: forwarded latency median of {repeat} medians "
+              f"{statistics.median(medians[trace]) / 1000:.3f} ms (runs "
+              + ", ".join(f"{m / 1000:.3f}" for m in medians[trace]) + "); agents' CPU "
+              f"{statistics.median(cpu[trace]):.3f} s per 1000 forwarded packets")
+    print(f"trace on / off: latency {on / off:.3f}, CPU "
+          f"{statistics.median(cpu[True]) / statistics.median(cpu[False]):.3f}")
 
 
 def latency(packets: int) -> None:

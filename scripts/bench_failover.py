@@ -3,6 +3,7 @@
 cluster takes to be consistent again (median and 95th percentile of REPEAT runs per scenario).
 
     .venv/bin/python scripts/bench_failover.py [--repeat 10] [--only NAME ...] [--busy SECONDS]
+                                               [--plots DIR]
 
 The scenarios are `lab.scenarios.SCENARIOS`, the same the failover and takeover tests run:
 owner-death (3 members), owner-death-5, mid-negotiation, rejoin, rehash, partition,
@@ -14,6 +15,10 @@ the cluster is consistent again (lab.probes.consistency: the expected members se
 tables are identical and name only serving members, every tunnel is up on exactly one of
 them; counted from the end of the step's hold), and for a member that left, the time until no
 other member counts it live or names it in its table (detection).
+
+Pictures, in DIR (the current directory): `failover-<scenario>.png`, the first run's ping
+replies per peer LAN with each step marked, and `failover-outages.png`, every step's LAN
+outages over the runs.
 
 `--busy SECONDS` instead runs a default lab under four iperf3 transfers and a 1000/s IKE flood
 for that long (lab.probes.under_load) and prints how often a member was counted dead: it must
@@ -32,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lab.plots import draw_boxes  # noqa: E402
 from lab.probes import under_load  # noqa: E402
 from lab.render import PEER_DPD_DELAY, peer_gives_up_after  # noqa: E402
 from lab.scenarios import SCENARIOS, Scenario, ScenarioError, staged  # noqa: E402
@@ -54,14 +60,19 @@ def spread(values, unit: str = "s") -> str:
     return f"median {median(values):.2f} {unit}, p95 {p95(values):.2f} {unit}"
 
 
-def runs_of(scenario, repeat: int) -> tuple[list[list], list[str]]:
-    """Each run's step results (complete runs only), and why the others failed."""
+def runs_of(scenario, repeat: int, plots: Path) -> tuple[list[list], list[str]]:
+    """Each run's step results (complete runs only), and why the others failed; the first
+    run's timeline drawn in `plots`."""
     complete, failures = [], []
-    for _ in range(repeat):
+    for n in range(repeat):
         with tempfile.TemporaryDirectory() as directory:
             try:
                 with staged(scenario, Path(directory)) as run:
                     results = run.run(scenario.steps)
+                    if n == 0:
+                        path = run.draw(plots / f"failover-{scenario.name}.png",
+                                        [r.report() for r in results])
+                        print(f"plot: {path}", flush=True)
             except ScenarioError as exc:
                 failures.append(str(exc))
                 continue
@@ -105,19 +116,28 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument("--busy", type=int, metavar="SECONDS",
                         help="only the long run under load, for this many seconds")
+    parser.add_argument("--plots", type=Path, default=Path("."), metavar="DIR",
+                        help="where the PNGs go (the current directory)")
     args = parser.parse_args()
     if args.busy:
         busy(args.busy)
         return
     print(f"a peer gives up on a dead member after {peer_gives_up_after():.1f} s (DPD delay "
           f"{PEER_DPD_DELAY:g} s, then IKEv2's retransmissions or IKEv1's DPD timeout)")
+    outages = {}
     for name in args.only:
         scenario = SCENARIOS[name]
-        complete, failures = runs_of(scenario, args.repeat)
+        complete, failures = runs_of(scenario, args.repeat, args.plots)
         print(f"{name} ({scenario.description}): {len(complete)}/{args.repeat} runs recovered"
               + (f"; failures: {failures}" if failures else ""), flush=True)
         for index in range(len(scenario.steps) if complete else 0):
             print(step_line(index, [results[index] for results in complete]), flush=True)
+            outages[f"{name} {index + 1}"] = [r[index].outage_s for r in complete
+                                              if r[index].outage_s is not None]
+    if outages:
+        path = draw_boxes(outages, args.plots / "failover-outages.png",
+                          f"LAN outage per scenario step over {args.repeat} runs", "seconds")
+        print(f"plot: {path}")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 """Hostile load and full size: what an IKE_SA_INIT flood costs each --ownership mode, and how
 fast the biggest labs come up.
 
-    .venv/bin/python scripts/bench_flood.py [--only NAME ...] [--repeat 3]
+    .venv/bin/python scripts/bench_flood.py [--only NAME ...] [--repeat 3] [--plots DIR]
 
   doubling   For each mode (3 members, 3 peers, l4): peer p2's calm bring-up time, then under
              floods from p1 (lab.flood: IKEv2 first messages on 500, fresh SPIs and ports) of
              rising rate, p2's bring-up 3 s into each flood (median of REPEAT): the first rate
              at which it takes twice as long, and the rate the flood really reached.
+             Drawn in DIR/flood-doubling.png: bring-up time against flood rate per mode.
   cost       For each mode: a 30 s flood at 1000/s (unspoofed and spoofed): the agents' CPU
              seconds per 1000 flood packets and the sync messages per flood packet.
   size       `ikelab run --members 8 --peers 64|128 --hash split --ike mixed`: lab up and
@@ -32,6 +33,7 @@ from lab import strongswan  # noqa: E402
 from lab.agent.control import query  # noqa: E402
 from lab.agent.names import CLUSTER_CONNECTION  # noqa: E402
 from lab.lab import Lab  # noqa: E402
+from lab.plots import draw_lines  # noqa: E402
 from lab.topology import OWNERSHIP_MODES, LabSpec  # noqa: E402
 
 RATES = (250, 500, 1000, 2000, 4000, 8000, 16000)
@@ -54,9 +56,12 @@ def agents(lab) -> list[dict]:
     return [query(lab.node(m.name).files.agent_socket) for m in lab.plan.members]
 
 
-def doubling(ownership: str, repeat: int) -> str:
+def doubling(ownership: str, repeat: int, points: list) -> str:
+    """The doubling line for `ownership`; appends (rate, median bring-up or None) to
+    `points`, the calm one at rate 0 first."""
     with Lab(spec(ownership)) as lab:
         calm = statistics.median(t for t in (bring_up(lab, "p2") for _ in range(repeat)) if t)
+        points.append((0, calm))
         measured = []
         for rate in RATES:
             times, reached = [], []
@@ -67,6 +72,7 @@ def doubling(ownership: str, repeat: int) -> str:
                 reached.append(flood.wait(30).get("rate", 0))
             done = [t for t in times if t is not None]
             took = statistics.median(done) if len(done) == len(times) else None
+            points.append((rate, took))
             measured.append(f"{rate}/s (reached {statistics.median(reached):.0f}): "
                             + (f"{took:.3f} s" if took is not None else "not up"))
             if took is None or took >= 2 * calm:
@@ -105,10 +111,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", nargs="+", choices=("doubling", "cost", "size"),
                         default=("doubling", "cost", "size"))
+    parser.add_argument("--plots", type=Path, default=Path("."), metavar="DIR",
+                        help="where the PNGs go (the current directory)")
     args = parser.parse_args()
     if "doubling" in args.only:
+        series = {}
         for mode in OWNERSHIP_MODES:
-            print("doubling:", doubling(mode, args.repeat), flush=True)
+            series[mode] = []
+            print("doubling:", doubling(mode, args.repeat, series[mode]), flush=True)
+        path = draw_lines({m: [(r, t) for r, t in points if r] for m, points in series.items()},
+                          [], args.plots / "flood-doubling.png",
+                          "p2's bring-up under an IKE_SA_INIT flood from p1 (median of "
+                          f"{args.repeat}; missing: not up within 20 s)", "seconds",
+                          "flood rate (packets/s)", logx=True,
+                          hlines=tuple((2 * points[0][1], f"2 x calm ({m})")
+                                       for m, points in series.items() if points))
+        print(f"plot: {path}", flush=True)
     if "cost" in args.only:
         for mode in OWNERSHIP_MODES:
             for spoof in (False, True):

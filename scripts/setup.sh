@@ -50,3 +50,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     fi
     touch "$stamp"
 fi
+
+# Bash completion of `ikelab` (commands, options, choices) in new shells, through argcomplete.
+# bash-completion reads /etc/bash_completion.d; without that package, say how to load it.
+completion=/etc/bash_completion.d/ikelab
+if [ -f /usr/share/bash-completion/bash_completion ]; then
+    mkdir -p /etc/bash_completion.d
+    .venv/bin/register-python-argcomplete ikelab > "$completion.tmp" && mv "$completion.tmp" "$completion"
+else
+    echo "setup.sh: for bash completion: eval \"\$(.venv/bin/register-python-argcomplete ikelab)\""
+fi

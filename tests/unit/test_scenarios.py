@@ -53,7 +53,7 @@ def test_a_step_result_is_the_chaos_reports_item():
     assert result.report() == {"name": "restore m2", "outage_s": 0.4, "takeover_s": None,
                                "lost": 0,
                                "consistent_after_s": 0.51, "problem": None,
-                               "outages": {"p1": 0.4, "p2": 0.0}}
+                               "outages": {"p1": 0.4, "p2": 0.0}, "began": None}
     assert describe_chaos([result.report()])[1] == (
         "  restore m2: longest outage 0.4 s; consistent again after 0.5 s")
     broken = StepResult("fail ? (links down)", None, problem="no one member holds p1's tunnel")

@@ -1,0 +1,95 @@
+"""Seeing it: a captured run's pcaps as tcpdump reads them, the agents' traces, and the ladder
+and topology pictures `ikelab` draws from a kept run, with the agent and without."""
+
+import re
+import subprocess
+
+import pytest
+
+from lab.captures import CaptureError
+from lab.lab import Lab
+from lab.topology import LabSpec
+
+from .helpers import bring_up, ikelab, ikelab_json
+
+pytestmark = pytest.mark.root
+
+ENDPOINT = re.compile(r"IP (\d+\.\d+\.\d+\.\d+)\.(\d+) > (\d+\.\d+\.\d+\.\d+)\.(\d+): ")
+
+
+@pytest.fixture
+def kept():
+    """The kept runs a test makes are removed after it, with `ikelab clean --kept`."""
+    yield
+    result = ikelab("clean", "--kept")
+    assert result.returncode == 0, result.stderr
+
+
+def ike_ports_to_the_cluster(pcap) -> set[int]:
+    """The UDP ports on which the capture saw p1 send to the cluster's virtual IP."""
+    out = subprocess.run(["tcpdump", "-n", "-r", str(pcap), "udp"], capture_output=True,
+                         text=True, check=True).stdout
+    return {int(m[3]) for m in ENDPOINT.findall(out)
+            if m[0] == "203.0.113.11" and m[2] == "203.0.113.1"}
+
+
+def test_a_captured_split_hash_run_has_pcaps_traces_and_a_ladder_of_the_forward(kept, tmp_path):
+    code, report = ikelab_json("--hash", "split", "--peers", "1", "--capture")
+    assert code == 0, report
+    run_dir = report["run_dir"]
+    assert run_dir
+    captures = {m: f"{run_dir}/captures/external-{m}.pcap" for m in ("m1", "m2", "m3")}
+    ports = {m: ike_ports_to_the_cluster(path) for m, path in captures.items()}
+    at_500 = {m for m, seen in ports.items() if 500 in seen}
+    at_4500 = {m for m, seen in ports.items() if 4500 in seen}
+    assert at_500 and at_4500 and at_500.isdisjoint(at_4500), ports
+    sync = subprocess.run(["tcpdump", "-n", "-r", f"{run_dir}/captures/sync.pcap", "udp"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "10.255.0." in sync  # the agents' messages, FORWARD among them
+    svg = tmp_path / "ladder.svg"
+    result = ikelab("ladder", run_dir, "--peer", "p1", "-o", str(svg))
+    assert result.returncode == 0, result.stderr
+    text = svg.read_text()
+    for name in ("m1", "m2", "m3", "IKE_AUTH request #1", "FORWARD IKE_AUTH", "holds the IKE SA"):
+        assert name in text, name
+    png = tmp_path / "ladder.png"
+    assert ikelab("ladder", run_dir, "-o", str(png)).returncode == 0
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    graph = tmp_path / "lab.svg"
+    assert ikelab("graph", run_dir, "-o", str(graph)).returncode == 0
+    assert "bucket 3" in graph.read_text() and "203.0.113.11" in graph.read_text()
+
+
+def test_without_the_agent_the_ladder_shows_ike_auth_at_a_member_without_the_ike_sa(
+        kept, tmp_path):
+    code, report = ikelab_json("--hash", "split", "--peers", "1", "--no-agent", "--capture",
+                               "--timeout", "5")
+    assert code == 1 and report["run_dir"]
+    svg = tmp_path / "ladder.svg"
+    result = ikelab("ladder", "-o", str(svg))  # the latest run: this one
+    assert result.returncode == 0, result.stderr
+    text = svg.read_text()
+    assert "no IKE SA here" in text and "IKE_AUTH request #1" in text
+    assert "FORWARD" not in text.replace("forwarded over the sync network", "")
+
+
+def test_bad_ladder_and_graph_requests_are_one_line_errors(tmp_path):
+    for args in (["ladder", "-o", str(tmp_path / "x.gif")], ["ladder", "no-such-run", "-o",
+                                                              str(tmp_path / "x.svg")],
+                 ["graph", "--members", "9", "-o", str(tmp_path / "g.svg")]):
+        result = ikelab(*args)
+        assert result.returncode == 2, args
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_the_clis_capture_starts_and_stops_one_member_while_the_lab_runs():
+    """What `capture start m2` / `capture stop m2` do in the Mininet CLI."""
+    with Lab(LabSpec(members=2, peers=1, hash="split")) as lab:
+        with pytest.raises(CaptureError, match="no capture point 'm9'"):
+            lab.net.captures.start("m9")
+        (pcap,) = lab.net.captures.start("m2")
+        bring_up(lab)
+        assert lab.net.captures.stop("m2") == [pcap]
+        assert lab.net.captures.stop("m2") == []  # stopped already: nothing to do
+        # Split: one member gets p1's UDP 500, the other its UDP 4500.
+        assert len(ike_ports_to_the_cluster(pcap)) == 1

@@ -1,0 +1,147 @@
+"""The agent's trace and the ladder built from it, without root: real agents (`agents.Cluster`)
+decide on real captured packets, their Trace actions become trace lines as the shell writes
+them, and the ladder model turns lines (or a capture, without an agent) into lanes and arrows.
+The drawings are checked for what a reader looks for: every member and IKE_AUTH named."""
+
+import json
+
+import pytest
+
+from lab.agent.events import Trace
+from lab.agent.trace import TraceFile, read_trace, trace_line
+from lab.ladder import (DROPPED, FORWARD, REQUEST, RESPONSE, SWITCH, VOID, LadderError, Seen,
+                        build, read_pcap, seen_in_capture, seen_in_trace)
+from lab.plots import draw_ladder
+
+from .agents import Cluster, capture
+
+V2 = capture("ikev2.pcap")
+INIT, INIT_REPLY, AUTH, AUTH_REPLY = V2[:4]
+PEER, VIP = "203.0.113.11", "203.0.113.1"
+MEMBERS = ["m1", "m2", "m3"]
+
+
+class TracedCluster(Cluster):
+    """Agents with tracing on, whose Trace actions become trace lines as the shell writes
+    them: stamped when carried out, in the order they were decided."""
+
+    def __init__(self, **options):
+        super().__init__(trace="on", **options)
+        self.lines: list[dict] = []
+
+    def handle(self, index: int, event) -> list:
+        actions = super().handle(index, event)
+        for a in actions:
+            if isinstance(a, Trace):
+                stamp = self.now + len(self.lines) * 1e-6
+                self.lines.append(json.loads(trace_line(a.decision, a.packet, a.inbound,
+                                                        a.detail, f"m{index}", stamp)))
+        return actions
+
+
+def split_hash_negotiation() -> TracedCluster:
+    """p1's IKE_SA_INIT reaches m1, its IKE_AUTH m2 (UDP 4500 hashed elsewhere)."""
+    c = TracedCluster().start()
+    c.packet(1, INIT)
+    c.deliver()
+    c.packet(1, INIT_REPLY)
+    c.now += 0.01
+    c.packet(2, AUTH)
+    c.deliver()
+    c.now += 0.01
+    c.packet(1, AUTH_REPLY)
+    return c
+
+
+def test_the_agents_decisions_become_trace_lines_naming_packet_key_and_where_it_went():
+    lines = split_hash_negotiation().lines
+    by = {(line["member"], line["decision"], line.get("exchange")): line for line in lines}
+    forwarded = by[("m2", "forwarded", "IKE_AUTH")]
+    assert forwarded["to"] == "m1" and forwarded["peer"] == PEER and forwarded["msgid"] == 1
+    assert forwarded["response"] is False and forwarded["key"].endswith("/1/i")
+    assert by[("m1", "injected", "IKE_AUTH")]["from"] == "m2"
+    assert by[("m1", "sent", "IKE_AUTH")]["response"] is True
+    assert ("m1", "delivered", "IKE_SA_INIT") in by
+    director = next(line for line in lines if line["decision"] == "announced")
+    assert director["owner"] == "m1" and director["key"].endswith("/0/i")
+
+
+def test_no_trace_configured_means_no_trace_actions():
+    c = Cluster().start()
+    c.packet(1, INIT)
+    c.deliver()
+    assert not [a for actions in c.done.values() for a in actions if isinstance(a, Trace)]
+
+
+def test_a_split_negotiation_with_the_agent_is_a_ladder_with_a_forward_to_the_holder():
+    ladder = build("p1", PEER, MEMBERS, seen_in_trace(split_hash_negotiation().lines))
+    assert ladder.lanes == ["p1", SWITCH, "m1", "m2", "m3"]
+    assert ladder.holder == "m1"
+    assert [(a.src, a.dst, a.kind, a.label) for a in ladder.arrows] == [
+        ("p1", "m1", REQUEST, "IKE_SA_INIT request #0"),
+        ("m1", "p1", RESPONSE, "IKE_SA_INIT response #0"),
+        ("p1", "m2", REQUEST, "IKE_AUTH request #1"),
+        ("m2", "m1", FORWARD, "FORWARD IKE_AUTH request #1"),
+        ("m1", "p1", RESPONSE, "IKE_AUTH response #1"),
+    ]
+    assert ladder.arrows[0].note.startswith("claimed from m")  # one packet, not two arrows
+
+
+def test_without_the_agent_ike_auth_at_a_member_without_the_ike_sa_goes_into_the_void():
+    seen = (seen_in_capture("m1", [(1.0, INIT), (1.001, INIT_REPLY)], VIP)
+            + seen_in_capture("m2", [(1.01, AUTH), (2.01, AUTH), (4.01, AUTH)], VIP))
+    ladder = build("p1", PEER, MEMBERS, seen)
+    assert ladder.holder == "m1"
+    void = [a for a in ladder.arrows if a.kind == VOID]
+    assert [(a.dst, a.label) for a in void] == [("m2", "IKE_AUTH request #1")] * 3
+    assert all(a.note == "no IKE SA here" for a in void)
+
+
+def test_another_peers_packets_and_non_ike_lines_stay_off_the_ladder():
+    lines = split_hash_negotiation().lines
+    assert build("p2", "203.0.113.12", MEMBERS, seen_in_trace(lines)).arrows == []
+    assert all(s.fields.get("peer") == PEER for s in seen_in_trace(lines))
+
+
+def test_a_packet_the_agent_dropped_is_drawn_as_dropped_with_why():
+    line = json.loads(trace_line("dropped", AUTH, True, (("why", "claim timed out"),), "m3", 5.0))
+    ladder = build("p1", PEER, MEMBERS, [Seen(5.0, "m3", {k: v for k, v in line.items()
+                                                          if k not in ("t", "member")},
+                                              "dropped", {"why": "claim timed out"})])
+    assert [(a.dst, a.kind, a.note) for a in ladder.arrows] == [("m3", DROPPED, "claim timed out")]
+
+
+def test_the_drawings_name_every_member_and_ike_auth(tmp_path):
+    ladder = build("p1", PEER, MEMBERS, seen_in_trace(split_hash_negotiation().lines))
+    svg = draw_ladder(ladder, tmp_path / "l.svg").read_text()
+    for text in MEMBERS + ["IKE_AUTH request #1", "FORWARD", "holds the IKE SA"]:
+        assert text in svg
+    png = draw_ladder(ladder, tmp_path / "l.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10000
+
+
+def test_the_trace_file_is_bounded_and_read_back_across_its_rotation(tmp_path):
+    path = tmp_path / "trace_m1.jsonl"
+    trace = TraceFile(str(path), max_bytes=4000)
+    for n in range(300):
+        trace.add(trace_line("expired", None, True, (("key", f"{n:016x}/0/i"),), "m1", n))
+        trace.flush()
+    trace.add('{"t": 1, "decis')  # a member killed mid-line
+    trace.close()
+    assert trace.rotations >= 1 and path.stat().st_size <= 4000
+    lines = read_trace(path)
+    assert 0 < len(lines) < 300 and lines[-1]["key"] == f"{299:016x}/0/i"
+    assert [line["t"] for line in lines] == sorted(line["t"] for line in lines)
+
+
+def test_bad_run_files_are_skipped_or_one_clear_error(tmp_path):
+    trace = tmp_path / "trace_m1.jsonl"
+    trace.write_text('[1]\n{"t": "soon", "decision": "sent", "member": "m1"}\n'
+                     '{"t": 1, "decision": "sent", "member": "m1", "exchange": "IKE_AUTH"}\n')
+    lines = read_trace(trace)
+    assert len(lines) == 1 and seen_in_trace(lines) == []  # no packet fields: not drawn
+    garbage = tmp_path / "external-m1.pcap"
+    garbage.write_bytes(b"not a capture at all" * 10)
+    with pytest.raises(LadderError) as error:
+        read_pcap(garbage)
+    assert "not a readable capture" in str(error.value) and "\n" not in str(error.value)
