@@ -118,7 +118,9 @@ def draw_lines(series: dict, marks: list, path: Path, title: str, ylabel: str,
         ax.text(0.0, at, f" {text}", va="bottom", ha="left", fontsize=7, color="#555555",
                 transform=ax.get_yaxis_transform())
     if logx:
+        from matplotlib.ticker import ScalarFormatter
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 1000, not 2^9.97
     for at, text in marks:
         ax.axvline(at, color="#c62828", linestyle=":", linewidth=1)
         ax.text(at, 1.0, f" {text}", rotation=90, va="top", ha="left", fontsize=7,
@@ -148,21 +150,27 @@ def draw_boxes(groups: dict, path: Path, title: str, ylabel: str) -> Path:
 
 def draw_replies(replies: dict, marks: list, path: Path, title: str) -> Path:
     """One row of ticks per name in `replies` (name -> times of the replies, seconds): a gap
-    in a row is an outage; `marks` (x, text) are drawn as vertical lines."""
+    in a row is an outage. `marks` (x, text) are numbered vertical lines, their texts listed
+    under the plot."""
     check_format(path)
     plt = _pyplot()
     names = list(replies)
-    fig, ax = plt.subplots(figsize=(12, 1.6 + 0.45 * len(names)))
+    fig, ax = plt.subplots(figsize=(12, 1.8 + 0.45 * len(names) + 0.18 * len(marks)))
     ax.eventplot([replies[n] for n in names], lineoffsets=range(len(names)), linelengths=0.7,
                  linewidths=0.6, colors="#2a8f3a")
-    for at, text in marks:
+    for number, (at, _text) in enumerate(marks, 1):
         ax.axvline(at, color="#c62828", linestyle=":", linewidth=1)
-        ax.text(at, 1.0, f" {text}", rotation=60, va="bottom", ha="left", fontsize=7,
-                color="#c62828", transform=ax.get_xaxis_transform())
+        ax.text(at, 1.01, str(number), va="bottom", ha="center", fontsize=8,
+                color="#c62828", fontweight="bold", transform=ax.get_xaxis_transform())
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("seconds")
-    ax.set_title(title, pad=70)
+    ax.set_title(title, pad=16)
     ax.grid(axis="x", alpha=0.3)
+    if marks:
+        listing = "\n".join(f"{n}  {text}  (at {at:.1f} s)"
+                             for n, (at, text) in enumerate(marks, 1))
+        ax.text(0.0, -0.25, listing, transform=ax.transAxes, va="top", ha="left",
+                fontsize=8, color="#c62828")
     return _save(fig, path)
 
 

@@ -374,7 +374,7 @@ class ScenarioRun:
 
         replies = {p: pinger.replies() for p, pinger in self.pingers.items()}
         start = min((t for times in replies.values() for t in times), default=0.0)
-        marks = [(s["began"] - start, s["name"].split(" (")[0]) for s in steps if s.get("began")]
+        marks = [(s["began"] - start, s["name"]) for s in steps if s.get("began")]
         return draw_replies({p: [t - start for t in times] for p, times in replies.items()},
                             marks, path, f"{self.name}: LAN-to-LAN ping replies per peer "
                             "(every 100 ms)")
