@@ -145,3 +145,14 @@ def test_bad_run_files_are_skipped_or_one_clear_error(tmp_path):
     with pytest.raises(LadderError) as error:
         read_pcap(garbage)
     assert "not a readable capture" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_negotiation_the_member_starts_is_one_arrow_per_packet_claimed_or_not():
+    """Our charon's IKE_SA_INIT waits for its claim (claimed, then sent): one arrow."""
+    out = json.loads(trace_line("claimed", INIT, True, (("director", "m2"),), "m1", 1.0))
+    out.update(dir="out")  # the same packet as our charon would send it, for the model
+    sent = dict(out, decision="sent", t=1.002)
+    del sent["director"]
+    ladder = build("p1", PEER, MEMBERS, seen_in_trace([out, sent]))
+    assert [(a.src, a.dst, a.t) for a in ladder.arrows] == [("m1", "p1", 1.0)]
+    assert ladder.holder == "m1"
