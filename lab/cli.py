@@ -450,6 +450,14 @@ def main(argv=None) -> int:
     except (UsageError, TopologyError) as exc:
         print(f"ikelab: error: {exc}", file=sys.stderr)
         return 2
+    except PermissionError as exc:  # the run directories are root's (they hold keys)
+        print(f"ikelab: {exc.filename or exc}: permission denied; run it as root (sudo)",
+              file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # the pictures' libraries, without setup.sh
+        print(f"ikelab: Python module {exc.name} is missing; fix: ./scripts/setup.sh",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
