@@ -58,9 +58,12 @@ class Captures:
             if name in self.running:
                 continue
             # -Z root: Debian's tcpdump otherwise drops to its own user, who may not write
-            # into a run directory (0700, it holds keys). -U: each packet hits the file as it
-            # is captured, so a file is readable while the capture runs.
-            options = ["-n", "-s", "0", "-U", "-Z", "root", "-w", str(self.file(name))]
+            # into a run directory (0700, it holds keys). --immediate-mode: without it the
+            # kernel hands packets over a block at a time, up to a second late, and a capture
+            # stopped within that second loses them. -U: each packet hits the file at once,
+            # so a file is readable while the capture runs.
+            options = ["-n", "-s", "0", "--immediate-mode", "-U", "-Z", "root", "-w",
+                       str(self.file(name))]
             if name == SYNC:
                 sync_bridge = self.net[self.plan.switch(SYNC).name]
                 process = sync_bridge.popen(["tcpdump", "-i", "any", "-Q", "in"] + options,
