@@ -8,8 +8,10 @@
    INFORMATIONAL messages on that IKE SA through the switch. The non-owner's agent stamps each
    on arrival; the owner's agent measures arrival-to-delivery into its charon's stack.
    Median and p99, and the agents' CPU seconds per 1000 of these packets. With --trace-ab,
-   REPEAT labs with the agents' decision trace on and REPEAT with it off, taking turns, and
-   the median of each side's medians: what the trace costs a forwarded packet.
+   in one lab, REPEAT rounds of PACKETS forwarded packets with the agents' decision trace on
+   and PACKETS with it off (switched through the control socket): the median of each side's
+   medians and the agents' CPU per 1000 packets, paired round by round, so that where the
+   owner sits and how busy the machine is weigh on both sides alike.
 2. Time for 16 peers to bring their tunnels up in `--hash split` with the agent against
    `--mode ha` (median of REPEAT runs each, the configurations taking turns): from the first
    initiate to the last peer's CHILD SA, timed by each peer charon's own `child-updown` event;
@@ -47,34 +49,43 @@ for n in range(count):
 """
 
 
-def forwarding_latency(packets: int, trace: bool = True) -> dict:
-    with Lab(LabSpec(members=2, peers=1, hash="split", trace=trace)) as lab:
+def forwarding_latency(packets: int) -> dict:
+    with Lab(LabSpec(members=2, peers=1, hash="split")) as lab:
         if "p1" not in lab.bring_up(["p1"], 20).up_after:
             raise SystemExit("the tunnel did not come up")
         sa = next(iter(strongswan.list_sas(lab.node("p1").files.vici_socket).values()))
         agents = {m: lab.node(m).files.agent_socket for m in ("m1", "m2")}
-        owner = next(m for m, s in agents.items()
-                     if any(r["key"].startswith(sa["initiator-spi"]) and r["owner"] == m
-                            for r in query(s)["table"]))
-        for s in agents.values():
-            query(s, "reset-latency")
-        cpu_before = {m: query(s)["cpu_s"] for m, s in agents.items()}
-        script = ROOT / "scripts" / ".bench_sender.py"
-        script.write_text(SENDER)
-        try:
-            lab.node("p1").cmd(f"python3 {script} {sa['initiator-spi']} {sa['responder-spi']} "
-                               f"{packets} {EXTERNAL_VIP}")
-        finally:
-            script.unlink()
-        end = time.monotonic() + 10
-        while query(agents[owner])["forward_latency_us"]["samples"] < packets \
-                and time.monotonic() < end:
-            time.sleep(0.1)
-        status = {m: query(s) for m, s in agents.items()}
-        cpu = sum(status[m]["cpu_s"] - cpu_before[m] for m in agents)
-        latency = status[owner]["forward_latency_us"]
-        return {"owner": owner, "samples": latency["samples"], "median_us": latency["median"],
-                "p99_us": latency["p99"], "cpu_s_per_1000": 1000 * cpu / packets}
+        return forwarded(lab, agents, owner_of(agents, sa["initiator-spi"]), sa, packets)
+
+
+def owner_of(agents: dict, ispi: str) -> str:
+    """The member whose agent's table names itself the owner of this IKE SA."""
+    return next(m for m, s in agents.items()
+                if any(r["key"].startswith(ispi) and r["owner"] == m for r in query(s)["table"]))
+
+
+def forwarded(lab, agents: dict, owner: str, sa: dict, packets: int) -> dict:
+    """Have p1 send `packets` IKE INFORMATIONALs on its IKE SA (the non-owner forwards them
+    all): the owner's latency figures and both agents' CPU per 1000 packets."""
+    for s in agents.values():
+        query(s, "reset-latency")
+    cpu_before = {m: query(s)["cpu_s"] for m, s in agents.items()}
+    script = ROOT / "scripts" / ".bench_sender.py"
+    script.write_text(SENDER)
+    try:
+        lab.node("p1").cmd(f"python3 {script} {sa['initiator-spi']} {sa['responder-spi']} "
+                           f"{packets} {EXTERNAL_VIP}")
+    finally:
+        script.unlink()
+    end = time.monotonic() + 10
+    while query(agents[owner])["forward_latency_us"]["samples"] < packets \
+            and time.monotonic() < end:
+        time.sleep(0.1)
+    status = {m: query(s) for m, s in agents.items()}
+    cpu = sum(status[m]["cpu_s"] - cpu_before[m] for m in agents)
+    latency = status[owner]["forward_latency_us"]
+    return {"owner": owner, "samples": latency["samples"], "median_us": latency["median"],
+            "p99_us": latency["p99"], "cpu_s_per_1000": 1000 * cpu / packets}
 
 
 class UpClock(threading.Thread):
@@ -165,20 +176,31 @@ def main() -> None:
 
 
 def trace_cost(packets: int, repeat: int) -> None:
-    """Forwarded latency with the decision trace on and off, the two taking turns."""
+    """Forwarded latency and agents' CPU with the decision trace on and off, in one lab,
+    the two taking turns."""
     medians, cpu = {True: [], False: []}, {True: [], False: []}
-    for _ in range(repeat):
-        for trace in (True, False):
-            result = forwarding_latency(packets, trace)
-            medians[trace].append(result["median_us"])
-            cpu[trace].append(result["cpu_s_per_1000"])
+    with Lab(LabSpec(members=2, peers=1, hash="split")) as lab:
+        if "p1" not in lab.bring_up(["p1"], 20).up_after:
+            raise SystemExit("the tunnel did not come up")
+        sa = next(iter(strongswan.list_sas(lab.node("p1").files.vici_socket).values()))
+        agents = {m: lab.node(m).files.agent_socket for m in ("m1", "m2")}
+        owner = owner_of(agents, sa["initiator-spi"])
+        for _ in range(repeat):
+            for trace in (True, False):
+                for s in agents.values():
+                    query(s, "trace-on" if trace else "trace-off")
+                result = forwarded(lab, agents, owner, sa, packets)
+                medians[trace].append(result["median_us"])
+                cpu[trace].append(result["cpu_s_per_1000"])
     on, off = statistics.median(medians[True]), statistics.median(medians[False])
     for trace, label in ((True, "trace on "), (False, "trace off")):
         print(f"{label}: forwarded latency median of {repeat} medians "
-              f"{statistics.median(medians[trace]) / 1000:.3f} ms (runs "
+              f"{statistics.median(medians[trace]) / 1000:.3f} ms (rounds "
               + ", ".join(f"{m / 1000:.3f}" for m in medians[trace]) + "); agents' CPU "
               f"{statistics.median(cpu[trace]):.3f} s per 1000 forwarded packets")
-    print(f"trace on / off: latency {on / off:.3f}, CPU "
+    ratios = sorted(a / b for a, b in zip(medians[True], medians[False]))
+    print(f"trace on / off: latency {on / off:.3f} (round by round: median "
+          f"{statistics.median(ratios):.3f}, from {ratios[0]:.3f} to {ratios[-1]:.3f}), CPU "
           f"{statistics.median(cpu[True]) / statistics.median(cpu[False]):.3f}")
 
 

@@ -14,7 +14,8 @@ import socketserver
 import threading
 from pathlib import Path
 
-REQUESTS = ("state", "owners", "status", "reset-latency", "drain", "undrain")
+REQUESTS = ("state", "owners", "status", "reset-latency", "drain", "undrain", "trace-on",
+            "trace-off")
 REQUEST_TIMEOUT = 0.5  # a client that says nothing for this long is dropped
 
 

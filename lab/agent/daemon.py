@@ -173,6 +173,10 @@ class AgentDaemon:
         if kind == "reset-latency":
             self.agent.latencies_us.clear()
             return {"ok": True}
+        if kind in ("trace-on", "trace-off"):
+            # For benchmarks: the trace's cost, on and off in one lab (no file, no trace).
+            self.agent.tracing = kind == "trace-on" and self.trace_file is not None
+            return {"tracing": self.agent.tracing}
         if kind in ("drain", "undrain"):
             self.feed(DrainAsked(kind == "drain"))
             return self.agent.membership_view(now)
