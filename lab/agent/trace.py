@@ -83,13 +83,23 @@ def _packet_json(packet: bytes, inbound: bool) -> str:
     except (IndexError, struct.error, ValueError):
         return "".join(f',"{k}":{json.dumps(v)}' for k, v in packet_fields(packet,
                                                                              inbound).items())
-    header = ike.IkeHeader(ispi, rspi, version >> 4, exchange, flags, msgid, 0)
+    # ike.IkeHeader's rules, inline: building the object costs more than the rest here.
+    major = version >> 4
+    if major == 2:
+        name = ike.IKEV2_EXCHANGES.get(exchange)
+        response = bool(flags & ike.FLAG_RESPONSE)
+        requester = "i" if bool(flags & ike.FLAG_INITIATOR) != response else "r"
+    else:
+        name = ike.IKEV1_EXCHANGES.get(exchange)
+        response = False
+        requester = "i" if msgid == 0 else "-"
     peer = packet[12:16] if inbound else packet[16:20]
+    spi = ispi.hex()
     return (f',"dir":"{"in" if inbound else "out"}","peer":"{peer[0]}.{peer[1]}.{peer[2]}.'
-            f'{peer[3]}","port":{port},"version":{header.major},'
-            f'"exchange":"{header.exchange_name}","msgid":{msgid},'
-            f'"response":{"true" if header.is_response else "false"},"ispi":"{ispi.hex()}",'
-            f'"rspi":"{rspi.hex()}","key":"{ispi.hex()}/{msgid}/{header.requester}"')
+            f'{peer[3]}","port":{port},"version":{major},'
+            f'"exchange":"{name or f"exchange {exchange}"}","msgid":{msgid},'
+            f'"response":{"true" if response else "false"},"ispi":"{spi}",'
+            f'"rspi":"{rspi.hex()}","key":"{spi}/{msgid}/{requester}"')
 
 
 def read_trace(path) -> list[dict]:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lab.agent.events import Trace
-from lab.agent.trace import TraceFile, read_trace, trace_line
+from lab.agent.trace import TraceFile, packet_fields, read_trace, trace_line
 from lab.ladder import (DROPPED, FORWARD, REQUEST, RESPONSE, SWITCH, VOID, LadderError, Seen,
                         build, read_pcap, seen_in_capture, seen_in_trace)
 from lab.plots import draw_ladder
@@ -156,3 +156,13 @@ def test_a_negotiation_the_member_starts_is_one_arrow_per_packet_claimed_or_not(
     ladder = build("p1", PEER, MEMBERS, seen_in_trace([out, sent]))
     assert [(a.src, a.dst, a.t) for a in ladder.arrows] == [("m1", "p1", 1.0)]
     assert ladder.holder == "m1"
+
+
+def test_a_trace_line_says_of_a_packet_exactly_what_packet_fields_says():
+    """trace_line reads header offsets by hand (it runs per IKE packet); packet_fields is the
+    reference, with ike.IkeHeader's rules."""
+    for packet in capture("ikev2.pcap") + capture("ikev1.pcap"):
+        for inbound in (True, False):
+            line = json.loads(trace_line("x", packet, inbound, (("why", 'a "b"'),), "m1", 1.5))
+            assert line == {"t": 1.5, "member": "m1", "decision": "x",
+                            **packet_fields(packet, inbound), "why": 'a "b"'}
