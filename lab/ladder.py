@@ -117,8 +117,8 @@ def _packet(line: dict) -> dict:
 
 def build(peer: str, address: str, members: list[str], seen: list[Seen]) -> Ladder:
     """`peer`'s ladder (its address as the cluster sees it) from what the members saw."""
-    mine = sorted((s for s in seen if s.fields.get("peer") == address and "exchange" in s.fields),
-                  key=lambda s: s.t)
+    mine = sorted((s for s in seen if s.fields.get("peer") == address and "exchange" in s.fields
+                   and s.member in members), key=lambda s: s.t)
     answered_by: dict[str, set[str]] = {}  # ispi -> members that sent something of that SA
     for s in mine:
         if not s.inbound and s.decision in (None, "sent"):
@@ -147,7 +147,7 @@ def build(peer: str, address: str, members: list[str], seen: list[Seen]) -> Ladd
         note = f"claimed from {s.detail['director']}" if s.decision in PARKED or (
             "director" in s.detail) else ""
         arrows.append(Arrow(s.t, peer, s.member, text, plain, note))
-        if s.decision == "forwarded" and "to" in s.detail:
+        if s.decision == "forwarded" and s.detail.get("to") in members:
             arrows.append(Arrow(s.t, s.member, s.detail["to"], f"FORWARD {text}", FORWARD))
     return Ladder(peer, [peer, SWITCH] + list(members), arrows, holder)
 
