@@ -46,6 +46,8 @@ STATES = (JOINING, SERVING, ISOLATED, DRAINING, DRAINED)
 STATE_CODES = {state: code for code, state in enumerate(STATES)}
 SERVING_STATES = (SERVING, DRAINING)  # the members that take traffic and direct keys
 
+REJOIN_SILENCE = 5.0  # seconds a member back from isolation waits to hear anyone serving
+
 
 @dataclass
 class Heard:
@@ -74,6 +76,7 @@ class Membership:
     live_set: set = field(default_factory=set)
     last_update: float | None = None
     synced: bool = False  # JOINING: the snapshot has been applied
+    back_from_isolation: bool = False  # JOINING after a cut: the others were alive
 
     @property
     def heartbeat(self) -> float:
@@ -162,6 +165,7 @@ class Membership:
             if self.state == ISOLATED and self.connected(now):
                 changes.state = self.state = JOINING
                 self.synced = False
+                self.back_from_isolation = True
             self.live_set = {self.me} | {m for m, h in self.heard.items()
                                          if now - h.at < self.dead_after}
             changes.appeared = self.live_set - before
@@ -172,10 +176,17 @@ class Membership:
         changes.appeared = self.live_set - before
         if self.state == JOINING and self.synced and self.accepted():
             changes.state = self.state = SERVING
+            self.back_from_isolation = False
         return changes
 
     def nobody_serving_since(self, now: float, since: float) -> bool:
         """JOINING with no serving member heard for `dead_after` after `since`: the whole
-        cluster is (re)starting, so there is no table to fetch."""
+        cluster is (re)starting, so there is no table to fetch. Back from isolation the
+        wait is REJOIN_SILENCE: the others were serving when this member was cut off, and
+        their first heartbeats after a heal can lag the witness's answers by the time their
+        kernels take to resolve its address again (ARP gave up on it during the cut: up to
+        a second). Serving the old table instead of theirs would never heal."""
+        wait = max(REJOIN_SILENCE, self.dead_after) if self.back_from_isolation \
+            else self.dead_after
         return (self.state == JOINING and not self.pivot()
-                and now - since >= self.dead_after and self.connected(now))
+                and now - since >= wait and self.connected(now))

@@ -210,3 +210,26 @@ def test_a_joiner_never_restores_a_member_it_saw_die():
     c.run(1.5)
     assert c.agents[3].table.owners() == {f"{alive}/0/i": "m1"}
     assert c.agents[3].membership.state == "serving"
+
+
+def test_a_member_back_from_a_partition_fetches_the_table_however_late_the_others_speak():
+    """After a heal the others' heartbeats can lag the witness's answers by an ARP
+    resolution (their kernels gave up on the member's address during the cut): the member
+    must still fetch their table, not take the silence for an empty cluster and serve its
+    own old one. (CI saw it: a rejoined member without the survivor's takeover SA.)"""
+    c = Cluster().start()
+    c.cut.add(1)
+    c.run(1.5)
+    assert c.agents[1].membership.state == "isolated"
+    taken = "3333333333333333"
+    c.handle(3, up(taken, taken))  # what the others did meanwhile: a takeover, say
+    c.run(1.0)
+    healed = c.now
+    c.cut.discard(1)  # the witness answers at once; m2 and m3 are heard 1.5 s later
+    c.lose = lambda sender, receiver, m: receiver == 1 and c.now < healed + 1.5
+    c.run(4.0)
+    m1 = c.agents[1]
+    assert m1.membership.state == "serving"
+    assert m1.counters["snapshots_applied"] == 1
+    assert m1.table.owners() == c.agents[2].table.owners()
+    assert m1.table.owners()[f"{taken}/0/i"] == "m3"
