@@ -18,6 +18,7 @@ the agent sees the message (lab.agent.nfqueue), so a fragment here is a fault to
 
 import struct
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 HEADER = struct.Struct("!8s8sBBBBII")
 HEADER_LEN = HEADER.size  # 28
@@ -99,6 +100,12 @@ class IkeHeader:
         return (self.major == 2 and self.is_response and self.msgid == 0
                 and self.rspi == ZERO_SPI)
 
+    def encode(self, next_payload: int = 0, minor: int = 0) -> bytes:
+        """The 28-byte header as it goes on the wire (`length` counts it); `parse_header` of
+        it and `length - 28` bytes of body gives this header back."""
+        return HEADER.pack(self.ispi, self.rspi, next_payload, self.major << 4 | minor,
+                           self.exchange, self.flags, self.msgid, self.length)
+
     def cluster_spi(self, sent_by_cluster: bool) -> bytes | None:
         """The SPI the cluster allocated, when the header says which side that is (IKEv2)."""
         if self.major != 2:
@@ -150,6 +157,21 @@ class Datagram:
     dst: str
     dport: int
     payload: bytes
+
+
+    def encode(self) -> bytes:
+        """An IPv4/UDP packet carrying `payload` (TTL 64, no options, a UDP checksum of
+        zero: none, RFC 768); `parse_datagram` of it gives this datagram back."""
+        total = 28 + len(self.payload)
+        if total > 0xFFFF:
+            raise ValueError(f"a {total}-byte datagram does not fit into one IPv4 packet")
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0,
+                         IPv4Address(self.src).packed, IPv4Address(self.dst).packed)
+        words = sum(struct.unpack("!10H", ip))
+        words = (words & 0xFFFF) + (words >> 16)
+        checksum = ~((words & 0xFFFF) + (words >> 16)) & 0xFFFF
+        udp = struct.pack("!HHHH", self.sport, self.dport, 8 + len(self.payload), 0)
+        return ip[:10] + checksum.to_bytes(2, "big") + ip[12:] + udp + self.payload
 
 
 MORE_FRAGMENTS, FRAGMENT_OFFSET = 0x2000, 0x1FFF
