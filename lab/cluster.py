@@ -17,7 +17,7 @@ from mininet.net import Mininet
 from .agent.control import query
 from .daemons import READY_POLL, Daemon, DaemonConfigError
 from .flood import Flood
-from .nodes import ClusterMember, PeerGateway, StrongSwanNode, SyncBridge
+from .nodes import ClusterMember, LabNode, PeerGateway, SyncBridge
 from .switch import HashingSwitch, SwitchError
 from .topology import HASH_MODES, INTERNET
 
@@ -26,7 +26,7 @@ DRAIN_TIMEOUT = 30.0
 SETTLERS = 8  # charons loading their configs at once (swanctl waits on charon, not the CPU)
 
 
-def _settle(pair: tuple[StrongSwanNode, Daemon]) -> tuple[StrongSwanNode, Exception | None]:
+def _settle(pair: tuple[LabNode, Daemon]) -> tuple[LabNode, Exception | None]:
     node, daemon = pair
     try:
         daemon.settle()
@@ -56,7 +56,7 @@ class ClusterNet(Mininet):
         """Every node launched its daemons in `config()`: wait for all of them together, then
         let them settle (each charon loads its swanctl.conf) a few at a time. A daemon that
         refuses raises DaemonConfigError from its node (or is reported, under plain mn)."""
-        pending = [(node, daemon) for node in self.hosts if isinstance(node, StrongSwanNode)
+        pending = [(node, daemon) for node in self.hosts if isinstance(node, LabNode)
                    for daemon in node.daemons]
         ready = []
         while pending:
@@ -216,7 +216,8 @@ class ClusterNet(Mininet):
 
     def membership(self) -> dict[str, dict]:
         """Each member's own view (state, live, serving), or why it cannot say; plus, under
-        the key `switches`, what each hashing switch gives buckets to, and how many of its
+        the key `witness`, whom the witness backs and what each member last told it, and
+        under `switches`, what each hashing switch gives buckets to, and how many of its
         health checks failed unexpectedly."""
         result = {}
         for node in self.cluster_members():
@@ -230,6 +231,12 @@ class ClusterNet(Mininet):
                 result[node.name] = {"state": f"no agent ({exc.__class__.__name__})"}
             if node.failed == "links":
                 result[node.name]["failed"] = "links down"
+        witness = self.sync_bridge().witness
+        if witness is not None:
+            try:
+                result["witness"] = query(witness.files.witness_socket, "status", timeout=1.0)
+            except (OSError, ValueError) as exc:
+                result["witness"] = {"error": exc.__class__.__name__}
         result["switches"] = {s.name: {"buckets": s.buckets, "hash": s.hash_mode,
                                        "drained": sorted(set(s.members) - s.allowed)
                                        if s.allowed is not None else [],

@@ -1,4 +1,5 @@
-"""The daemons a lab node runs, as objects: charon, and on a member its forwarding agent.
+"""The daemons a lab node runs, as objects: charon, on a member its forwarding agent, and on
+the sync bridge the witness.
 
 A daemon is one process inside its node's namespaces, started through the node's `popen` (so
 the run records it for `ikelab clean`), with a sign that it is ready (its socket answers) and
@@ -218,6 +219,34 @@ class ForwardingAgent(Daemon):
     def ready(self) -> bool:
         try:
             query(self.files.agent_socket, timeout=1.0)
+            return True
+        except (OSError, ValueError):
+            return False
+
+
+class WitnessDaemon(Daemon):
+    """The sync network's witness (`python -m lab.agent.witnessd`) on the sync bridge: it
+    decides which members may act when the sync network splits. Ready once its control socket
+    answers."""
+
+    NAME = "witness"
+    SOCKET = "control socket"
+    READY_DEADLINE = 10.0
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "lab.agent.witnessd", "--config",
+                str(self.files.witness_config)]
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+
+    @property
+    def output(self) -> Path:
+        return self.files.witness_log
+
+    def ready(self) -> bool:
+        try:
+            query(self.files.witness_socket, timeout=1.0)
             return True
         except (OSError, ValueError):
             return False

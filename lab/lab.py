@@ -23,7 +23,7 @@ from .cluster import ClusterNet
 from .mntopo import IkeClusterTopo, root_interfaces
 from .preflight import NotReady
 from .pki import make_credentials
-from .render import TEMPLATE_DIR, agent_config, identity_of, render_node
+from .render import TEMPLATE_DIR, agent_config, identity_of, render_node, witness_config
 from .rundir import LabBusy, LabLock, RunDirectory, clean_run, runs_dir, stale_runs
 from .topology import LabSpec, Plan, build_plan
 
@@ -103,6 +103,9 @@ def _render(plan: Plan, spec: LabSpec, run: RunDirectory, template_dir: Path) ->
         for member in plan.members:
             files = NodeFiles(member.name, run.path)
             files.agent_config.write_text(agent_config(plan, member, files, creds).dump())
+        bridge = next(s.name for s in plan.switches if s.role == "sync")
+        files = NodeFiles(bridge, run.path)
+        files.witness_config.write_text(witness_config(plan, bridge, files, creds).dump())
 
 
 def _loaded_plugins(plan: Plan, run: RunDirectory) -> list[str]:

@@ -121,8 +121,9 @@ class LabCLI(CLI):
 
     def do_members(self, line):
         """members: each member's state (serving, joining, isolated, failed), the members it
-        hears and sees serving, whether the sync witness answers it, its table size; and the
-        members each hashing switch gives buckets to (and its health check errors, if any)."""
+        hears and sees serving, whether the sync witness backs it, its table size; whom the
+        witness backs and whom each member told it it hears; and the members each hashing
+        switch gives buckets to (and its health check errors, if any)."""
         self.stdout.write("\n".join(describe_membership(self.mn.membership())) + "\n")
 
     def do_fail(self, line):
@@ -153,7 +154,7 @@ class LabCLI(CLI):
 
     def do_partition(self, line):
         """partition MEMBER: silently drop everything between the member and the sync network.
-        It stops serving once the sync witness goes quiet; the others count it dead."""
+        It stops serving once the sync witness stops backing it; the others count it dead."""
         self._act("partition MEMBER", self.mn.partition, one_member(line))
 
     def do_heal(self, line):

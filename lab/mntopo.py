@@ -37,7 +37,7 @@ def _port(interface: str) -> int:
 
 
 class IkeClusterTopo(Topo):
-    """Every node of `plan`, with its run-directory files; `strict` as in StrongSwanNode."""
+    """Every node of `plan`, with its run-directory files; `strict` as in LabNode."""
 
     def build(self, plan: Plan = None, rundir: Path = None, strict: bool = True):
         for host in plan.hosts():
@@ -47,7 +47,7 @@ class IkeClusterTopo(Topo):
             self.addHost(host.name, **params)
         for switch in plan.switches:
             if switch.role == "sync":
-                self.addHost(switch.name, cls=SyncBridge, rundir=str(rundir),
+                self.addHost(switch.name, cls=SyncBridge, rundir=str(rundir), strict=strict,
                              plan_host=Host(switch.name, "sync-bridge", ()))
             else:
                 self.addSwitch(switch.name, cls=HashingSwitch, plan_switch=switch,

@@ -15,7 +15,7 @@ from mininet.node import Host
 
 from . import topology
 from .agent.names import NodeFiles, member_index
-from .daemons import Charon, Daemon, DaemonConfigError, ForwardingAgent
+from .daemons import Charon, Daemon, DaemonConfigError, ForwardingAgent, WitnessDaemon
 from .rundir import RunDirectory
 
 
@@ -24,10 +24,24 @@ def node_dir(rundir: Path, name: str) -> Path:
 
 
 class LabNode(Host):
-    """A host whose addresses, routes and sysctls come from its `topology.Host`."""
+    """A host whose addresses, routes and sysctls come from its `topology.Host`, and that owns
+    its daemons (`daemon_list()`, none unless a subclass says so): `config()` launches them in
+    order, and the net waits for every node's daemons together (`lab.cluster.ClusterNet.
+    build`): a 128-peer lab has 136 charons to start. A restart (`start_daemons`) starts each
+    and waits for it before the next. `terminate()` stops them in reverse.
 
-    def __init__(self, name, plan_host: topology.Host = None, rundir=None, **params):
+    With `strict` (the `ikelab` lab) a daemon that refuses its config raises DaemonConfigError
+    so the lab can tear down and say which node failed; under plain `mn` it is printed instead,
+    because an exception there would make `mn` run its own global cleanup.
+    """
+
+    def __init__(self, name, plan_host: topology.Host = None, rundir=None,
+                 files: NodeFiles = None, strict=True, **params):
         self.plan_host = plan_host
+        self.files = files or NodeFiles(name, Path(rundir))
+        self.strict = strict
+        self.daemons: list[Daemon] = []
+        self.startup_error = None
         self.rundir = Path(rundir)
         self.run = RunDirectory(self.rundir)
         here = node_dir(self.rundir, name)
@@ -62,41 +76,17 @@ class LabNode(Host):
                      for destination, gateway in host.routes]
         if commands:  # one round trip to the node's shell: a 128-peer lab has 266 nodes
             self.cmd("; ".join(commands))
+        self.launch_daemons()
         return result
-
-
-class StrongSwanNode(LabNode):
-    """A node with daemons: charon, and on a cluster member its forwarding agent. `config()`
-    launches them (`daemons`, in order), and the net waits for every node's daemons together
-    (`lab.cluster.ClusterNet.build`): a 128-peer lab has 136 charons to start. A restart
-    (`start_daemons`) starts each and waits for it before the next. `terminate()` stops them
-    in reverse.
-
-    With `strict` (the `ikelab` lab) a daemon that refuses its config raises DaemonConfigError
-    so the lab can tear down and say which node failed; under plain `mn` it is printed instead,
-    because an exception there would make `mn` run its own global cleanup.
-    """
-
-    def __init__(self, name, files: NodeFiles = None, strict=True, **params):
-        self.files = files
-        self.strict = strict
-        self.daemons: list[Daemon] = []
-        self.startup_error = None
-        super().__init__(name, **params)
 
     def daemon_list(self) -> list[Daemon]:
         """The daemons this node runs, in start order."""
-        return [Charon(self, self.files)]
+        return []
 
-    def config(self, **params):
-        result = super().config(**params)
-        # `m1 swanctl --list-sas` in the CLI: swanctl finds this node's charon through the
-        # strongswan.conf it reads (its `swanctl.socket`).
-        self.cmd(f"export STRONGSWAN_CONF={self.files.strongswan_conf}")
+    def launch_daemons(self) -> None:
         self.daemons = self.daemon_list()
         for daemon in self.daemons:
             daemon.launch()
-        return result
 
     def failed_to_start(self, exc: DaemonConfigError) -> None:
         """A daemon of this node refused to start: raise (strict) or say so (under mn)."""
@@ -117,6 +107,19 @@ class StrongSwanNode(LabNode):
 
     def _daemon(self, kind: type) -> Daemon | None:
         return next((d for d in self.daemons if isinstance(d, kind)), None)
+
+
+class StrongSwanNode(LabNode):
+    """A node with charon (and, on a cluster member, its forwarding agent after it)."""
+
+    def daemon_list(self) -> list[Daemon]:
+        return [Charon(self, self.files)]
+
+    def config(self, **params):
+        # `m1 swanctl --list-sas` in the CLI: swanctl finds this node's charon through the
+        # strongswan.conf it reads (its `swanctl.socket`).
+        self.cmd(f"export STRONGSWAN_CONF={self.files.strongswan_conf}")
+        return super().config(**params)
 
     @property
     def charon(self) -> Charon | None:
@@ -190,8 +193,9 @@ class SyncBridge(LabNode):
     and LAN traffic crosses it, so it must be fast (OVS's userspace datapath adds a fraction of
     a millisecond per hop), and it must stay out of the root namespace.
 
-    The bridge answers pings on the sync network's witness address: a member that cannot
-    reach it knows its own sync link is down (see `lab.agent.membership`). `partition(member)`
+    The witness runs here, on the bridge's own address (`lab.agent.witness`): it decides which
+    members may act when the sync network splits, and a member that cannot reach it knows its
+    own sync link is down (`lab.agent.membership`). `partition(member)`
     silently drops every frame to and from that member's port (carrier stays up, as when a
     switch port or VLAN fails), `heal(member)` lets them through again.
     """
@@ -199,13 +203,24 @@ class SyncBridge(LabNode):
     PARTITION_TABLE = "ikelab_partition"
 
     def config(self, **params):
-        result = super().config(**params)
+        self.partitioned: set[str] = set()
+        return super().config(**params)
+
+    def launch_daemons(self) -> None:
         ports = " ".join(f"ip link set {intf} master br0 up;" for intf in self.intfNames()
                          if intf != "lo")
         self.cmd(f"ip link add br0 type bridge; ip link set br0 up; {ports} "
                  f"ip addr add {topology.SYNC_WITNESS} dev br0")
-        self.partitioned: set[str] = set()
-        return result
+        super().launch_daemons()
+
+    def daemon_list(self) -> list[Daemon]:
+        if not self.files.witness_config.exists():  # a --no-agent lab
+            return []
+        return [WitnessDaemon(self, self.files)]
+
+    @property
+    def witness(self) -> WitnessDaemon | None:
+        return self._daemon(WitnessDaemon)
 
     def port_of(self, member: str) -> str:
         return f"{self.name}-eth{member_index(member)}"

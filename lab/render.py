@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jinja2
 
-from .agent.config import AgentConfig
+from .agent.config import AgentConfig, WitnessConfig
 from .agent.names import (CHILD_NAME, CLUSTER_CONNECTION, IKE_SPI_LABEL_MASK, NodeFiles,
                           esp_spi_range, handover_connection, ike_spi_label, natt_connection)
 from .topology import (CLUSTER_ID, CLUSTER_LAN, EXTERNAL_VIP, LABELLED_OWNERSHIP, SYNC_WITNESS,
@@ -243,3 +243,10 @@ def render_node(plan: Plan, node: str, files: NodeFiles, creds: Credentials,
     return {files.strongswan_conf: env.get_template("strongswan.conf.j2").render(
                 strongswan_conf_data(files, spi_label(plan, node), esp_range(plan, node))),
             files.swanctl_conf: env.get_template("swanctl.conf.j2").render(swanctl)}
+
+
+def witness_config(plan: Plan, bridge: str, files: NodeFiles, creds: Credentials) -> WitnessConfig:
+    """What the sync network's witness needs (`lab.agent.witnessd`), on the bridge `bridge`."""
+    return WitnessConfig(address=str(SYNC_WITNESS.ip), members=[m.index for m in plan.members],
+                         key=creds.sync_key(), dead_after=plan.spec.dead_after,
+                         control_socket=str(files.witness_socket))

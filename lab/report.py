@@ -229,7 +229,7 @@ def describe_membership(states: dict[str, dict]) -> list[str]:
     """Each member's state and view, and what the switches give buckets to (CLI `members`)."""
     lines = []
     for member, state in states.items():
-        if member == "switches":
+        if member in ("switches", "witness"):
             continue
         if "live" not in state:
             lines.append(f"{member}: {state['state']}")
@@ -240,8 +240,15 @@ def describe_membership(states: dict[str, dict]) -> list[str]:
         lines.append(f"{member}: {state['state']}{failed}, holds {state.get('holds', 0)} "
                      f"tunnels{moving}, hears {','.join(state['live'])}, sees serving "
                      f"{','.join(state['serving']) or 'nobody'}, witness "
-                     f"{'answers' if state['connected'] else 'SILENT'}, table "
+                     f"{'backs it' if state['connected'] else 'SILENT'}, table "
                      f"{state['table_size']}")
+    witness = states.get("witness")
+    if witness is not None:
+        lines.append("witness: " + (f"no answer ({witness['error']})" if "error" in witness
+                                    else f"backs {','.join(witness['backs']) or 'nobody'}, "
+                                         f"{witness['changes']} changes, " + ", ".join(
+                                             f"{m} hears {','.join(v['hears'])}"
+                                             for m, v in witness["heard"].items())))
     for switch, info in states.get("switches", {}).items():
         drained = f", drained {','.join(info['drained'])}" if info.get("drained") else ""
         errors = (f", {info['health_errors']} health check errors (logged)"

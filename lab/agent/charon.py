@@ -155,10 +155,13 @@ class Charon:
                          name="charon-stale", daemon=True).start()
 
     def _end_stale_sas(self, keep: frozenset, attempt: int) -> None:
-        dropped, left = 0, 0
+        dropped, left, held = 0, 0, frozenset()
         try:
             for _ in range(3):
-                stale = [sa for sa in list_sas(self.path)
+                sas = list_sas(self.path)
+                held = frozenset(spi for sa in sas
+                                 if (spi := bytes.fromhex(sa.get("initiator-spi", ""))) in keep)
+                stale = [sa for sa in sas
                          if bytes.fromhex(sa.get("initiator-spi", "")) not in keep]
                 left = len(stale)
                 if not stale:
@@ -179,4 +182,4 @@ class Charon:
             self.errors.add()
             self.log(f"bug ending stale SAs:\n{traceback.format_exc()}")
             left = -1
-        self.post(StaleSasEnded(attempt, dropped, left))
+        self.post(StaleSasEnded(attempt, dropped, left, held))

@@ -131,7 +131,8 @@ class ClaimantRole:
         parked = self.lookups.get(msg.ispi)
         if parked is None or parked.tag != msg.tag:
             return
-        if msg.owner == 0:
+        if msg.owner == 0 or self.departed_owner(msg.owner):
+            # No owner, or one we have counted dead (the director has not yet): nobody.
             del self.lookups[msg.ispi]
             self.counters["lookups_unresolved"] += 1
             self.drop_parked(parked, "lookup: no owner")

@@ -44,3 +44,22 @@ class AgentConfig:
 
     def index_of(self, name: str) -> int:
         return member_index(name)
+
+
+@dataclass
+class WitnessConfig:
+    """What the lab tells the sync network's witness (`witnessd`), as `witness_<node>.json`."""
+
+    address: str  # where it listens (the sync bridge's own address), on the sync port
+    members: list  # the member indexes it decides for
+    key: str  # hex cluster key: HMAC of every sync message
+    dead_after: float = 0.6
+    control_socket: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> "WitnessConfig":
+        """The config in `path`; raises OSError, ValueError or TypeError when it is not one."""
+        return cls(**json.loads(Path(path).read_text()))
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), indent=1) + "\n"

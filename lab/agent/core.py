@@ -49,9 +49,37 @@ both grant the same member.
 The agent also decides the data plane's steering routes (`steering`) and then stays out of
 its way: no ESP or LAN packet ever reaches it.
 
+Who may act at all is the witness's to say (`witness`, `membership`): a member that it does
+not back stops acting within half of `dead_after`, and nobody counts a member dead before the
+witness has stopped backing it for that long, so no partition, however it cuts the sync
+network, leaves two sides each directing keys. Replicas are kept whole by the owners' digests
+in every heartbeat (`resync`); a member that restarted is known by its new incarnation
+(`liveness`).
+
+The invariants, and what checks them. The cluster simulator (`lab.sim`, FoundationDB's and
+TigerBeetle's way: these cores, unchanged, on simulated time, under faults, from one seed)
+checks every one after every step or in its quiet tail, across millions of events
+(tests/unit/test_sim.py); each bug it found is a scenario in tests/unit/
+test_agent_found_by_sim.py.
+
+- One owner: no two members' charons hold, or negotiate, the same IKE SA (sim: one-owner).
+- Claim discipline: a director grants a key only once every member it counted live when it
+  announced, and still counts live, has acknowledged (sim: claim-discipline;
+  test_agent_protocol: a claim is granted only once every live member acked).
+- No forwarding loop: an arrival is forwarded at most once (sim: no-forwarding-loop).
+- Bounds: tables, parked packets, announcements and lookups stay within their caps under any
+  flood (sim: bounds; test_agent_flood).
+- No dead owner: no table names a member it counted dead (sim: no-dead-owner).
+- Failure detection: a crashed member is out of every live set within `dead_after` and a
+  heartbeat interval (sim: failure-detection; test_membership).
+- Liveness: after the last fault, every tunnel is up on exactly one member within a bounded
+  time, and a dead member's tunnels are owned again exactly once (sim: liveness).
+- Convergence: then every serving member's table names the same owner for every established
+  IKE SA, the one whose charon holds it (sim: convergence).
+
 The machine: `Agent.handle(event, now)` takes one event (`events`: a queued packet, a sync
 datagram, charon's word, a tick) with the time, and returns actions (verdicts, datagrams,
-routes, pings); `daemon` carries them out. No socket, clock, thread or subprocess in here.
+routes); `daemon` carries them out. No socket, clock, thread or subprocess in here.
 """
 
 from collections import deque
@@ -61,12 +89,15 @@ from .config import AgentConfig
 from .claimant import ClaimantRole
 from .director import DirectorRole
 from .events import (Accept, CharonSaid, DrainAsked, Drop, HoldingsRead, Inject, Log,
-                     PacketQueued, PingWitness, Send, StaleSasEnded, SteerRoutes, SyncArrived,
-                     Tick, Trace, WitnessAnswered)
+                     PacketQueued, Send, StaleSasEnded, SteerRoutes, SyncArrived,
+                     Tick, Trace)
 from .handover import HandoverRole
 from .joining import JoiningRole
-from .membership import (DRAINED, DRAINING, ISOLATED, JOINING, SERVING, SERVING_STATES,
-                         STATE_CODES, STATES, Membership)
+from .liveness import LivenessRole
+from .resync import ResyncRole
+from .sa_events import SaEventsRole
+from .membership import (DRAINED, DRAINING, SERVING, SERVING_STATES,
+                         Membership)
 from .ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable, director_for, ike_sa_key
 
 TICK = 0.05
@@ -85,12 +116,14 @@ COUNTERS = ("seen_in", "seen_out", "delivered_local", "forwarded", "received_for
             "sync_sent", "sync_received", "sync_bad_mac", "sync_replayed", "sync_malformed",
             "heartbeats_sent", "heartbeats_received", "not_serving_drops", "members_died",
             "dead_owner_entries_dropped", "isolations", "snapshots_sent", "snapshots_applied",
-            "stale_sas_dropped", "takeovers", "handovers", "esp_held", "esp_held_full")
+            "stale_sas_dropped", "takeovers", "handovers", "esp_held", "esp_held_full",
+            "restarts_seen", "resyncs", "witness_pings", "stalls")
 # Messages that change the table: a joining member replays them over the snapshot it applies.
 TABLE_CHANGES = (sync.ANNOUNCE, sync.ANSWER, sync.DELETE, sync.REKEY, sync.ESTABLISHED)
 
 
-class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
+class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, SaEventsRole,
+            LivenessRole):
     """One member's agent. `handle(event, now)` returns the actions it decided on; the
     `*_view` methods say what it knows, for the control socket."""
 
@@ -112,7 +145,6 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
         self.tracing = bool(config.trace)
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.latencies_us: deque = deque(maxlen=LATENCY_SAMPLES)
-        self.departed: set[str] = set()  # members dropped as dead, unheard since
         self.inbox: deque = deque()  # messages this member sends itself
         self.next_tag = 1
         self.forwarded_by_spi: dict[str, int] = {}
@@ -120,22 +152,38 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
         self.parse_errors: dict[str, int] = {}  # packets dropped as malformed, by why
         self.holdings: frozenset = frozenset()  # prefixes of our INSTALLED CHILD SAs
         self.advertised: dict[int, frozenset] = {}  # member -> prefixes it holds
-        self.next_tick = self.next_heartbeat = self.next_advertisement = 0.0
-        self.witness_seq = 0
+        self.next_tick = self.next_advertisement = 0.0
+        self.handled = False  # no event yet
         ClaimantRole.__init__(self)
         DirectorRole.__init__(self)
         JoiningRole.__init__(self, now)
         HandoverRole.__init__(self)
+        ResyncRole.__init__(self)
+        LivenessRole.__init__(self)
+        self.incarnation = first_seq  # a restart changes it: the others can tell
         self._handlers = {PacketQueued: self.on_packet, SyncArrived: self.on_sync,
-                          Tick: self.on_tick, WitnessAnswered: self.on_witness,
-                          CharonSaid: self.on_charon, HoldingsRead: self.on_holdings,
+                          Tick: self.on_tick, CharonSaid: self.on_charon,
+                          HoldingsRead: self.on_holdings,
                           StaleSasEnded: self.on_stale_sas_ended, DrainAsked: self.on_drain}
+        self._dispatch = {
+            sync.CLAIM: self.on_claim, sync.GRANT: self.on_grant,
+            sync.ANNOUNCE: self.on_announce, sync.ACK: self.on_ack, sync.LOOKUP: self.on_lookup,
+            sync.ANSWER: self.on_answer, sync.FORWARD: self.on_forward,
+            sync.DELETE: self.on_delete, sync.REKEY: self.on_rekey,
+            sync.ESTABLISHED: self.on_established, sync.ROUTES: self.on_routes,
+            sync.HEARTBEAT: self.on_heartbeat, sync.SNAPSHOT_REQUEST: self.on_snapshot_request,
+            sync.SNAPSHOT: self.on_snapshot, sync.SNAPSHOT_END: self.on_snapshot_end,
+            sync.OWNED_REQUEST: self.on_owned_request, sync.OWNED: self.on_owned,
+            sync.OWNED_END: self.on_owned_end, sync.WITNESS_ANSWER: self.on_witness_answer}
 
     # ---- the machine ----------------------------------------------------------------------
     def handle(self, event, now: float) -> list:
         """Take one event at monotonic time `now`; return the actions, in order."""
-        self.now = now
+        gap, self.now = now - self.now, now
         self.actions = actions = []
+        if gap > self.membership.heartbeat and self.handled:
+            self.stalled(gap)  # (not the shell's start-up, before the first event)
+        self.handled = True
         self._handlers[type(event)](event)
         while self.inbox:
             self.dispatch(self.inbox.popleft())
@@ -324,18 +372,11 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
             self.counters["sync_malformed"] += 1
 
     def dispatch(self, msg: sync.Message) -> None:
-        handler = {sync.CLAIM: self.on_claim, sync.GRANT: self.on_grant,
-                   sync.ANNOUNCE: self.on_announce, sync.ACK: self.on_ack,
-                   sync.LOOKUP: self.on_lookup, sync.ANSWER: self.on_answer,
-                   sync.FORWARD: self.on_forward, sync.DELETE: self.on_delete,
-                   sync.REKEY: self.on_rekey, sync.ESTABLISHED: self.on_established,
-                   sync.ROUTES: self.on_routes, sync.HEARTBEAT: self.on_heartbeat,
-                   sync.SNAPSHOT_REQUEST: self.on_snapshot_request,
-                   sync.SNAPSHOT: self.on_snapshot,
-                   sync.SNAPSHOT_END: self.on_snapshot_end}[msg.type]
+        if (msg.sender == sync.WITNESS) != (msg.type == sync.WITNESS_ANSWER):
+            raise sync.SyncError("malformed")  # only the witness answers, and it only answers
         if msg.type in TABLE_CHANGES:
             self.keep_for_replay(msg)
-        handler(msg)
+        self._dispatch[msg.type](msg)
 
     def on_announce(self, msg: sync.Message) -> None:
         key = Key(msg.ispi, msg.msgid, msg.requester)
@@ -410,77 +451,6 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
             return
         self.log(self.membership.state)
 
-    # ---- membership -----------------------------------------------------------------------
-    def on_heartbeat(self, msg: sync.Message) -> None:
-        code, live = sync.decode_heartbeat(msg.payload)
-        if code >= len(STATES) or msg.sender not in self.indexes:
-            raise sync.SyncError("malformed")
-        self.membership.on_heartbeat(self.config.name_of(msg.sender), STATES[code],
-                                     frozenset(self.config.name_of(i) for i in live
-                                               if i in self.indexes), self.now)
-
-    def on_witness(self, _event: WitnessAnswered) -> None:
-        self.membership.on_witness(self.now)
-
-    def heartbeat(self) -> None:
-        self.next_heartbeat = self.now + self.membership.heartbeat
-        payload = sync.encode_heartbeat(STATE_CODES[self.membership.state],
-                                        {self.config.index_of(m) for m in self.membership.live()})
-        self.broadcast(sync.Message(sync.HEARTBEAT, self.me, payload=payload),
-                       counter="heartbeats_sent")
-        if self.config.witness:
-            self.witness_seq = (self.witness_seq + 1) & 0xFFFF
-            self.emit(PingWitness(self.witness_seq))
-
-    def judge_membership(self) -> None:
-        changes = self.membership.update(self.now)
-        if changes.state:
-            self.on_state(changes.state)
-        for name in sorted(changes.died):
-            self.on_member_died(name)
-        if changes.appeared & self.departed:
-            self.member_arrived()  # back from the dead: it gets its share
-        self.departed -= changes.appeared
-        if changes.appeared and self.serving and self.config.peers:
-            self.advertise()  # a newcomer learns our routes now, not in 5 s
-        if self.now >= self.next_heartbeat:
-            self.heartbeat()
-        if self.membership.state == JOINING and not self.membership.synced:
-            self.fetch_table()
-
-    def on_state(self, state: str) -> None:
-        self.log(state)
-        if state == ISOLATED:
-            # Nothing started here may finish: the others cannot hear about it.
-            self.counters["isolations"] += 1
-            self.claimant_isolated()
-            self.director_isolated()
-            self.snapshot = None
-        elif state == JOINING:
-            # Back from isolation: members may have died meanwhile, unseen from here. Their
-            # routes go; the live ones advertise theirs again as soon as they hear us.
-            self.restart_join()
-            self.advertised = {}
-            if self.config.peers:
-                self.steer()
-        elif state == SERVING and self.config.peers:
-            self.steer()  # the kernel may have lost routes while our links were down
-            self.member_arrived()  # we are back (after joining): we get our share
-
-    def on_member_died(self, name: str) -> None:
-        """`name` left the live set: nothing here may point at it any more."""
-        index = self.config.index_of(name)
-        self.log(f"{name} left the cluster")
-        self.counters["members_died"] += 1
-        self.departed.add(name)
-        orphans = self.table.established(name)
-        self.counters["dead_owner_entries_dropped"] += self.table.drop_owner(name)
-        if self.advertised.pop(index, None) is not None:
-            self.steer()
-        self.director_forgets(index)
-        self.claimant_redirects(index)
-        self.take_over(orphans)
-
     # ---- data plane steering (routes only: no data packet passes through here) ------------
     def steer(self) -> None:
         """Ask for the kernel's steering routes to match what the members hold."""
@@ -500,41 +470,6 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
             self.advertise()
         self.release_installed()
 
-    # ---- charon's events ------------------------------------------------------------------
-    def on_charon(self, event: CharonSaid) -> None:
-        """charon's word on an IKE SA it holds (vici `ike-updown`, `ike-rekey`); CHILD SA
-        events only change what the data plane steers (the shell reads them as holdings)."""
-        sa = next((v for v in event.message.values() if isinstance(v, dict)), None)
-        if sa is None:
-            return
-        if event.name == "ike-rekey":
-            old, new = _spis(sa.get("old", {})), _spis(sa.get("new", {}))
-            if old and new:
-                if self.table.rekey(old[0], new[0], new[1], self.now) is None:
-                    self.table.record(ike_sa_key(new[0]), self.config.member, ESTABLISHED,
-                                      self.now)
-                self.broadcast(sync.Message(sync.REKEY, self.me, ispi=new[0], rspi=new[1],
-                                            owner=self.me, payload=old[0]))
-                self.release_waiting(new[0])
-            return
-        spis = _spis(sa)
-        if event.name != "ike-updown" or not spis:
-            return
-        if event.message.get("up") == "yes":
-            peer = sa.get("remote-host")
-            port, nat = _port(sa.get("remote-port")), sa.get("nat-remote") == "yes"
-            self.table.record(ike_sa_key(spis[0]), self.config.member, ESTABLISHED, self.now,
-                              peer)
-            self.table.establish(spis[0], spis[1], self.now)
-            self.table.locate(spis[0], port, nat)
-            self.arrived(self.peer_names.get(peer), spis[0])
-            self.broadcast(sync.Message(sync.ESTABLISHED, self.me, ispi=spis[0], rspi=spis[1],
-                                        owner=self.me, peer=peer, port=port, nat=nat))
-        else:
-            self.table.delete(spis[0])
-            self.ending.discard(spis[0])
-            self.broadcast(sync.Message(sync.DELETE, self.me, ispi=spis[0]))
-
     # ---- timers ---------------------------------------------------------------------------
     def on_tick(self, _event: Tick) -> None:
         """Timeouts, expiry and re-advertisement, at most once per TICK: not per packet."""
@@ -545,6 +480,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
         self.claimant_timers()
         self.director_timers()
         self.handover_timers()
+        self.resync_timers()
         if self.config.peers and self.now >= self.next_advertisement and self.serving:
             self.advertise()
         for entry in self.table.expire(self.now):
@@ -582,19 +518,3 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole):
                 "half_open": self.table.half_open(),
                 "steering": {"holds": sorted(self.holdings)}}
 
-
-def _port(value) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _spis(sa: dict) -> tuple[bytes, bytes] | None:
-    """(initiator SPI, responder SPI) of a vici IKE SA dict, or None if it has none."""
-    try:
-        ispi = bytes.fromhex(sa["initiator-spi"])
-        rspi = bytes.fromhex(sa.get("responder-spi", "0" * 16))
-    except (KeyError, ValueError):
-        return None
-    return (ispi, rspi) if len(ispi) == 8 and len(rspi) == 8 else None

@@ -1,8 +1,8 @@
 """The agent's I/O shell: one selector loop that feeds `core.Agent` events and carries out the
 actions it returns. The protocol lives in `core`; this module only moves bytes and time.
 
-The loop waits on the two NFQUEUE queues (`nfqueue`), the sync socket, the witness's ICMP
-socket (`witness`) and a wake-up pipe through which threads post their news: charon's vici
+The loop waits on the two NFQUEUE queues (`nfqueue`), the sync socket (the other members and
+the witness, `witness`) and a wake-up pipe through which threads post their news: charon's vici
 events and SA reads (`charon`), and control requests (`control`). Nothing slow runs in it:
 routes are applied by a thread (`routes`), stale SAs ended by another, and a `status` request
 reads the nftables counters in the control thread, after the loop has answered its part.
@@ -27,19 +27,17 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from . import steering
+from . import steering, sync
 from .charon import Charon
 from .config import AgentConfig
 from .control import ControlServer
 from .core import TICK, Agent
 from .events import (Accept, DrainAsked, Drop, EndSa, EndStaleSas, HoldEsp, Initiate, Inject,
-                     Log, PacketQueued, PingWitness, Send, SteerRoutes, SyncArrived, Tick,
-                     Trace, WitnessAnswered)
+                     Log, PacketQueued, Send, SteerRoutes, SyncArrived, Tick, Trace)
 from .names import CHILD_NAME, SYNC_PORT
 from .nfqueue import EspHold, PacketQueues
 from .routes import RouteKeeper
 from .trace import TraceFile, trace_line
-from .witness import Witness
 
 ANSWER_TIMEOUT = 2.0  # a control request the loop has not answered by then gets an error
 TRACE_BATCH = 32  # trace lines pending at most before they are written (a short burst)
@@ -87,6 +85,9 @@ class AgentDaemon:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         self.gateways = {config.index_of(n): a for n, a in config.members.items()}
+        # Where a sync message goes: a member, or the witness (index 0).
+        self.addresses = {**self.gateways, **({sync.WITNESS: config.witness}
+                                              if config.witness else {})}
         self.routes = RouteKeeper(self.gateways, config.sync_interface, self.errors, self.log)
         self.esp_hold = EspHold(self.errors, self.log)
         self.charon = Charon(config.vici_socket, self.post, self.errors, self.log)
@@ -97,7 +98,7 @@ class AgentDaemon:
         self.traced: list = []
         self.trace_written_at = 0.0
         self.trace_file = TraceFile(config.trace) if config.trace else None
-        self.sync_sock = self.raw_sock = self.witness = None
+        self.sync_sock = self.raw_sock = None
         # The membership view as of the last tick: the switches ask for it twenty times a
         # second, and a reference read needs no hand-off to the loop.
         self.state_view = self.agent.membership_view(time.monotonic())
@@ -149,10 +150,6 @@ class AgentDaemon:
                 return
             self.feed(SyncArrived(data))
 
-    def read_witness(self) -> None:
-        if self.witness.answers():
-            self.feed(WitnessAnswered())
-
     def read_posted(self) -> None:
         os.read(self.wake_r, 4096)
         while True:
@@ -192,7 +189,7 @@ class AgentDaemon:
                 action.ref.drop()
             elif kind is Send:
                 try:
-                    self.sync_sock.sendto(action.data, (self.gateways[action.to], SYNC_PORT))
+                    self.sync_sock.sendto(action.data, (self.addresses[action.to], SYNC_PORT))
                 except OSError:
                     pass  # a member that cannot be reached answers nothing; timeouts take over
             elif kind is Inject:
@@ -200,8 +197,6 @@ class AgentDaemon:
                     self.raw_sock.sendto(action.packet, (action.destination, 0))
                 except OSError as exc:
                     self.log(f"writing a forwarded packet back: {exc}")
-            elif kind is PingWitness:
-                self.witness.ping(action.seq)
             elif kind is SteerRoutes:
                 self.routes.want(action.routes)
             elif kind is HoldEsp:
@@ -282,8 +277,6 @@ class AgentDaemon:
         self.sync_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SYNC_BUFFER)
         self.sync_sock.setblocking(False)
         self.raw_sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        if self.config.witness:
-            self.witness = Witness(self.config.witness)
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
@@ -304,8 +297,6 @@ class AgentDaemon:
             selector.register(fd, selectors.EVENT_READ, read)
         selector.register(self.sync_sock, selectors.EVENT_READ, self.read_sync)
         selector.register(self.wake_r, selectors.EVENT_READ, self.read_posted)
-        if self.witness is not None:
-            selector.register(self.witness, selectors.EVENT_READ, self.read_witness)
         self.log(f"agent {self.config.member}: running, {self.agent.membership.state}")
         try:
             while not self.stopping:

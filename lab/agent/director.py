@@ -43,6 +43,7 @@ class Announcement:
 class DirectorRole:
     def __init__(self):
         self.announcing: dict[int, Announcement] = {}  # tag -> announcement
+        self.announcing_key: dict[Key, Announcement] = {}  # the same, by key
         self.waiters: dict[bytes, list] = {}  # ispi -> [(member index, tag, deadline)]
 
     def on_claim(self, msg: sync.Message) -> None:
@@ -60,14 +61,20 @@ class DirectorRole:
                                                msgid=msg.msgid, requester=msg.requester,
                                                owner=0, tag=msg.tag))
             return
+        pending = self.announcing_key.get(key)
+        if pending is not None and key not in self.table.entries:
+            # A flood's budget pushed the entry out while its announcement still waits for
+            # ACKs: that announcement decides the key all the same (a second one could
+            # grant another owner).
+            self.table.record(key, self.config.name_of(pending.owner), NEGOTIATING, self.now,
+                              pending.peer)
         owner, won = self.table.claim(key, chosen, self.now, msg.peer)
         owner_index = self.config.index_of(owner)
-        pending = next((a for a in self.announcing.values() if a.key == key), None)
         if won:
             pending = Announcement(key, owner_index, NEGOTIATING, msg.peer, self.new_tag(),
                                    self.live_others(), self.now + ANNOUNCE_RESEND,
                                    self.now + 2 * self.config.dead_after)
-            self.announcing[pending.tag] = pending
+            self.announcing[pending.tag] = self.announcing_key[key] = pending
             # Every configured member hears it (a joining one keeps up); the live ones ACK.
             self.broadcast(self._announcement(pending))
             self.trace("announced", key=str(key), owner=owner)
@@ -89,10 +96,15 @@ class DirectorRole:
                             requester=a.key.requester, owner=a.owner, state=a.state, tag=a.tag,
                             peer=a.peer)
 
+    def _forget(self, announcement: Announcement) -> None:
+        del self.announcing[announcement.tag]
+        if self.announcing_key.get(announcement.key) is announcement:
+            del self.announcing_key[announcement.key]
+
     def _maybe_grant(self, announcement: Announcement) -> None:
         if announcement.waiting or announcement.tag not in self.announcing:
             return
-        del self.announcing[announcement.tag]
+        self._forget(announcement)
         for member, tag in announcement.grants:
             self._grant(announcement.key, announcement.owner, member, tag)
 
@@ -145,7 +157,7 @@ class DirectorRole:
         for announcement in list(self.announcing.values()):
             announcement.waiting &= self.live_others()
             if self.now >= announcement.abandon_at:
-                del self.announcing[announcement.tag]  # the claimants have given up
+                self._forget(announcement)  # the claimants have given up
             elif not announcement.waiting:
                 self._maybe_grant(announcement)
             elif self.now >= announcement.resend_at:
@@ -167,7 +179,7 @@ class DirectorRole:
         for announcement in list(self.announcing.values()):
             if announcement.owner == index:
                 # Never grant a dead owner: the claimants time out, the peer retransmits.
-                del self.announcing[announcement.tag]
+                self._forget(announcement)
                 continue
             announcement.waiting.discard(index)
             self._maybe_grant(announcement)
@@ -183,4 +195,5 @@ class DirectorRole:
             if entry is not None and entry.state == NEGOTIATING:
                 self.table.forget(announcement.key)
         self.announcing.clear()
+        self.announcing_key.clear()
         self.waiters.clear()

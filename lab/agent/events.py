@@ -34,11 +34,6 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
-class WitnessAnswered:
-    """The sync network's witness answered our ping: our own sync link works."""
-
-
-@dataclass(frozen=True, slots=True)
 class CharonSaid:
     """A vici event of our own charon (`ike-updown`, `ike-rekey`, ...), decoded to str."""
 
@@ -67,11 +62,13 @@ class DrainAsked:
 class StaleSasEnded:
     """The shell ended the IKE SAs an `EndStaleSas` asked for: how many went, how many stale
     ones are still there (0 when charon is gone: it holds nothing to serve with anyway; -1
-    when they could not be counted: the join is tried again)."""
+    when they could not be counted: the join is tried again), and the initiator SPIs of the
+    IKE SAs charon still holds (those it was asked to keep)."""
 
     attempt: int
     dropped: int
     left: int
+    held: frozenset = frozenset()
 
 
 # ---- actions -------------------------------------------------------------------------------
@@ -104,11 +101,6 @@ class Inject:
 
     packet: bytes
     destination: str
-
-
-@dataclass(frozen=True, slots=True)
-class PingWitness:
-    seq: int
 
 
 @dataclass(frozen=True, slots=True)

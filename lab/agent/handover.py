@@ -235,6 +235,14 @@ class HandoverRole:
             ispi, peer = old.key.ispi, self.peer_names.get(old.peer)
             if ispi in self.ending or peer is None or self.now < new.created + HANDOVER_GRACE:
                 continue
+            if new.owner == me:
+                # Two SAs with one peer, both here: the older goes once the newer carries
+                # traffic (nothing to steer: the holder stays).
+                if (new.key.ispi, self.config.peers[peer][1]) in self.installed:
+                    self.ending.add(ispi)
+                    self.log(f"ending {peer}'s older SA here: it holds a newer one with us")
+                    self.emit(EndSa(ispi))
+                continue
             if ispi not in self.releasing:
                 self.releasing[ispi] = peer
                 self.steer()

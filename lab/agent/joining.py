@@ -93,8 +93,11 @@ class JoiningRole:
             return
         self.table.clear()
         for ispi, msgid, requester, owner, state, rspi, peer, port, nat, age in snapshot.entries:
-            # The pivot may not have counted a member dead that we already dropped.
-            if owner in self.indexes and not self.departed_owner(owner):
+            # The pivot may not have counted a member dead that we already dropped, or that
+            # we never heard: only members we count live own anything here (one we have not
+            # heard yet says what it owns in its heartbeats, `resync`).
+            if (owner in self.indexes and not self.departed_owner(owner)
+                    and self.membership.is_live(self.config.name_of(owner))):
                 self.table.restore(Key(ispi, msgid, requester), self.config.name_of(owner),
                                    state, rspi, peer, age, self.now, port, nat)
         # What changed while the snapshot was on its way, applied again on top of it.
@@ -117,5 +120,12 @@ class JoiningRole:
             return  # the answer to an earlier join
         if event.left:
             self.snapshot = None  # charon still holds what is not ours: sync again
-        else:
-            self.membership.synced = True
+            return
+        # And the other way round: what the table gives us that charon no longer holds (we
+        # restarted faster than the others could count us dead, or an SA went while we
+        # were cut off) is gone, here and everywhere.
+        for entry in self.table.owned_by(self.config.member):
+            if entry.key.ispi not in event.held:
+                self.table.delete(entry.key.ispi)
+                self.broadcast(sync.Message(sync.DELETE, self.me, ispi=entry.key.ispi))
+        self.membership.synced = True

@@ -13,16 +13,21 @@ States of a member:
 - DRAINING: it serves, but hands its tunnels over to the others (make-before-break, see
   `handover`) and takes none in a rebalance; once it holds none it is DRAINED: live, up to
   date, and without traffic, until it is asked to serve again.
-- ISOLATED: it cannot reach the sync network's witness (the sync switch's own address), so it
-  cannot tell a dead cluster from its own cut cable. It stops claiming, directing and handling
-  IKE altogether and tells the switches, through its state, to stop sending it traffic (what it
-  still hears it records and acknowledges, so that it never holds up another member's grant;
-  its table is replaced when it rejoins). Why a
-  witness and not a majority vote: a two-member cluster must survive the death of either
-  member, and with a vote of two neither survivor would hold a majority. The witness breaks the
-  tie the way a quorum disk does: the side that still reaches the sync switch carries on.
-  Isolation is judged at half of `dead_after`, so a cut-off member stops acting before the
-  others give up on it and take its keys over.
+- ISOLATED: the witness (`witness`: the sync bridge's own address, which decides which
+  members may act when the sync network splits) has not backed it for half of `dead_after`:
+  it cannot reach the witness, or the witness backs a group it is not in. It stops claiming,
+  directing and handling IKE altogether and tells the switches, through its state, to stop
+  sending it traffic (what it still hears it records and acknowledges, so that it never holds
+  up another member's grant; its table is replaced when it rejoins). Why a witness and not a
+  majority vote: a two-member cluster must survive the death of either member, and with a
+  vote of two neither survivor would hold a majority.
+
+A member counts another dead only when it has not heard it for `dead_after` *and* the
+witness has not backed it for half of `dead_after` plus a margin (`BACKING_MARGIN`): by then a
+member that is alive but cut off has isolated itself, so no member ever takes over the keys
+of one that still acts. A crashed member is counted dead `dead_after` after its last word, as
+before; one on the wrong side of a partition is counted dead once the witness has dropped it
+and it has stopped acting.
 
 When the witness answers again, an isolated member rejoins: its table is replaced by a
 serving member's snapshot, and what its charon holds that the cluster gave away is dropped.
@@ -32,7 +37,10 @@ on, any member that might direct a key waits for its acknowledgement, and it wai
 so two directors can never both grant one key during a change of membership.
 
 A member whose own loop stalled (CPU starvation) does not judge others on that round: a gap in
-its own clock is not evidence that anyone else died. And any message from a live member, not
+its own clock is not evidence that anyone else died. If the stall was longer than half of
+`dead_after`, the witness may have stopped backing it meanwhile and the others may be taking
+its keys over: it isolates itself at once (`stalled_out`), before it acts on anything that
+queued, and rejoins. And any message from a live member, not
 only its heartbeat, shows it alive: a heartbeat can queue behind a flood's table traffic.
 
 Pure logic: time is passed in, nothing here touches a socket.
@@ -47,6 +55,8 @@ STATE_CODES = {state: code for code, state in enumerate(STATES)}
 SERVING_STATES = (SERVING, DRAINING)  # the members that take traffic and direct keys
 
 REJOIN_SILENCE = 5.0  # seconds a member back from isolation waits to hear anyone serving
+BACKING_MARGIN = 0.05  # a tick of the loop (core.TICK)
+STARTUP_GRACE = 3.0  # seconds a starting cluster gives the witness to back it
 
 
 @dataclass
@@ -72,6 +82,8 @@ class Membership:
     dead_after: float = 2.0
     state: str = SERVING
     heard: dict = field(default_factory=dict)  # member -> Heard
+    backed_at: dict = field(default_factory=dict)  # member -> when the witness last backed it
+    incarnations: dict = field(default_factory=dict)  # member -> its incarnation, last heard
     witness_at: float | None = None
     live_set: set = field(default_factory=set)
     last_update: float | None = None
@@ -87,13 +99,48 @@ class Membership:
         """A bootstrapping cluster starts SERVING together; a restored member JOINs."""
         self.state = JOINING if joining else SERVING
         self.synced = not joining
-        self.witness_at = now  # the witness gets one full period to answer the first time
+        # Starting with the cluster, the witness gets STARTUP_GRACE to back us the first
+        # time (it backs members that hear each other, and nobody has heard anybody yet;
+        # nobody holds anything yet either). A member that comes back acts on nothing
+        # before the witness backs it.
+        self.witness_at = None if joining else now + STARTUP_GRACE - self.dead_after / 2
         self.live_set = {self.me}
         self.last_update = now
 
-    def on_heartbeat(self, member: str, state: str, live: frozenset, now: float) -> None:
-        if member in self.members and member != self.me:
-            self.heard[member] = Heard(now, state, frozenset(live))
+    def on_heartbeat(self, member: str, state: str, live: frozenset, now: float,
+                     incarnation: int = 0) -> bool:
+        """Record a heartbeat; True when it comes from a new incarnation of a member heard
+        before (it restarted: whatever its charon held is gone, however quickly it came
+        back). A late heartbeat of an older incarnation is ignored."""
+        if member not in self.members or member == self.me:
+            return False
+        known = self.incarnations.get(member)
+        if known is not None and incarnation < known:
+            return False
+        self.incarnations[member] = incarnation
+        self.heard[member] = Heard(now, state, frozenset(live))
+        return known is not None and incarnation != known
+
+    def hears(self, now: float) -> set:
+        """The members heard within `dead_after` (what a heartbeat and a witness ping say)."""
+        return {self.me} | {m for m, h in self.heard.items() if now - h.at < self.dead_after}
+
+    def _judge(self, now: float) -> set:
+        """Who is live now: backed by the witness within half of `dead_after` plus the
+        margin (until then a member cut off may still be acting), or heard within
+        `dead_after` and not cut off: one that says it is cut off, and that the witness has
+        stopped backing, is out, whoever still hears it (it serves nobody; its tunnels are
+        taken over, and when it comes back it joins)."""
+        wait = self.dead_after / 2 + self.backing_margin
+        return ({self.me} | {m for m, at in self.backed_at.items() if now - at < wait}
+                | {m for m, h in self.heard.items()
+                   if now - h.at < self.dead_after and h.state != ISOLATED})
+
+    @property
+    def backing_margin(self) -> float:
+        """Beyond half of `dead_after`: a heartbeat interval (the witness's last answer to a
+        member may be that much older than ours) and a tick of the member's loop."""
+        return self.heartbeat + BACKING_MARGIN
 
     def on_message(self, member: str, now: float) -> None:
         """Any authenticated message from a live member shows it alive: under load its
@@ -103,8 +150,25 @@ class Membership:
         if heard is not None and member in self.live_set and now > heard.at:
             heard.at = now
 
-    def on_witness(self, now: float) -> None:
+    def on_witness(self, now: float, backed: frozenset) -> None:
+        """The witness answered our ping: it backs the members in `backed` (us among them,
+        or the answer says we are not backed, and changes nothing)."""
+        if self.me not in backed:
+            return
         self.witness_at = now
+        for member in backed:
+            if member != self.me:
+                self.backed_at[member] = now
+
+    def stalled_out(self, now: float) -> bool:
+        """Our own loop did not run for more than half of `dead_after`: the witness may have
+        stopped backing us and the others may be taking our keys over. We stop acting now
+        (ISOLATED; True if that changed our state) and rejoin once backed again."""
+        if self.state == ISOLATED or self.last_update is None:
+            return False
+        self.state = ISOLATED
+        self.witness_at = None
+        return True
 
     def connected(self, now: float) -> bool:
         """The witness answered within half of `dead_after`."""
@@ -122,7 +186,8 @@ class Membership:
         """A live member's state (its last heartbeat, or this member's own); None if dead."""
         if member == self.me:
             return self.state
-        return self.heard[member].state if member in self.live_set else None
+        heard = self.heard.get(member)
+        return heard.state if heard is not None and member in self.live_set else None
 
     def serving(self) -> list:
         """Live members that serve (draining ones too), in index order: the directors."""
@@ -140,7 +205,8 @@ class Membership:
 
     def accepted(self) -> bool:
         """Every other live member lists this member as live."""
-        return all(self.me in self.heard[m].live for m in self.live_set if m != self.me)
+        return all(m in self.heard and self.me in self.heard[m].live
+                   for m in self.live_set if m != self.me)
 
     def update(self, now: float) -> Changes:
         """Re-judge the live set and this member's state."""
@@ -148,19 +214,20 @@ class Membership:
         stalled = self.last_update is not None and now - self.last_update > self.dead_after / 4
         self.last_update = now
         if stalled:
-            # Our own loop did not run for a while: give the members we counted live (and the
-            # witness, unless we were cut off already) a fresh period instead of declaring
-            # them dead for our own delay. The dead stay dead.
-            for member in self.live_set - {self.me}:
+            # Our own loop did not run for a while: give the members we counted live a fresh
+            # period instead of declaring them dead for our own delay (we are cut off now,
+            # `stalled_out`, and judge nobody anyway until the witness backs us again). The
+            # dead stay dead.
+            for member in self.live_set & self.heard.keys():
                 self.heard[member].at = max(self.heard[member].at, now - self.dead_after / 2)
-            if self.witness_at is not None and self.state != ISOLATED:
-                self.witness_at = max(self.witness_at, now - self.dead_after / 4)
             return changes
         before = set(self.live_set)
         if self.state == ISOLATED or not self.connected(now):
             # Cut off: nobody is judged dead from here, and nobody else's keys taken.
+            # A joining member that the witness has never backed acts on nothing yet: it
+            # waits as it is. One that was backed and lost it is cut off like the others.
             if self.state in (SERVING, DRAINING, DRAINED) or (
-                    self.state == JOINING and not self.connected(now)):
+                    self.state == JOINING and self.witness_at is not None):
                 changes.state = self.state = ISOLATED
             if self.state == ISOLATED and self.connected(now):
                 changes.state = self.state = JOINING
@@ -170,8 +237,7 @@ class Membership:
                                          if now - h.at < self.dead_after}
             changes.appeared = self.live_set - before
             return changes
-        self.live_set = {self.me} | {m for m, h in self.heard.items()
-                                     if now - h.at < self.dead_after}
+        self.live_set = self._judge(now)
         changes.died = before - self.live_set
         changes.appeared = self.live_set - before
         if self.state == JOINING and self.synced and self.accepted():

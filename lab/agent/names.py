@@ -102,6 +102,18 @@ class NodeFiles:
         """The agent's decisions, one JSON object per line (`lab.agent.trace`)."""
         return self.rundir / f"trace_{self.node}.jsonl"
 
+    @property
+    def witness_config(self) -> Path:
+        return self.rundir / f"witness_{self.node}.json"
+
+    @property
+    def witness_socket(self) -> Path:
+        return self.rundir / f"witness_{self.node}.sock"
+
+    @property
+    def witness_log(self) -> Path:
+        return self.rundir / f"witness_{self.node}.log"
+
     @classmethod
     def agents(cls, rundir: Path) -> list["NodeFiles"]:
         """The members of a run that have an agent (its config was rendered)."""

@@ -89,6 +89,8 @@ class OwnershipTable:
         self._half_open_by_peer: dict[str, dict[Key, None]] = {}
         self._lingering: dict[Key, None] = {}  # rekeyed, in the order their grace ends
         self._established_by_peer: dict[str, dict[Key, None]] = {}
+        self._owned: dict[str, tuple[int, int]] = {}  # owner -> (count, digest), `owned`
+        self._counted: set[Key] = set()  # the entries `_owned` counts
 
     # ---- reading --------------------------------------------------------------------------
     def _ike_sa(self, ispi: bytes) -> Entry | None:
@@ -110,6 +112,17 @@ class OwnershipTable:
 
     def half_open(self) -> int:
         return len(self._half_open)
+
+    def owned(self, owner: str) -> tuple[int, int]:
+        """(count, digest) of the established IKE SAs `owner` owns: the digest is the XOR of
+        a hash of each initiator SPI, kept up to date entry by entry, so two tables that
+        list the same SAs for an owner agree on it without comparing the lists."""
+        return self._owned.get(owner, (0, 0))
+
+    def owned_by(self, owner: str) -> list[Entry]:
+        """The established IKE SAs' entries `owner` owns (a scan: for the rare resync)."""
+        return [e for e in self.entries.values() if e.owner == owner
+                and e.state == ESTABLISHED and e.key.is_ike_sa]
 
     # ---- changing ---------------------------------------------------------------------------
     def claim(self, key: Key, member: str, now: float,
@@ -137,10 +150,10 @@ class OwnershipTable:
             return True
         if state == NEGOTIATING and entry.state != NEGOTIATING:
             return True  # charon confirmed this SA: word of a negotiation never undoes that
-        entry.owner = owner
-        if peer and peer != entry.peer:
+        if owner != entry.owner or (peer and peer != entry.peer):
             self._unindex(entry)
-            entry.peer = peer
+            entry.owner = owner
+            entry.peer = peer or entry.peer
             self._index(entry)
         self._set_state(entry, state, now)
         return True
@@ -180,13 +193,14 @@ class OwnershipTable:
                       key=lambda e: e.created)
 
     def superseded(self, owner: str) -> list[tuple[Entry, Entry]]:
-        """(old, new) for each of `owner`'s established IKE SAs whose peer has a newer one with
-        another member (the newest of those): the tunnel moved, the old SA is left to end."""
+        """(old, new) for each of `owner`'s established IKE SAs whose peer has a newer one (the
+        newest): with another member, the tunnel moved; with `owner` itself, the peer holds
+        two SAs with it (a takeover and a peer's own restart crossed). Either way the old SA
+        is left to end."""
         result = []
         for entry in self.established(owner):
             keys = self._established_by_peer.get(entry.peer, {}) if entry.peer else {}
-            newer = [self.entries[k] for k in keys if self.entries[k].owner != owner
-                     and self.entries[k].created > entry.created]
+            newer = [self.entries[k] for k in keys if self.entries[k].created > entry.created]
             if newer:
                 result.append((entry, max(newer, key=lambda e: e.created)))
         return result
@@ -273,8 +287,20 @@ class OwnershipTable:
                          REKEYED: now + self.rekey_grace}[state]
         self._index(entry)
 
+    def _count_owned(self, entry: Entry, sign: int) -> None:
+        count, digest = self._owned.get(entry.owner, (0, 0))
+        count += sign
+        digest ^= int.from_bytes(hashlib.blake2b(entry.key.ispi, digest_size=8).digest(), "big")
+        if count:
+            self._owned[entry.owner] = (count, digest)
+        else:
+            self._owned.pop(entry.owner, None)
+
     def _index(self, entry: Entry) -> None:
         key, peer = entry.key, entry.peer
+        if entry.state == ESTABLISHED and key.is_ike_sa and key not in self._counted:
+            self._counted.add(key)
+            self._count_owned(entry, 1)
         if entry.state == NEGOTIATING:
             self._half_open[key] = None
             if peer:
@@ -286,6 +312,9 @@ class OwnershipTable:
 
     def _unindex(self, entry: Entry) -> None:
         key, peer = entry.key, entry.peer
+        if key in self._counted:
+            self._counted.discard(key)
+            self._count_owned(entry, -1)
         self._half_open.pop(key, None)
         self._lingering.pop(key, None)
         for index in (self._half_open_by_peer, self._established_by_peer):

@@ -2,15 +2,20 @@
 
 Every message is `header | body | payload | MAC`:
 
-    header  magic "IKLB", version 1, type, sender (member index), pad, sequence number (64 bit)
+    header  magic "IKLB", version (VERSION), type, sender (member index), pad, sequence
+            number (64 bit)
     body    initiator SPI (8), Message ID (4), requester (1), owner (member index, 0 = none),
             state (1), tag (4, matches answers to requests), responder SPI (8), the peer's
             IPv4 address (4, zero when unknown), its UDP port (2) and flags (1: bit 0, the
             peer is behind a NAT): where a survivor finds the peer to take its tunnel over
     payload FORWARD: arrival time (ns, 8) + the original IP packet; REKEY: the old initiator SPI;
             ROUTES: the prefixes the sender holds outbound CHILD SAs for, comma-separated;
-            HEARTBEAT: the sender's membership state and the members it hears (bitmap);
-            SNAPSHOT: table entries (ENTRY each); SNAPSHOT_END: how many entries were sent
+            HEARTBEAT: the sender's membership state, the members it hears (bitmap), its
+            incarnation (its first sequence number: a restart changes it), the count and
+            digest of the established IKE SAs it owns; WITNESS_PING: the same as a
+            HEARTBEAT; WITNESS_ANSWER: the members the witness backs (bitmap); SNAPSHOT and
+            OWNED: table entries (ENTRY each); SNAPSHOT_END and OWNED_END: how many entries
+            were sent
     MAC     HMAC-SHA256 over everything before it, under the cluster key
 
 Types: CLAIM (member -> director; `owner` is the claimant when it must own the key because its own
@@ -19,9 +24,12 @@ charon sent the packet, 0 when the director may give it to the peer's existing o
 unknown here), FORWARD (an IKE packet for its owner), ESTABLISHED / REKEY / DELETE (the owner, from
 charon's events, to all), ROUTES (a member's outbound CHILD SA prefixes, for the data plane's
 steering routes), HEARTBEAT (every member to all, `membership`), SNAPSHOT_REQUEST / SNAPSHOT /
-SNAPSHOT_END (a joining member fetches the whole table; `tag` ties the answers to the request). ACK
-carries the key and the acker's owner for it, so a director learns of a conflicting announcement
-before it grants.
+SNAPSHOT_END (a joining member fetches the whole table; `tag` ties the answers to the request),
+OWNED_REQUEST / OWNED / OWNED_END (a member whose table disagrees with a heartbeat's digest asks
+the owner for the SAs it owns), WITNESS_PING / WITNESS_ANSWER (every member to the witness,
+sender 0, and its answer: `tag` ties them; `owner` is 1 when the witness backs the member).
+ACK carries the key and the acker's owner for it, so a director learns of a conflicting
+announcement before it grants.
 
 A receiver drops (and counts) a message that is short, foreign, forged, or replayed. Replay is
 judged per sender with a 64-message sliding window over sequence numbers (as RFC 4303 3.4.3
@@ -34,9 +42,10 @@ import hmac
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import NamedTuple
 
 MAGIC = b"IKLB"
-VERSION = 2
+VERSION = 3  # 3: heartbeats carry the incarnation and the owned digest; OWNED_*
 HEADER = struct.Struct("!4sBBBxQ")
 BODY = struct.Struct("!8sIcBBI8s4sHB")
 NAT_FLAG = 0x01
@@ -45,18 +54,24 @@ MIN_LEN = HEADER.size + BODY.size + MAC_LEN
 WINDOW = 64
 
 (CLAIM, GRANT, ANNOUNCE, ACK, LOOKUP, ANSWER, FORWARD, DELETE, REKEY, ESTABLISHED,
- ROUTES, HEARTBEAT, SNAPSHOT_REQUEST, SNAPSHOT, SNAPSHOT_END) = range(1, 16)
+ ROUTES, HEARTBEAT, SNAPSHOT_REQUEST, SNAPSHOT, SNAPSHOT_END, OWNED_REQUEST, OWNED,
+ OWNED_END, WITNESS_PING, WITNESS_ANSWER) = range(1, 21)
+WITNESS = 0  # the witness's index on the sync network: it speaks sync messages too
 TYPE_NAMES = {CLAIM: "claim", GRANT: "grant", ANNOUNCE: "announce", ACK: "ack",
               LOOKUP: "lookup", ANSWER: "answer", FORWARD: "forward", DELETE: "delete",
               REKEY: "rekey", ESTABLISHED: "established", ROUTES: "routes",
               HEARTBEAT: "heartbeat", SNAPSHOT_REQUEST: "snapshot-request",
-              SNAPSHOT: "snapshot", SNAPSHOT_END: "snapshot-end"}
+              SNAPSHOT: "snapshot", SNAPSHOT_END: "snapshot-end",
+              OWNED_REQUEST: "owned-request", OWNED: "owned", OWNED_END: "owned-end",
+              WITNESS_PING: "witness-ping", WITNESS_ANSWER: "witness-answer"}
 # One table entry in a SNAPSHOT: initiator SPI, Message ID, requester, owner, state,
 # responder SPI (zero when unknown), the peer's IPv4 (zero when unknown), its port and flags
 # (as in the body), age in milliseconds.
 ENTRY = struct.Struct("!8sIcBB8s4sHBI")
 ENTRIES_PER_SNAPSHOT = 40  # 1.2 KB: one unfragmented datagram
-HEARTBEAT_BODY = struct.Struct("!BI")  # sender's membership state code, bitmap of live members
+# The sender's membership state code, bitmap of live members, incarnation, and the count and
+# digest of the established IKE SAs it owns (`OwnershipTable.owned`).
+HEARTBEAT_BODY = struct.Struct("!BIQIQ")
 STATE_CODES = {"": 0, "negotiating": 1, "established": 2, "rekeyed": 3}
 STATE_NAMES = {v: k for k, v in STATE_CODES.items()}
 
@@ -154,10 +169,11 @@ def encode_entries(entries) -> bytes:
     tuples."""
     out = bytearray()
     for key, owner, state, rspi, peer, port, nat, age in entries:
+        # round, not int: 1.001 * 1000 is 1000.9999999999999, and the age would lose a ms.
         out += ENTRY.pack(key.ispi, key.msgid, key.requester.encode(), owner,
                           STATE_CODES[state], rspi or b"\0" * 8,
                           IPv4Address(peer).packed if peer else b"\0" * 4, port,
-                          NAT_FLAG if nat else 0, min(int(age * 1000), 0xFFFFFFFF))
+                          NAT_FLAG if nat else 0, min(round(age * 1000), 0xFFFFFFFF))
     return bytes(out)
 
 
@@ -179,13 +195,33 @@ def decode_entries(payload: bytes) -> list[tuple]:
     return result
 
 
-def encode_heartbeat(state_code: int, live: set[int]) -> bytes:
-    return HEARTBEAT_BODY.pack(state_code, sum(1 << i for i in live))
+class Heartbeat(NamedTuple):
+    """What a HEARTBEAT says."""
+
+    state: int  # membership state code
+    live: set  # the member indexes the sender hears itself
+    incarnation: int = 0  # the sender's first sequence number: new after every restart
+    owned: int = 0  # how many established IKE SAs the sender owns
+    digest: int = 0  # and their digest (`OwnershipTable.owned`)
 
 
-def decode_heartbeat(payload: bytes) -> tuple[int, set[int]]:
-    """(state code, live member indexes); SyncError('malformed') if it is not one."""
+def encode_heartbeat(state_code: int, live: set[int], incarnation: int = 0, owned: int = 0,
+                     digest: int = 0) -> bytes:
+    return HEARTBEAT_BODY.pack(state_code, encode_members(live), incarnation, owned, digest)
+
+
+def decode_heartbeat(payload: bytes) -> Heartbeat:
+    """The heartbeat in `payload`; SyncError('malformed') if it is not one."""
     if len(payload) != HEARTBEAT_BODY.size:
         raise SyncError("malformed")
-    code, bitmap = HEARTBEAT_BODY.unpack(payload)
-    return code, {i for i in range(32) if bitmap >> i & 1}
+    code, bitmap, incarnation, owned, digest = HEARTBEAT_BODY.unpack(payload)
+    return Heartbeat(code, decode_members(bitmap), incarnation, owned, digest)
+
+
+def encode_members(members: set[int]) -> int:
+    """A set of member indexes (0-31) as a bitmap."""
+    return sum(1 << i for i in members if 0 <= i < 32)
+
+
+def decode_members(bitmap: int) -> set[int]:
+    return {i for i in range(32) if bitmap >> i & 1}

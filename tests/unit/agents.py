@@ -10,8 +10,9 @@ from scapy.all import IP, rdpcap
 from lab.agent import sync
 from lab.agent.config import AgentConfig
 from lab.agent.core import Agent
-from lab.agent.events import (Accept, Drop, EndStaleSas, PacketQueued, PingWitness, Send,
-                              StaleSasEnded, SyncArrived, Tick, WitnessAnswered)
+from lab.agent.events import (Accept, Drop, EndStaleSas, PacketQueued, Send, StaleSasEnded,
+                              SyncArrived, Tick)
+from lab.agent.witness import Witness
 from lab.agent.names import member_name
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -46,6 +47,9 @@ class Cluster:
         self.dead: set[int] = set()  # killed: they neither run nor hear
         self.cut: set[int] = set()  # partitioned: no sync traffic and no witness either way
         self.lose = lambda sender, receiver, message: False
+        # The witness: the real decision, speaking sync messages as sync index 0.
+        self.witness = Witness(list(range(1, n + 1)), options.get("dead_after", 0.6))
+        self.witness_codec = sync.Codec(b"\0" * 32, sync.WITNESS, 1 << 60)
         self.answer_stale_sas = True  # stand in for the shell's charon thread
 
     # ---- driving ------------------------------------------------------------------------
@@ -58,10 +62,8 @@ class Cluster:
             else:
                 self.done[index].append(action)
         for action in actions:
-            if isinstance(action, PingWitness) and index not in self.cut:
-                self.handle(index, WitnessAnswered())
-            elif isinstance(action, EndStaleSas) and self.answer_stale_sas:
-                self.handle(index, StaleSasEnded(action.attempt, 0, 0))
+            if isinstance(action, EndStaleSas) and self.answer_stale_sas:
+                self.handle(index, StaleSasEnded(action.attempt, 0, 0, action.keep))
         return actions
 
     def deliver(self) -> int:
@@ -75,8 +77,19 @@ class Cluster:
                     or (message is not None and self.lose(sender, receiver, message))):
                 continue
             arrived += 1
-            self.handle(receiver, SyncArrived(data))
+            if receiver == sync.WITNESS:
+                self.witness_answers(data)
+            else:
+                self.handle(receiver, SyncArrived(data))
         return arrived
+
+    def witness_answers(self, data: bytes) -> None:
+        msg = self.witness_codec.decode(data)
+        backed, group = self.witness.report(msg.sender, frozenset(
+            sync.decode_heartbeat(msg.payload).live), self.now)
+        self.wire.append((sync.WITNESS, msg.sender, self.witness_codec.encode(sync.Message(
+            sync.WITNESS_ANSWER, sync.WITNESS, tag=msg.tag, owner=int(backed),
+            payload=sync.encode_members(group).to_bytes(4, "big")))))
 
     def run(self, seconds: float) -> None:
         """Let time pass in ticks: every live member ticks, and the wire is emptied after each."""

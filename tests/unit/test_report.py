@@ -125,13 +125,16 @@ def test_membership_lines_name_states_views_and_drained_members():
         "m2": {"state": "failed (daemons killed)"},
         "m3": {"state": "isolated", "live": ["m3"], "serving": [], "connected": False,
                "table_size": 2, "failed": "links down", "holds": 0, "moving": []},
+        "witness": {"backs": ["m1"], "changes": 3, "heard": {
+            "m1": {"hears": ["m1", "m3"], "age_s": 0.01}, "m3": {"hears": ["m3"]}}},
         "switches": {"ikex": {"buckets": ["m1"], "hash": "l4", "drained": ["m3"]}}})
     assert lines == [
         "m1: serving, holds 1 tunnels, taking over p2, hears m1,m3, sees serving m1,m3, "
-        "witness answers, table 2",
+        "witness backs it, table 2",
         "m2: failed (daemons killed)",
         "m3: isolated (links down), holds 0 tunnels, hears m3, sees serving nobody, witness "
         "SILENT, table 2",
+        "witness: backs m1, 3 changes, m1 hears m1,m3, m3 hears m3",
         "switch ikex: hash l4, buckets m1, drained m3"]
 
 

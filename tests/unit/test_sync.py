@@ -70,7 +70,8 @@ def test_snapshot_entries_and_heartbeats_round_trip():
     assert decode_entries(encode_entries(entries)) == [
         (b"\x01" * 8, 0, "i", 2, "established", b"\x02" * 8, "203.0.113.11", 4500, True, 12.5),
         (b"\x03" * 8, 7, "-", 1, "negotiating", None, None, 0, False, 0.0)]
-    assert decode_heartbeat(encode_heartbeat(1, {1, 3, 8})) == (1, {1, 3, 8})
+    assert decode_heartbeat(encode_heartbeat(1, {1, 3, 8}, 7 << 40, 2, 0xABC)) == (
+        1, {1, 3, 8}, 7 << 40, 2, 0xABC)
 
 
 @pytest.mark.parametrize("payload", [b"\0" * 5, b"\0" * 34, b"\x01" * 34 * 2])
