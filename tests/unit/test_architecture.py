@@ -9,8 +9,10 @@ ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "lab"
 AGENT = LAB / "agent"
 # The agent's protocol and pure logic: what `core.Agent` is made of.
-PURE = ("core", "claimant", "director", "joining", "events", "ike", "ownership", "membership",
-        "sync", "steering", "names", "config")
+PURE = ("core", "claimant", "director", "joining", "handover", "liveness", "resync",
+        "sa_events", "events", "ike", "ownership", "membership", "witness", "sync", "steering",
+        "names", "config")
+SIM = LAB / "sim"
 IO_MODULES = {"socket", "select", "selectors", "subprocess", "threading", "netfilterqueue"}
 DOOR = {"names", "config", "control", "steering", "trace"}
 MAX_LINES = 600
@@ -53,6 +55,22 @@ def test_the_lab_uses_only_the_agents_narrow_door():
         used = {m.split(".")[2] for m in imports(path)
                 if m.startswith("lab.agent.") and len(m.split(".")) > 2}
         assert used <= DOOR, f"{path.relative_to(ROOT)} imports lab.agent.{used - DOOR}"
+
+
+def test_the_simulator_drives_the_agents_core_and_nothing_else_of_the_lab():
+    """It runs the real core and pure logic only: no socket, no subprocess, no thread (its
+    runner forks processes for speed, `multiprocessing`), and nothing of the lab beyond the
+    agent."""
+    for path in SIM.glob("*.py"):
+        used = imports(path)
+        outside = {m for m in used if m.startswith("lab.") and not m.startswith(
+            ("lab.agent", "lab.sim"))}
+        assert not outside, f"{path.relative_to(ROOT)} imports {outside}"
+        io = {m.split(".")[0] for m in used} & (IO_MODULES | {"os"})
+        shells = {m for m in used if m.startswith("lab.agent.") and m.split(".")[2] in (
+            "daemon", "nfqueue", "charon", "routes", "control", "witnessd")}
+        assert not (io - ({"os"} if path.stem == "runner" else set())) and not shells, \
+            f"{path.relative_to(ROOT)} imports {io | shells}"
 
 
 def test_no_module_of_the_lab_is_over_600_lines():

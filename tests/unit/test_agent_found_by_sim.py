@@ -1,0 +1,193 @@
+"""The bugs the cluster simulator (`lab.sim`) found in the agent's core, each written down as
+the smallest scenario that shows it, on the in-memory cluster (`agents.Cluster`: real cores,
+the real witness decision, a wire the test controls). The seeds that found them run clean in
+`test_sim.py`; these say, in a reader's words, what was wrong."""
+
+from lab.agent import ike, sync
+from lab.agent.events import (CharonSaid, EndSa, EndStaleSas, HoldingsRead, Initiate, Send,
+                              StaleSasEnded, SyncArrived)
+from lab.agent.ownership import Key, director_for
+from lab.agent.witness import Witness
+from lab.sim.sa import AUTH, Body, ike_packet
+
+from .agents import VIP, Cluster, sync_message
+
+A, B = "1111111111111111", "2222222222222222"
+
+
+def up(ispi: str, peer: str = "203.0.113.11") -> CharonSaid:
+    return CharonSaid("ike-updown", {"up": "yes", "p1": {
+        "initiator-spi": ispi, "responder-spi": ispi, "remote-host": peer}})
+
+
+def down(ispi: str) -> CharonSaid:
+    return CharonSaid("ike-updown", {"p1": {"initiator-spi": ispi, "responder-spi": ispi}})
+
+
+def peers(n: int = 3) -> dict:
+    return {f"p{i}": [f"203.0.113.{10 + i}", f"10.2.{i}.0/24"] for i in range(1, n + 1)}
+
+
+def test_a_member_that_restarts_faster_than_dead_after_is_taken_over_at_once():
+    """Seed 3: m2 crashed and was back in 0.3 s, before anyone counted it dead. Its charon's
+    SAs were gone, yet every table still named it, and its peers waited for their DPD. Its
+    heartbeats now carry its incarnation: a new one means it restarted."""
+    c = Cluster(peers=peers()).start()
+    c.handle(2, up(A, "203.0.113.12"))
+    c.deliver()
+    c.dead.add(2)
+    c.run(0.2)
+    c.restart(2)
+    c.run(1.5)
+    assert all(a.counters["restarts_seen"] == 1 for i, a in c.agents.items() if i != 2)
+    assert not any(f"{A}/0/i" in a.table.owners() for a in c.agents.values())
+    assert sum(len(c.of_kind(i, Initiate)) for i in (1, 3)) == 1  # p2's tunnel, once
+
+
+def test_a_lost_delete_is_repaired_from_the_owners_digest():
+    """Seed 4: a DELETE lost on the way to one member left its table naming the owner of an
+    SA that no longer existed, for good, and every member that joined later copied it."""
+    c = Cluster().start()
+    c.handle(2, up(A))
+    c.deliver()
+    c.lose = lambda sender, receiver, m: m.type == sync.DELETE and receiver == 3
+    c.handle(2, down(A))
+    c.deliver()
+    assert f"{A}/0/i" in c.agents[3].table.owners()
+    c.lose = lambda sender, receiver, m: False
+    c.run(0.5)  # two heartbeats of m2 disagree with m3's table: m3 asks m2
+    assert f"{A}/0/i" not in c.agents[3].table.owners()
+    assert c.agents[3].counters["resyncs"] == 1
+
+
+def test_a_joiner_drops_what_the_table_gives_it_but_its_charon_no_longer_holds():
+    """Seed 7: back after a crash the others never noticed, a member took its old entries
+    from the snapshot and kept them, with its charon empty: tunnels it would never serve."""
+    c = Cluster().start()
+    c.handle(1, up(A))
+    c.deliver()
+    c.answer_stale_sas = False  # the test answers for m1's new, empty charon
+    c.restart(1)
+    c.run(1.0)
+    [ended] = c.of_kind(1, EndStaleSas)[-1:]
+    c.handle(1, StaleSasEnded(ended.attempt, 0, 0, frozenset()))
+    c.run(1.0)
+    assert all(f"{A}/0/i" not in a.table.owners() for a in c.agents.values())
+    assert c.agents[1].membership.state == "serving"
+
+
+def test_a_member_holding_two_sas_with_one_peer_ends_the_older():
+    """Seed 181: a takeover and the peer's own restart crossed, and one member ended up
+    holding two established SAs with the same peer, both carrying its CHILD SA, forever."""
+    c = Cluster(peers=peers(1)).start()
+    c.handle(1, up(A))
+    c.run(0.1)
+    c.handle(1, up(B))
+    c.handle(1, sync_holdings(B))
+    c.run(1.5)
+    assert [a.ispi for a in c.of_kind(1, EndSa)] == [bytes.fromhex(A)]
+
+
+def sync_holdings(ispi: str) -> HoldingsRead:
+    return HoldingsRead(frozenset({"10.2.1.0/24"}), frozenset({(bytes.fromhex(ispi),
+                                                                 "10.2.1.0/24")}))
+
+
+def test_an_announced_key_keeps_its_owner_when_a_flood_evicts_its_entry():
+    """Seed 144: under a flood the director's half-open budget pushed out the entry of a key
+    whose announcement still waited for an ACK; a second claimant's retransmitted claim then
+    started a second announcement with another owner, and both were granted."""
+    c = Cluster(half_open_cap=2).start()
+    ispi = b"\x42" * 8
+    director = c.agents[1]
+    c.lose = lambda sender, receiver, m: m.type == sync.ACK and sender == 3
+    c.say_as(2, 1, sync.Message(sync.CLAIM, 2, ispi=ispi, tag=7, peer="198.51.100.9"))
+    c.deliver()
+    for n in range(3):  # the flood: the budget of 2 pushes the claimed key out
+        c.say_as(3, 1, sync.Message(sync.CLAIM, 3, ispi=bytes([n + 1]) * 8, tag=20 + n,
+                                    peer="198.51.100.9"))
+    c.deliver()
+    assert Key(ispi) not in director.table.entries
+    grants = []
+    c.lose = lambda sender, receiver, m: m.type == sync.GRANT and m.ispi == ispi and (
+        grants.append(m.owner) or False)
+    c.say_as(3, 1, sync.Message(sync.CLAIM, 3, ispi=ispi, tag=30, peer="198.51.100.9"))
+    c.run(0.5)
+    assert grants and set(grants) == {2}
+
+
+def test_a_lookup_answer_naming_a_dead_member_records_nothing():
+    """Seed 5: a member that had counted m2 dead asked a director that had not yet, and the
+    answer put m2 back into its table; the entry then spread to a joiner's snapshot."""
+    # An SA of m2's whose key m3 directs once m2 is gone (so m1 asks over the wire).
+    spi = next(bytes([n]) * 8 for n in range(1, 256)
+               if director_for(bytes([n]) * 8, ["m1", "m3"]) == "m3")
+    c = Cluster().start()
+    c.handle(2, up(spi.hex()))
+    c.deliver()
+    c.dead.add(2)
+    c.run(1.5)
+    assert "m2" in c.agents[1].departed
+    auth = ike_packet("203.0.113.11", 4500, VIP, 4500, spi, spi, 2, ike.FLAG_INITIATOR, 1,
+                      Body(AUTH))
+    c.packet(1, auth)  # nobody owns it here any more: m1 asks the director
+    [lookup] = [sync_message(d) for s, r, d in c.wire if s == 1 and sync_type(d) == sync.LOOKUP]
+    c.wire.clear()
+    c.say_as(3, 1, sync.Message(sync.ANSWER, 3, ispi=spi, owner=2, tag=lookup.tag))
+    c.deliver()  # as from a director that has not counted m2 dead yet
+    assert f"{spi.hex()}/0/i" not in c.agents[1].table.owners()
+    assert c.verdict(1, auth) == "drop"
+
+
+def test_a_split_that_leaves_the_bridge_reachable_leaves_one_side_acting():
+    """Seeds 35, 64, 105: the sync network split so that each side still reached the
+    bridge; a witness that only answers pings told both sides their link was fine, each
+    counted the other dead, and each granted the same key to its own member. The witness now
+    backs the largest group that hears itself whole; the other side isolates itself before
+    anyone takes over its keys."""
+    c = Cluster().start()
+    c.lose = lambda sender, receiver, m: {sender, receiver} in ({1, 2}, {1, 3})
+    c.run(2.0)
+    assert c.agents[1].membership.state == "isolated"
+    assert [a.membership.state for i, a in c.agents.items() if i != 1] == ["serving"] * 2
+    assert all("m1" not in a.membership.live() for i, a in c.agents.items() if i != 1)
+    # m1 was cut off before the others counted it dead
+    assert c.agents[1].counters["isolations"] == 1
+
+
+def test_a_member_whose_loop_stalled_acts_on_nothing_that_queued():
+    """Seed 132: a member stalled longer than the witness waits, the others took its keys
+    over, and it resumed serving its backlog with a view a second old."""
+    c = Cluster().start()
+    agent = c.agents[2]
+    before = agent.counters["stalls"]
+    c.now += 0.5  # m2's loop did not run for 0.5 s
+    actions = c.handle(2, sync_heartbeat_from(c, 1))
+    assert agent.counters["stalls"] == before + 1
+    assert agent.membership.state == "isolated"
+    assert not [a for a in actions if isinstance(a, Send) and a.to != sync.WITNESS and
+                sync_type(a.data) not in (sync.HEARTBEAT, sync.ACK)]
+
+
+def sync_heartbeat_from(c: Cluster, sender: int) -> SyncArrived:
+    payload = sync.encode_heartbeat(1, {1, 2, 3})
+    return SyncArrived(c.agents[sender].codec.encode(sync.Message(sync.HEARTBEAT, sender,
+                                                                  payload=payload)))
+
+
+def sync_type(data: bytes) -> int:
+    return data[5]
+
+
+def test_the_witness_backs_the_largest_group_that_hears_itself_whole():
+    w = Witness([1, 2, 3, 4], dead_after=0.6)
+    for m, hears in {1: {1, 2}, 2: {1, 2}, 3: {3, 4}, 4: {3, 4}}.items():
+        w.report(m, frozenset(hears), 0.0)
+    assert w.backed == {1, 2}  # two halves: the lower indexes, and it stays so
+    w.report(3, frozenset({1, 2, 3, 4}), 0.1)
+    w.report(1, frozenset({1, 2, 3}), 0.1)
+    w.report(2, frozenset({1, 2, 3}), 0.1)
+    assert w.backed == {1, 2, 3}  # a larger clique wins
+    w.report(4, frozenset({3, 4}), 0.2)
+    assert w.report(4, frozenset({3, 4}), 0.2) == (False, frozenset({1, 2, 3}))
+    assert w.report(1, frozenset({1, 2, 3}), 0.5)[1] == {1}  # the others fell silent
