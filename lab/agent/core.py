@@ -497,7 +497,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
         return {"member": self.config.member, "state": m.state, "live": sorted(m.live()),
                 "serving": m.serving(), "connected": m.connected(now),
                 "dead_after": m.dead_after, "table_size": len(self.table.entries),
-                "holds": len(self.table.established(self.config.member)),
+                "holds": self.table.owned(self.config.member)[0],
                 "moving": sorted(self.moving)}
 
     def status_view(self, now: float) -> dict:

@@ -167,8 +167,8 @@ class HandoverRole:
             spi, (address, prefix) = self.new_sas.pop(peer, None), self.config.peers[peer]
             if (spi, prefix) not in self.installed:
                 continue  # it never came up here: nothing of ours to replace
-            for entry in self.table.established(self.config.member):
-                if (entry.peer == address and entry.key.ispi != spi
+            for entry in self.table.established_with(address):
+                if (entry.owner == self.config.member and entry.key.ispi != spi
                         and entry.key.ispi not in self.ending):
                     self.ending.add(entry.key.ispi)
                     self.log(f"ending {peer}'s older SA here: the new one replaces it")
@@ -198,12 +198,13 @@ class HandoverRole:
         here (or that this member holds anew)."""
         if not self.releasing and not self.ending:
             return  # the usual tick: nothing moving away from here
-        mine = {e.key.ispi for e in self.table.established(self.config.member)}
-        self.ending &= mine
-        newest = self.tunnels_held().get(self.config.member, [])
+        me = self.config.member
+        self.ending = {ispi for ispi in self.ending if self.table.owns_sa(ispi, me)}
         for ispi, peer in list(self.releasing.items()):
-            if ispi not in mine and (self.config.peers[peer][1] not in self.holdings
-                                     or peer in newest):
+            held = self.table.established_with(self.config.peers[peer][0])
+            if not self.table.owns_sa(ispi, me) and (
+                    self.config.peers[peer][1] not in self.holdings
+                    or (held and held[-1].owner == me)):
                 del self.releasing[ispi]
                 self.steer()
                 self.advertise()
@@ -215,14 +216,11 @@ class HandoverRole:
 
     def tunnels_held(self) -> dict[str, list[str]]:
         """member -> the peers whose tunnels it holds (the newest SA of each peer counts)."""
-        newest = {}
-        for entry in self.table.established():
-            peer = self.peer_names.get(entry.peer)
-            if peer is not None:
-                newest[peer] = entry
         result: dict[str, list[str]] = {}
-        for peer, entry in newest.items():
-            result.setdefault(entry.owner, []).append(peer)
+        for address, entry in self.table.newest_by_peer().items():
+            peer = self.peer_names.get(address)
+            if peer is not None:
+                result.setdefault(entry.owner, []).append(peer)
         return result
 
     def handover_timers(self) -> None:
@@ -252,7 +250,7 @@ class HandoverRole:
                 self.log(f"ending {peer}'s old SA: its tunnel moved to {new.owner}")
                 self.emit(EndSa(ispi))
         self.forget_released()
-        if (self.membership.state == DRAINING and not self.table.established(me)
+        if (self.membership.state == DRAINING and not self.table.owned(me)[0]
                 and not self.moving):
             self.membership.state = DRAINED
             self.log(DRAINED)
@@ -265,7 +263,7 @@ class HandoverRole:
         if (self.away - set(draining)) & set(receivers):
             self.member_arrived()  # undrained
         self.away = {m for m in members if self.membership.state_of(m) in (DRAINING, DRAINED)}
-        entries = {self.peer_names.get(e.peer): e for e in self.table.established()}
+        entries = {self.peer_names.get(a): e for a, e in self.table.newest_by_peer().items()}
         moves = balance(self.tunnels_held(), receivers, draining, self.evening_out)
         if not moves:
             self.evening_out = False  # even (or nothing to move): until the next arrival

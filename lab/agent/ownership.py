@@ -91,6 +91,8 @@ class OwnershipTable:
         self._established_by_peer: dict[str, dict[Key, None]] = {}
         self._owned: dict[str, tuple[int, int]] = {}  # owner -> (count, digest), `owned`
         self._counted: set[Key] = set()  # the entries `_owned` counts
+        self._doubled: set[str] = set()  # peers with two established IKE SAs or more
+        self.version = 0  # changes whenever an established IKE SA's entry comes or goes
 
     # ---- reading --------------------------------------------------------------------------
     def _ike_sa(self, ispi: bytes) -> Entry | None:
@@ -118,6 +120,11 @@ class OwnershipTable:
         a hash of each initiator SPI, kept up to date entry by entry, so two tables that
         list the same SAs for an owner agree on it without comparing the lists."""
         return self._owned.get(owner, (0, 0))
+
+    def owns_sa(self, ispi: bytes, owner: str) -> bool:
+        """`owner` owns the established IKE SA with this initiator SPI."""
+        entry = self._ike_sa(ispi)
+        return entry is not None and entry.owner == owner and entry.state == ESTABLISHED
 
     def owned_by(self, owner: str) -> list[Entry]:
         """The established IKE SAs' entries `owner` owns (a scan: for the rare resync)."""
@@ -192,18 +199,30 @@ class OwnershipTable:
                        and e.key.is_ike_sa and (owner is None or e.owner == owner)),
                       key=lambda e: e.created)
 
+    def established_with(self, peer: str | None) -> list[Entry]:
+        """The established IKE SAs' entries with `peer` (its address), oldest first."""
+        keys = self._established_by_peer.get(peer, {}) if peer else {}
+        return sorted((self.entries[k] for k in keys), key=lambda e: e.created)
+
+    def newest_by_peer(self) -> dict[str, Entry]:
+        """peer address -> the newest established IKE SA's entry with it (one pass, no sort:
+        the balance runs over every tunnel)."""
+        return {peer: max((self.entries[k] for k in keys), key=lambda e: e.created)
+                for peer, keys in self._established_by_peer.items()}
+
     def superseded(self, owner: str) -> list[tuple[Entry, Entry]]:
         """(old, new) for each of `owner`'s established IKE SAs whose peer has a newer one (the
         newest): with another member, the tunnel moved; with `owner` itself, the peer holds
         two SAs with it (a takeover and a peer's own restart crossed). Either way the old SA
-        is left to end."""
+        is left to end. Only peers with two SAs or more are looked at: per tick, not per
+        tunnel."""
         result = []
-        for entry in self.established(owner):
-            keys = self._established_by_peer.get(entry.peer, {}) if entry.peer else {}
-            newer = [self.entries[k] for k in keys if self.entries[k].created > entry.created]
-            if newer:
-                result.append((entry, max(newer, key=lambda e: e.created)))
-        return result
+        for peer in self._doubled:
+            entries = self.established_with(peer)
+            newest = entries[-1]
+            result += [(e, newest) for e in entries[:-1]
+                       if e.owner == owner and newest.created > e.created]
+        return sorted(result, key=lambda pair: pair[0].created)
 
     def delete(self, ispi: bytes) -> int:
         """Remove every entry of the IKE SA with this initiator SPI; how many went."""
@@ -308,7 +327,12 @@ class OwnershipTable:
         elif entry.state == REKEYED:
             self._lingering[key] = None
         elif key.is_ike_sa and peer:
-            self._established_by_peer.setdefault(peer, {})[key] = None
+            keys = self._established_by_peer.setdefault(peer, {})
+            keys[key] = None
+            if len(keys) > 1:
+                self._doubled.add(peer)
+        if entry.state == ESTABLISHED and key.is_ike_sa:
+            self.version += 1
 
     def _unindex(self, entry: Entry) -> None:
         key, peer = entry.key, entry.peer
@@ -323,6 +347,10 @@ class OwnershipTable:
                 keys.pop(key, None)
                 if not keys:
                     del index[peer]
+        if len(self._established_by_peer.get(peer, ())) < 2:
+            self._doubled.discard(peer)
+        if entry.state == ESTABLISHED and key.is_ike_sa:
+            self.version += 1
 
     def owners(self) -> dict[str, str]:
         """key -> owner, for comparing replicas."""
