@@ -163,13 +163,17 @@ def run_seeds(seeds: list[int], events_each: int, options: dict | None = None,
             if on_outcome:
                 on_outcome(results[-1])
         return results
-    with get_context("fork").Pool(jobs) as pool:
+    pool = get_context("fork").Pool(jobs)
+    try:
         results = []
         for outcome in pool.imap(_run, work, chunksize=1):
             results.append(outcome)
             if on_outcome:
                 on_outcome(outcome)
         return results
+    finally:
+        pool.close()  # workers end on their own (a coverage run writes down what they ran)
+        pool.join()
 
 
 def shrink(outcome: Outcome, budget_s: float = 120.0, say=print) -> Outcome:
