@@ -211,7 +211,8 @@ def cmd_run(args) -> int:
         raise UsageError("--chaos needs the agent: without it no tunnel survives a member")
     if args.chaos and spec.members < 2:
         raise UsageError("--chaos needs at least 2 members: one fails, another takes over")
-    if args.templates is not None and not (args.templates / "swanctl.conf.j2").is_file():
+    # os.path.isfile: a path the kernel refuses (too long, say) is just not a template dir.
+    if args.templates is not None and not os.path.isfile(args.templates / "swanctl.conf.j2"):
         raise UsageError(f"--templates {args.templates}: no swanctl.conf.j2 there")
     try:
         # Before anything imports Mininet, jinja2 or vici: a missing piece is one line.
@@ -448,7 +449,9 @@ def main(argv=None) -> int:
         raise UsageError("a command is required: run, status, runs, ladder, graph or clean "
                          "(see ikelab --help)")
     except (UsageError, TopologyError) as exc:
-        print(f"ikelab: error: {exc}", file=sys.stderr)
+        # One line even when a typed argument holds a line break (argparse quotes some raw).
+        message = str(exc).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"ikelab: error: {message}", file=sys.stderr)
         return 2
     except PermissionError as exc:  # the run directories are root's (they hold keys)
         print(f"ikelab: {exc.filename or exc}: permission denied; run it as root (sudo)",

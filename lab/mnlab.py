@@ -8,6 +8,7 @@ their removal at exit, and a `cleanup` that `mn` calls on an exception, on Ctrl-
 
 import atexit
 import os
+from inspect import signature
 
 from mininet.log import error, info
 
@@ -30,10 +31,16 @@ class IkeClusterMnTopo(IkeClusterTopo):
 
     def __init__(self, members=3, peers=2, hash="l4", mode="ls", ike="2", auth="psk", nat=False,
                  keep=False, agent=True, ownership="table", dead_after=0.6, chain=0,
-                 ike_fragmentation=True, rebalance=True):
+                 ike_fragmentation=True, rebalance=True, **unknown):
+        if unknown:
+            # mn would answer Python's TypeError with a traceback banner and its cleanup.
+            known = [name for name in signature(IkeClusterMnTopo).parameters if name != "unknown"]
+            error(f"ikelab: error: ikecluster has no option {', '.join(map(repr, unknown))} "
+                  f"(it has {', '.join(known)})\n")
+            raise SystemExit(2)
         try:
             dead_after, chain = float(dead_after), int(chain)
-        except ValueError:
+        except (ValueError, OverflowError):  # mn makes chain=1e999 float('inf')
             error(f"ikelab: error: dead_after must be seconds and chain a whole number "
                   f"(got {dead_after!r}, {chain!r})\n")
             raise SystemExit(2) from None
