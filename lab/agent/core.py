@@ -113,7 +113,8 @@ COUNTERS = ("seen_in", "seen_out", "delivered_local", "forwarded", "received_for
             "label_hits", "answered_here", "unknown_dropped", "stateless_replies", "expired",
             "refused", "evicted",
             "parked_full", "claims_refused", "parse_errors", "outbound_refused",
-            "sync_sent", "sync_received", "sync_bad_mac", "sync_replayed", "sync_malformed",
+            "sync_sent", "sync_received", "sync_bad_mac", "sync_replayed", "sync_stale",
+            "sync_malformed",
             "heartbeats_sent", "heartbeats_received", "not_serving_drops", "members_died",
             "dead_owner_entries_dropped", "isolations", "snapshots_sent", "snapshots_applied",
             "stale_sas_dropped", "takeovers", "handovers", "esp_held", "esp_held_full",
@@ -127,9 +128,11 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
     """One member's agent. `handle(event, now)` returns the actions it decided on; the
     `*_view` methods say what it knows, for the control socket."""
 
-    def __init__(self, config: AgentConfig, now: float, first_seq: int, join: bool = False):
+    def __init__(self, config: AgentConfig, now: float, first_seq: int, join: bool = False,
+                 wall_offset: float = 0.0):
         """`first_seq`: the first sync sequence number, larger than any this member used
-        before (the shell passes the wall clock in nanoseconds)."""
+        before (the shell passes the wall clock in nanoseconds); `wall_offset`: the wall
+        clock minus `now`'s (sync messages say when they were sent, `sync`)."""
         self.config = config
         self.me = config.index
         self.names = sorted(config.members, key=config.index_of)
@@ -142,6 +145,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
                                     half_open_cap=config.half_open_cap,
                                     half_open_per_peer=config.half_open_per_peer)
         self.codec = sync.Codec(bytes.fromhex(config.key), self.me, first_seq)
+        self.wall_offset = wall_offset
         self.tracing = bool(config.trace)
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.latencies_us: deque = deque(maxlen=LATENCY_SAMPLES)
@@ -230,7 +234,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
             return
         self.counters[counter] += 1
         self.sent_by_type[msg.type_name] = self.sent_by_type.get(msg.type_name, 0) + 1
-        self.emit(Send(to, self.codec.encode(msg)))
+        self.emit(Send(to, self.codec.encode(msg, self.now + self.wall_offset)))
 
     def broadcast(self, msg: sync.Message, counter: str = "sync_sent") -> None:
         """Send `msg` to every other configured member, live or not: UDP to a dead one costs
@@ -353,16 +357,17 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
     # ---- sync messages --------------------------------------------------------------------
     def on_sync(self, event: SyncArrived) -> None:
         try:
-            msg = self.codec.decode(event.data)
+            msg = self.codec.decode(event.data, self.now + self.wall_offset,
+                                    self.membership.dead_after / 2)
         except sync.SyncError as err:
-            name = {"mac": "sync_bad_mac", "replay": "sync_replayed"}.get(err.reason,
-                                                                          "sync_malformed")
+            name = {"mac": "sync_bad_mac", "replay": "sync_replayed",
+                    "stale": "sync_stale"}.get(err.reason, "sync_malformed")
             self.counters[name] += 1
             return
         self.counters["heartbeats_received" if msg.type == sync.HEARTBEAT
                       else "sync_received"] += 1
         if msg.sender in self.indexes and msg.sender != self.me:
-            self.membership.on_message(self.config.name_of(msg.sender), self.now)
+            self.membership.on_message(self.config.name_of(msg.sender), self.sent_at(msg))
         # Even cut off (isolated) a member records and ACKs what it hears: a member the others
         # still hear must not hold their grants up. Claims, lookups, forwards and snapshot
         # requests it ignores until it serves again.
@@ -370,6 +375,11 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
             self.dispatch(msg)
         except sync.SyncError:
             self.counters["sync_malformed"] += 1
+
+    def sent_at(self, msg: sync.Message) -> float:
+        """When `msg` was sent, on our clock (not later than now): the last time its sender
+        was surely alive, however long the message waited to be read."""
+        return min(self.now, msg.sent - self.wall_offset) if msg.sent else self.now
 
     def dispatch(self, msg: sync.Message) -> None:
         if (msg.sender == sync.WITNESS) != (msg.type == sync.WITNESS_ANSWER):
@@ -380,6 +390,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
 
     def on_announce(self, msg: sync.Message) -> None:
         key = Key(msg.ispi, msg.msgid, msg.requester)
+        self.restore_decision(key, msg.peer)  # what we announced or granted ourselves
         owner, state = msg.owner, NEGOTIATING
         existing = self.table.entries.get(key)
         if existing and existing.state != NEGOTIATING:
@@ -422,7 +433,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
             return
         if self.table.rekey(msg.payload[:8], msg.ispi, msg.rspi, self.now) is None:
             self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner),
-                              ESTABLISHED, self.now)
+                              ESTABLISHED, self.now, msg.peer)
         self.release_waiting(msg.ispi)
 
     def on_established(self, msg: sync.Message) -> None:

@@ -79,7 +79,8 @@ class AgentDaemon:
 
     def __init__(self, config: AgentConfig, join: bool = False):
         self.config = config
-        self.agent = Agent(config, time.monotonic(), time.time_ns(), join)
+        now = time.monotonic()
+        self.agent = Agent(config, now, time.time_ns(), join, wall_offset=time.time() - now)
         self.errors = ErrorCount()
         self.posted: queue.SimpleQueue = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()

@@ -11,6 +11,7 @@ lookups waiting for an owner.
 agent's table, membership and message helpers.
 """
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from . import sync
@@ -21,6 +22,10 @@ LOOKUP_TIMEOUT = 2.0
 # What the director keeps per key is pending work, made by other members' packets: bounded.
 MAX_ANNOUNCING = 4096
 MAX_WAITERS = 1024
+# How long a grant's decision is remembered apart from the table (claims for one first
+# message from several members arrive within a claim's lifetime), and for how many keys.
+DECIDED_FOR = 2.0
+MAX_DECIDED = 4096
 
 
 @dataclass
@@ -44,6 +49,8 @@ class DirectorRole:
     def __init__(self):
         self.announcing: dict[int, Announcement] = {}  # tag -> announcement
         self.announcing_key: dict[Key, Announcement] = {}  # the same, by key
+        # Keys granted lately: their decision stands even if a flood evicts the entry.
+        self.decided: OrderedDict[Key, tuple[int, float]] = OrderedDict()
         self.waiters: dict[bytes, list] = {}  # ispi -> [(member index, tag, deadline)]
 
     def on_claim(self, msg: sync.Message) -> None:
@@ -62,12 +69,7 @@ class DirectorRole:
                                                owner=0, tag=msg.tag))
             return
         pending = self.announcing_key.get(key)
-        if pending is not None and key not in self.table.entries:
-            # A flood's budget pushed the entry out while its announcement still waits for
-            # ACKs: that announcement decides the key all the same (a second one could
-            # grant another owner).
-            self.table.record(key, self.config.name_of(pending.owner), NEGOTIATING, self.now,
-                              pending.peer)
+        self.restore_decision(key, msg.peer)
         owner, won = self.table.claim(key, chosen, self.now, msg.peer)
         owner_index = self.config.index_of(owner)
         if won:
@@ -85,7 +87,26 @@ class DirectorRole:
         else:
             self._grant(key, owner_index, msg.sender, msg.tag)
 
+    def restore_decision(self, key: Key, peer: str | None) -> None:
+        """A flood's budget may push a key's entry out while its announcement still waits for
+        ACKs, or moments after its grant, while another claim for the same first message (or
+        another director's announcement of it) is still on its way: this director's
+        decision stands, and goes back into the table (a second one could grant another
+        owner)."""
+        if key in self.table.entries:
+            return
+        pending = self.announcing_key.get(key)
+        decided = self.decided.get(key)
+        owner = pending.owner if pending else (
+            decided[0] if decided and self.now < decided[1] else None)
+        if owner is not None:
+            self.table.record(key, self.config.name_of(owner), NEGOTIATING, self.now, peer)
+
     def _grant(self, key: Key, owner: int, to: int, tag: int) -> None:
+        self.decided[key] = (owner, self.now + DECIDED_FOR)
+        self.decided.move_to_end(key)
+        if len(self.decided) > MAX_DECIDED:
+            self.decided.popitem(last=False)
         self.send(to, sync.Message(sync.GRANT, self.me, ispi=key.ispi, msgid=key.msgid,
                                    requester=key.requester, owner=owner, tag=tag))
         self.trace("granted", key=str(key), owner=self.config.name_of(owner),
@@ -196,4 +217,5 @@ class DirectorRole:
                 self.table.forget(announcement.key)
         self.announcing.clear()
         self.announcing_key.clear()
+        self.decided.clear()
         self.waiters.clear()

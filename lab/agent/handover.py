@@ -195,14 +195,22 @@ class HandoverRole:
 
     def forget_released(self) -> None:
         """Drop what is done: an old SA that is gone and whose LAN charon no longer routes
-        here (or that this member holds anew)."""
+        here (or that this member holds anew); and take back a release whose successor
+        went away before our SA did (its new holder died mid-handover): we still hold the
+        tunnel, and must offer its LAN again."""
         if not self.releasing and not self.ending:
             return  # the usual tick: nothing moving away from here
         me = self.config.member
         self.ending = {ispi for ispi in self.ending if self.table.owns_sa(ispi, me)}
         for ispi, peer in list(self.releasing.items()):
             held = self.table.established_with(self.config.peers[peer][0])
-            if not self.table.owns_sa(ispi, me) and (
+            if self.table.owns_sa(ispi, me) and held[-1].key.ispi == ispi and (
+                    ispi not in self.ending):
+                self.log(f"{peer}'s new SA went before ours: we keep its tunnel")
+                del self.releasing[ispi]
+                self.steer()
+                self.advertise()
+            elif not self.table.owns_sa(ispi, me) and (
                     self.config.peers[peer][1] not in self.holdings
                     or (held and held[-1].owner == me)):
                 del self.releasing[ispi]

@@ -54,8 +54,10 @@ class JoiningRole:
         pivot = self.membership.pivot()
         if pivot is None:
             if self.membership.nobody_serving_since(self.now, self.joining_since):
-                self.snapshot = None
-                self.membership.synced = True
+                # The cluster starts from what we hold: our table, once charon and it agree
+                # (it may be half of an interrupted join's snapshot).
+                self.snapshot = Snapshot(self.new_tag(), self.me, self.now + SNAPSHOT_RESEND)
+                self.emit(EndStaleSas(self._mine(), self.join_attempt))
             return
         source = self.config.index_of(pivot)
         self.snapshot = Snapshot(self.new_tag(), source, self.now + SNAPSHOT_RESEND)
@@ -109,9 +111,11 @@ class JoiningRole:
         finally:
             self.replaying = False
         self.counters["snapshots_applied"] += 1
-        mine = frozenset(e.key.ispi for e in self.table.entries.values()
+        self.emit(EndStaleSas(self._mine(), self.join_attempt))
+
+    def _mine(self) -> frozenset:
+        return frozenset(e.key.ispi for e in self.table.entries.values()
                          if e.owner == self.config.member and e.key.is_ike_sa)
-        self.emit(EndStaleSas(mine, self.join_attempt))
 
     def on_stale_sas_ended(self, event: StaleSasEnded) -> None:
         """Our charon's SAs that the table gave away are gone (or not: then sync again)."""
@@ -128,4 +132,5 @@ class JoiningRole:
             if entry.key.ispi not in event.held:
                 self.table.delete(entry.key.ispi)
                 self.broadcast(sync.Message(sync.DELETE, self.me, ispi=entry.key.ispi))
+        self.snapshot = None
         self.membership.synced = True

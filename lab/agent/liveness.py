@@ -28,8 +28,8 @@ class LivenessRole:
         name = self.config.name_of(msg.sender)
         was_live = self.membership.is_live(name) and name not in self.departed
         if self.membership.on_heartbeat(name, STATES[beat.state], frozenset(
-                self.config.name_of(i) for i in beat.live if i in self.indexes), self.now,
-                beat.incarnation) and was_live:
+                self.config.name_of(i) for i in beat.live if i in self.indexes),
+                self.sent_at(msg), beat.incarnation) and was_live:
             # It restarted faster than we could count it dead: its charon's SAs are gone
             # all the same. Its tunnels are taken over now, not when the peers' DPD gives up.
             self.counters["restarts_seen"] += 1
@@ -51,12 +51,16 @@ class LivenessRole:
 
     def heartbeat(self) -> None:
         self.next_heartbeat = self.now + self.membership.heartbeat
-        hears = {self.config.index_of(m) for m in self.membership.hears(self.now)}
-        payload = sync.encode_heartbeat(STATE_CODES[self.membership.state], hears,
-                                        self.incarnation, *self.table.owned(self.config.member))
+        state, owned = STATE_CODES[self.membership.state], self.table.owned(self.config.member)
+        # The others learn whom we count live (a joiner serves once all of them count it);
+        # the witness, whom we hear (it backs members that hear each other).
+        live = {self.config.index_of(m) for m in self.membership.live()}
+        payload = sync.encode_heartbeat(state, live, self.incarnation, *owned)
         self.broadcast(sync.Message(sync.HEARTBEAT, self.me, payload=payload),
                        counter="heartbeats_sent")
         if self.config.witness:
+            hears = {self.config.index_of(m) for m in self.membership.hears(self.now)}
+            payload = sync.encode_heartbeat(state, hears, self.incarnation, *owned)
             self.witness_seq = (self.witness_seq + 1) & 0xFFFFFFFF
             self.witness_pings[self.witness_seq] = self.now
             for old in list(self.witness_pings)[:-WITNESS_PINGS_KEPT]:

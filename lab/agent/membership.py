@@ -109,14 +109,18 @@ class Membership:
 
     def on_heartbeat(self, member: str, state: str, live: frozenset, now: float,
                      incarnation: int = 0) -> bool:
-        """Record a heartbeat; True when it comes from a new incarnation of a member heard
-        before (it restarted: whatever its charon held is gone, however quickly it came
-        back). A late heartbeat of an older incarnation is ignored."""
+        """Record a heartbeat sent at `now`; True when it comes from a new incarnation of a
+        member heard before (it restarted: whatever its charon held is gone, however quickly
+        it came back). A heartbeat of an older incarnation, or sent before the last thing
+        heard from its member, is ignored."""
         if member not in self.members or member == self.me:
             return False
         known = self.incarnations.get(member)
         if known is not None and incarnation < known:
             return False
+        heard = self.heard.get(member)
+        if known == incarnation and heard is not None and now < heard.at:
+            return False  # sent before what we know of it: overtaken, or read late
         self.incarnations[member] = incarnation
         self.heard[member] = Heard(now, state, frozenset(live))
         return known is not None and incarnation != known

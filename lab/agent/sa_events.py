@@ -21,12 +21,15 @@ class SaEventsRole:
             return
         if event.name == "ike-rekey":
             old, new = _spis(sa.get("old", {})), _spis(sa.get("new", {}))
+            # The peer travels with the REKEY: a member that missed the old SA still learns
+            # whose tunnel the new one is (superseded SAs are found by peer).
+            peer = sa.get("new", {}).get("remote-host")
             if old and new:
                 if self.table.rekey(old[0], new[0], new[1], self.now) is None:
                     self.table.record(ike_sa_key(new[0]), self.config.member, ESTABLISHED,
-                                      self.now)
+                                      self.now, peer)
                 self.broadcast(sync.Message(sync.REKEY, self.me, ispi=new[0], rspi=new[1],
-                                            owner=self.me, payload=old[0]))
+                                            owner=self.me, peer=peer, payload=old[0]))
                 self.release_waiting(new[0])
             return
         spis = _spis(sa)

@@ -3,7 +3,7 @@
 Every message is `header | body | payload | MAC`:
 
     header  magic "IKLB", version (VERSION), type, sender (member index), pad, sequence
-            number (64 bit)
+            number (64 bit), when the sender sent it (wall clock, ms; 0: not said)
     body    initiator SPI (8), Message ID (4), requester (1), owner (member index, 0 = none),
             state (1), tag (4, matches answers to requests), responder SPI (8), the peer's
             IPv4 address (4, zero when unknown), its UDP port (2) and flags (1: bit 0, the
@@ -31,10 +31,14 @@ sender 0, and its answer: `tag` ties them; `owner` is 1 when the witness backs t
 ACK carries the key and the acker's owner for it, so a director learns of a conflicting
 announcement before it grants.
 
-A receiver drops (and counts) a message that is short, foreign, forged, or replayed. Replay is
-judged per sender with a 64-message sliding window over sequence numbers (as RFC 4303 3.4.3
-does for ESP); a sender's numbers start from its start-up time in nanoseconds, so a restarted
-member never reuses them.
+A receiver drops (and counts) a message that is short, foreign, forged, replayed or stale.
+Replay is judged per sender with a 64-message sliding window over sequence numbers (as RFC 4303
+3.4.3 does for ESP); a sender's numbers start from its start-up time in nanoseconds, so a
+restarted member never reuses them. A window forgets with a restart, so the receiver also
+refuses a message sent longer ago than it allows (`max_age`; the members' clocks agree, as NTP
+makes them, or as one host's do in the lab): an old heartbeat replayed to a member that just
+restarted cannot make a dead member look alive. The time a message says it was sent is also
+when its sender was last heard of (`membership`), not when it happened to be read.
 """
 
 import hashlib
@@ -46,7 +50,7 @@ from typing import NamedTuple
 
 MAGIC = b"IKLB"
 VERSION = 3  # 3: heartbeats carry the incarnation and the owned digest; OWNED_*
-HEADER = struct.Struct("!4sBBBxQ")
+HEADER = struct.Struct("!4sBBBxQQ")
 BODY = struct.Struct("!8sIcBBI8s4sHB")
 NAT_FLAG = 0x01
 MAC_LEN = 32
@@ -77,7 +81,8 @@ STATE_NAMES = {v: k for k, v in STATE_CODES.items()}
 
 
 class SyncError(ValueError):
-    """A message to drop; `reason` names the counter: short, foreign, mac, replay, type."""
+    """A message to drop; `reason` names the counter: short, foreign, mac, replay, stale,
+    type."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -100,6 +105,7 @@ class Message:
     port: int = 0  # the peer's UDP port (0 when unknown)
     nat: bool = False  # the peer is behind a NAT
     payload: bytes = b""
+    sent: float = 0.0  # when its sender sent it, wall clock seconds (0: not said)
 
     @property
     def type_name(self) -> str:
@@ -115,10 +121,12 @@ class Codec:
         self.next_seq = first_seq
         self.windows: dict[int, tuple[int, int]] = {}  # sender -> (highest seq, bitmap)
 
-    def encode(self, msg: Message) -> bytes:
-        """`msg` as bytes from this member, with the next sequence number and the MAC."""
+    def encode(self, msg: Message, wall: float | None = None) -> bytes:
+        """`msg` as bytes from this member, with the next sequence number, the time `wall`
+        (the wall clock now, seconds) and the MAC."""
         seq, self.next_seq = self.next_seq, self.next_seq + 1
-        data = (HEADER.pack(MAGIC, VERSION, msg.type, self.me, seq)
+        sent = int(wall * 1000) if wall else 0
+        data = (HEADER.pack(MAGIC, VERSION, msg.type, self.me, seq, sent)
                 + BODY.pack(msg.ispi, msg.msgid, msg.requester.encode(), msg.owner,
                             STATE_CODES[msg.state], msg.tag, msg.rspi,
                             IPv4Address(msg.peer).packed if msg.peer else b"\0" * 4,
@@ -126,11 +134,14 @@ class Codec:
                 + msg.payload)
         return data + hmac.new(self.key, data, hashlib.sha256).digest()
 
-    def decode(self, data: bytes) -> Message:
-        """The message in `data`; raises SyncError (and advances no window) when it is bad."""
+    def decode(self, data: bytes, wall: float | None = None,
+               max_age: float | None = None) -> Message:
+        """The message in `data`; raises SyncError (and advances no window) when it is bad:
+        with `wall` (the wall clock now) and `max_age`, also when it was sent longer ago than
+        that (or as far in the future: a clock gone wrong)."""
         if len(data) < MIN_LEN:
             raise SyncError("short")
-        magic, version, mtype, sender, seq = HEADER.unpack_from(data)
+        magic, version, mtype, sender, seq, sent = HEADER.unpack_from(data)
         if magic != MAGIC or version != VERSION:
             raise SyncError("foreign")
         body, mac = data[:-MAC_LEN], data[-MAC_LEN:]
@@ -142,12 +153,15 @@ class Codec:
          flags) = BODY.unpack_from(data, HEADER.size)
         if state not in STATE_NAMES or requester not in (b"i", b"r", b"-"):
             raise SyncError("type")
+        if wall is not None and max_age is not None and sent and abs(
+                wall - sent / 1000) > max_age:
+            raise SyncError("stale")
         if not self._fresh(sender, seq):
             raise SyncError("replay")
         return Message(mtype, sender, seq, ispi, msgid, requester.decode(), owner,
                        STATE_NAMES[state], tag, rspi,
                        str(IPv4Address(peer)) if peer != b"\0" * 4 else None, port,
-                       bool(flags & NAT_FLAG), body[HEADER.size + BODY.size:])
+                       bool(flags & NAT_FLAG), body[HEADER.size + BODY.size:], sent / 1000)
 
     def _fresh(self, sender: int, seq: int) -> bool:
         """Anti-replay: accept each sequence number once, within WINDOW of the highest seen."""

@@ -37,7 +37,7 @@ class WitnessDaemon:
     def answer(self, data: bytes) -> bytes | None:
         """The answer to one datagram, or None for anything that is not a ping."""
         try:
-            msg = self.codec.decode(data)
+            msg = self.codec.decode(data, time.time(), self.config.dead_after / 2)
             if msg.type != sync.WITNESS_PING:
                 raise sync.SyncError("type")
             beat = sync.decode_heartbeat(msg.payload)
@@ -51,7 +51,7 @@ class WitnessDaemon:
             self.log("backs " + (", ".join(member_name(i) for i in sorted(group)) or "nobody"))
         return self.codec.encode(sync.Message(
             sync.WITNESS_ANSWER, sync.WITNESS, tag=msg.tag, owner=1 if backed else 0,
-            payload=sync.encode_members(group).to_bytes(4, "big")))
+            payload=sync.encode_members(group).to_bytes(4, "big")), time.time())
 
     def status(self, _request: str) -> dict:
         now = time.monotonic()

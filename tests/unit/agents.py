@@ -84,12 +84,12 @@ class Cluster:
         return arrived
 
     def witness_answers(self, data: bytes) -> None:
-        msg = self.witness_codec.decode(data)
+        msg = self.witness_codec.decode(data, self.now, self.witness.dead_after / 2)
         backed, group = self.witness.report(msg.sender, frozenset(
             sync.decode_heartbeat(msg.payload).live), self.now)
         self.wire.append((sync.WITNESS, msg.sender, self.witness_codec.encode(sync.Message(
             sync.WITNESS_ANSWER, sync.WITNESS, tag=msg.tag, owner=int(backed),
-            payload=sync.encode_members(group).to_bytes(4, "big")))))
+            payload=sync.encode_members(group).to_bytes(4, "big")), self.now)))
 
     def run(self, seconds: float) -> None:
         """Let time pass in ticks: every live member ticks, and the wire is emptied after each."""

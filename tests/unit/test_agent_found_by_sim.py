@@ -5,7 +5,7 @@ the real witness decision, a wire the test controls). The seeds that found them 
 
 from lab.agent import ike, sync
 from lab.agent.events import (CharonSaid, EndSa, EndStaleSas, HoldingsRead, Initiate, Send,
-                              StaleSasEnded, SyncArrived)
+                              StaleSasEnded, SyncArrived, Tick)
 from lab.agent.ownership import Key, director_for
 from lab.agent.witness import Witness
 from lab.sim.sa import AUTH, Body, ike_packet
@@ -191,3 +191,66 @@ def test_the_witness_backs_the_largest_group_that_hears_itself_whole():
     w.report(4, frozenset({3, 4}), 0.2)
     assert w.report(4, frozenset({3, 4}), 0.2) == (False, frozenset({1, 2, 3}))
     assert w.report(1, frozenset({1, 2, 3}), 0.5)[1] == {1}  # the others fell silent
+
+
+def test_a_member_that_only_hears_another_does_not_vouch_for_it():
+    """Seed 2247: a member back from isolation served as soon as the others *heard* it,
+    while one of them still counted it gone and ignored its announcements; two directors
+    granted one key. A heartbeat now lists whom its sender counts live (a joiner serves once
+    every member does); only the witness is told whom it merely hears."""
+    c = Cluster().start()
+    # m2 cannot reach the witness: it isolates itself, and the others, who still hear it,
+    # stop counting it live once the witness has stopped backing it.
+    c.lose = lambda sender, receiver, m: sync.WITNESS in (sender, receiver) and 2 in (
+        sender, receiver)
+    c.run(1.5)
+    assert c.agents[2].membership.state == "isolated"
+    assert "m2" not in c.agents[1].membership.live()
+    c.wire.clear()
+    c.handle(1, Tick())
+    c.now += c.agents[1].membership.heartbeat
+    c.handle(1, Tick())
+    sent = {sync_type(d): sync.decode_heartbeat(sync_message(d).payload).live
+            for s, r, d in c.wire if s == 1 and r in (2, sync.WITNESS)}
+    assert 2 not in sent[sync.HEARTBEAT] and 2 in sent[sync.WITNESS_PING]
+
+
+def test_a_directors_own_decision_stands_when_a_flood_evicts_it_and_another_announces():
+    """Seed 2714: two directors of one key (one member had just begun to serve); a flood
+    pushed the first director's entry out while its announcement waited, the second
+    director's announcement then reached it, and it acknowledged the other owner: each
+    director granted its own. It now answers with what it decided itself."""
+    c = Cluster(half_open_cap=2).start()
+    ispi = b"\x42" * 8
+    c.lose = lambda sender, receiver, m: m.type == sync.ACK and sender == 3
+    c.say_as(2, 1, sync.Message(sync.CLAIM, 2, ispi=ispi, tag=7, peer="198.51.100.9"))
+    c.deliver()
+    for n in range(3):
+        c.say_as(3, 1, sync.Message(sync.CLAIM, 3, ispi=bytes([n + 1]) * 8, tag=20 + n,
+                                    peer="198.51.100.9"))
+    c.deliver()
+    assert Key(ispi) not in c.agents[1].table.entries
+    acks = []
+    c.lose = lambda sender, receiver, m: m.type == sync.ACK and sender == 1 and (
+        acks.append(m.owner) or True)
+    c.say_as(3, 1, sync.Message(sync.ANNOUNCE, 3, ispi=ispi, owner=3, state="negotiating",
+                                tag=99, peer="198.51.100.9"))
+    c.deliver()
+    assert acks == [2] and c.agents[1].table.owners()[f"{ispi.hex()}/0/i"] == "m2"
+
+
+def test_an_old_heartbeat_replayed_to_a_member_that_just_restarted_is_stale():
+    """Seeds 1102, 1128: a member restarted (its replay windows empty), and copies of a dead
+    member's old heartbeats reached it: it counted the dead member alive. Sync messages say
+    when they were sent, and one older than half of dead_after is refused."""
+    c = Cluster().start()
+    [old] = [d for s, r, d in list(c.wire) if s == 1 and r == 3] or [
+        c.agents[1].codec.encode(sync.Message(sync.HEARTBEAT, 1, payload=sync.encode_heartbeat(
+            1, {1, 2, 3})), c.now + c.agents[1].wall_offset)]
+    c.dead.add(1)
+    c.run(1.5)
+    c.restart(3)
+    c.run(0.2)
+    c.handle(3, SyncArrived(old))  # an attacker on the sync network, or a network's copy
+    assert c.agents[3].counters["sync_stale"] == 1
+    assert "m1" not in c.agents[3].membership.heard

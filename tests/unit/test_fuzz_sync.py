@@ -23,7 +23,7 @@ from lab.agent.sync import (ANNOUNCE, BODY, ENTRY, HEADER, HEARTBEAT_BODY, MAC_L
                             Message, SyncError, decode_entries, decode_heartbeat,
                             encode_entries, encode_heartbeat)
 
-REASONS = {"short", "foreign", "mac", "replay", "type"}  # SyncError's, for Codec.decode
+REASONS = {"short", "foreign", "mac", "replay", "stale", "type"}  # SyncError's, for Codec.decode
 KEY = b"\x5a" * 32
 
 u8, u16, u32, u64 = (st.integers(0, 2**bits - 1) for bits in (8, 16, 32, 64))
@@ -63,7 +63,7 @@ def ours(draw):
     """Bytes with our magic and version, anything after the header, and mostly a valid MAC:
     what a member with the key could send, so every check behind the MAC is reached."""
     header = HEADER.pack(MAGIC, VERSION, draw(st.integers(0, 20)), draw(u8),
-                         draw(st.integers(0, 2**64 - 1)))
+                         draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**64 - 1)))
     data = header + draw(st.one_of(st.binary(max_size=BODY.size), plausible(BODY.size)))
     data += draw(st.binary(max_size=40))
     return sign(KEY, data) if draw(st.booleans()) else data + draw(
@@ -223,3 +223,19 @@ def test_any_heartbeat_payload_decodes_or_is_malformed(payload):
         assert err.reason == "malformed" and len(payload) != HEARTBEAT_BODY.size
         return
     assert encode_heartbeat(*heartbeat) == payload
+
+
+@given(st.floats(1e6, 4e9), st.floats(-5.0, 5.0), st.floats(0.05, 3.0))
+def test_a_datagram_is_taken_only_within_its_age(sent, late, max_age):
+    """Sent at `sent` (wall clock), read `late` seconds later: refused as stale exactly when
+    that is further from now than `max_age` (either way: a clock gone wrong), whatever the
+    replay window says (a member that just restarted has an empty one)."""
+    data = Codec(KEY, 1, first_seq=7).encode(Message(ANNOUNCE, 1), sent)
+    outcome = "accepted"
+    try:
+        Codec(KEY, 9, first_seq=1).decode(data, sent + late, max_age)
+    except SyncError as err:
+        outcome = err.reason
+    # The datagram carries milliseconds: within a millisecond of the limit either is right.
+    if abs(abs(late) - max_age) > 0.002:
+        assert outcome == ("stale" if abs(late) > max_age else "accepted")
