@@ -34,16 +34,16 @@ class _TrustingCodec(sync.Codec):
 class AcceptReplayedSync(Agent):
     """No replay window: a sync message that arrives twice (or years late) counts twice."""
 
-    def __init__(self, config, now, first_seq, join=False):
-        super().__init__(config, now, first_seq, join)
+    def __init__(self, config, now, first_seq, join=False, **kwargs):
+        super().__init__(config, now, first_seq, join, **kwargs)
         self.codec = _TrustingCodec(bytes.fromhex(config.key), self.me, first_seq)
 
 
 class KeepDeadMembersEntries(Agent):
     """A member that dies keeps its entries in the survivors' tables."""
 
-    def __init__(self, config, now, first_seq, join=False):
-        super().__init__(config, now, first_seq, join)
+    def __init__(self, config, now, first_seq, join=False, **kwargs):
+        super().__init__(config, now, first_seq, join, **kwargs)
         self.table.drop_owner = lambda member: 0
 
 

@@ -212,9 +212,10 @@ class IkeDaemon(Ikev1):
             sa.dpd_sent = now
         self._one_way(sa, Body(R_U_THERE, nonce=self.host.random_nonce()))
 
-    def terminate(self, sa: Sa, tell: bool = True) -> None:
+    def terminate(self, sa: Sa, tell: bool = True, force: bool = False) -> None:
         """End `sa`: with a DELETE the other side answers (IKEv2) or hears (IKEv1), or, not
-        telling, at once."""
+        telling, at once; `force` (vici's terminate with force): the DELETE goes once and
+        the SA is gone without waiting for the answer."""
         if self.sas.get(sa.local_spi) is not sa:
             return
         if not tell or sa.state == CONNECTING:
@@ -222,6 +223,11 @@ class IkeDaemon(Ikev1):
             return
         if sa.version == 1:
             self._one_way(sa, Body(V1_DELETE, spi=sa.ispi))
+            self._remove(sa)
+            return
+        if force:
+            msgid, sa.out_msgid = sa.out_msgid, sa.out_msgid + 1
+            self.host.transmit(self._packet(sa, msgid, Body(DELETE, spi=sa.ispi), False))
             self._remove(sa)
             return
         sa.state = DELETING

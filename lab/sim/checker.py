@@ -13,13 +13,15 @@ must eventually happen once the faults stop (liveness, checked in the quiet tail
 - claim-discipline: a director grants a key only once every member it counted live when it
   announced the owner, and still counts live, has acknowledged.
 - no-forwarding-loop: one packet arrival is forwarded at most once.
+- no-double-injection: and written into the owner's stack at most once (a FORWARD replayed
+  to it would make its charon handle an old packet again).
 - bounds: tables, parked packets, pending claims, announcements and lookups stay within their
   caps, whatever a flood does.
 - failure-detection: a member that crashed is out of every other member's live set
   `dead_after` and a heartbeat interval after its death (the witness's last backing of it
-  counts half of `dead_after` and a margin, `membership`), or half of `dead_after` after the
-  judge's own stall if that ends later, plus DETECTION_SLACK, and stays out until it comes
-  back.
+  counts half of `dead_after` and a margin, `membership`), or `dead_after` after the judge's
+  own stall if that ends later (what queued meanwhile is handled as if it had just come),
+  plus DETECTION_SLACK, and stays out until it comes back.
 - no-dead-owner: no table names a member it has counted dead as the owner of an established
   IKE SA: a packet for it would be forwarded into the void.
 - liveness: after the last fault heals, every peer's tunnel is up on exactly one member
@@ -35,7 +37,7 @@ from lab.agent import sync
 from lab.agent.claimant import MAX_PACKETS_PER_KEY, MAX_PARKED_KEYS
 from lab.agent.core import MAX_FORWARDED_SPIS
 from lab.agent.director import MAX_ANNOUNCING, MAX_WAITERS
-from lab.agent.events import Send, SyncArrived, Tick
+from lab.agent.events import Inject, Send, SyncArrived, Tick
 from lab.agent.handover import ESP_HELD_PER_PEER
 from lab.agent.membership import SERVING_STATES
 from lab.agent.ownership import ESTABLISHED as ENTRY_ESTABLISHED
@@ -82,6 +84,7 @@ class Checker:
         self.last_restarts: dict[int, int] = {}  # director -> restarts it had seen
         self.acked: dict[tuple, set] = {}  # (director, tag) -> members whose ACK it handled
         self.forwarded: dict[bytes, float] = {}  # arrival + packet -> when
+        self.injected: dict[tuple, float] = {}  # (member, arrival + packet) -> when
         self.next_sweep = 0.0
         self.stateless = world.spec.ownership == "stateless"
 
@@ -145,6 +148,10 @@ class Checker:
         if agent is not None and (type(event) is Tick or self.last_restarts.get(
                 member.index) != agent.counters["restarts_seen"]):
             self._left_since(member)  # first: a grant in these actions may follow from it
+        if agent is not None and agent.membership.state == "isolated":
+            # Cut off, a director gives up what it announced (`director_isolated`).
+            for key in [k for k in self.announced if k[0] == member.index]:
+                del self.announced[key]
         for action in actions:
             if type(action) is not Send:
                 continue
@@ -166,6 +173,14 @@ class Checker:
                                     f"m{member.index} forwarded an arrival forwarded before "
                                     f"(at {self.forwarded[inner]:.4f} s)")
                 self.forwarded[inner] = self.world.now
+        if type(event) is SyncArrived and event.data[TYPE_OFFSET] == sync.FORWARD and any(
+                type(a) is Inject for a in actions):
+            key = (member.index, event.data[sync.HEADER.size + sync.BODY.size:-sync.MAC_LEN])
+            if key in self.injected:
+                raise Violation("no-double-injection",
+                                f"m{member.index} wrote a forwarded packet into its stack "
+                                f"twice (first at {self.injected[key]:.4f} s)")
+            self.injected[key] = self.world.now
         self._check_bounds(member)
 
     def _left_since(self, director: SimMember) -> None:
@@ -238,9 +253,10 @@ class Checker:
         for other in self.world.members.values():
             if other.crashed_at is None or judged is None:
                 continue
-            # A member back from a stall gives everyone half a period more (`membership`).
+            # A member back from a stall handles the heartbeats that queued meanwhile as if
+            # they had just come (it has isolated itself, and rejoins): a full period more.
             due = max(other.crashed_at + spec.dead_after * 9 / 8,
-                      member.resumed_at + spec.dead_after / 2) + DETECTION_SLACK
+                      member.resumed_at + spec.dead_after) + DETECTION_SLACK
             if other.name in agent.membership.live_set and member.clock(due) < judged:
                 raise Violation("failure-detection", f"m{member.index} counts {other.name} "
                                 f"live {self.world.now - other.crashed_at:.2f} s after it "
@@ -265,6 +281,7 @@ class Checker:
                                           f"one peer, {parked} packets parked for one key, "
                                           f"{held} ESP packets held for one peer")
         self.forwarded = {k: t for k, t in self.forwarded.items() if now - t < 60}
+        self.injected = {k: t for k, t in self.injected.items() if now - t < 60}
         live_tags = {(d, tag) for (d, _key), pending in self.announced.items()
                      for tag in pending}
         self.acked = {k: v for k, v in self.acked.items() if k in live_tags}

@@ -223,7 +223,8 @@ class World(Traffic):
                                   cookie_threshold=self.spec.cookie_threshold)
         # Sequence numbers from the boot time in ns, as the shell does: never reused.
         first_seq = (int(self.now * 1e9) + 1) << 8 | member.index
-        member.agent = self.core(member.config, member.clock(self.now), first_seq, join)
+        member.agent = self.core(member.config, member.clock(self.now), first_seq, join,
+                                 wall_offset=-member.clock_offset)
         member.published = member.agent.membership.state
         member.last_clock = member.clock(self.now)
         self.after(self.rng.uniform(0, TICK), self.tick, member, member.generation)
@@ -247,16 +248,21 @@ class World(Traffic):
         return True
 
     # ---- agents -------------------------------------------------------------------------------
-    def feed(self, member: SimMember, event) -> None:
-        """Give member's agent one event now (or queue it, while the agent stalls)."""
+    def feed(self, member: SimMember, event) -> bool:
+        """Give member's agent one event now (or queue it, while the agent stalls); False
+        when it went nowhere (the member is down, or its queue is full)."""
         if not member.up:
-            return
+            return False
         if member.stalled_until is not None:
-            if len(member.backlog) < BACKLOG:
+            # The kernel's queues (NFQUEUE, the socket buffer) are bounded; the shell's queue
+            # of charon's events is not.
+            if len(member.backlog) < BACKLOG or not isinstance(event, (PacketQueued,
+                                                                         SyncArrived)):
                 member.backlog.append(event)
-            elif isinstance(event, PacketQueued):
+                return True
+            if isinstance(event, PacketQueued):
                 member.held.pop(event.ref, None)  # the queue is full: the kernel drops it
-            return
+            return False
         clock = member.clock(self.now)
         member.last_clock = clock
         if self.checker is not None:
@@ -268,6 +274,7 @@ class World(Traffic):
         self.carry_out(member, actions)
         if self.checker is not None:
             self.checker.after_agent(member, event, actions)
+        return True
 
     def carry_out(self, member: SimMember, actions: list) -> None:
         gen = member.generation
@@ -331,14 +338,14 @@ class World(Traffic):
     def witness_hears(self, data: bytes) -> None:
         """The witness (on the bridge: it never crashes here) answers a member's ping."""
         try:
-            msg = self.witness_codec.decode(data)
+            msg = self.witness_codec.decode(data, self.now, self.spec.dead_after / 2)
         except sync.SyncError:
             return
         backed, group = self.witness.report(msg.sender, frozenset(
             sync.decode_heartbeat(msg.payload).live), self.now)
         answer = self.witness_codec.encode(sync.Message(
             sync.WITNESS_ANSWER, sync.WITNESS, tag=msg.tag, owner=int(backed),
-            payload=sync.encode_members(group).to_bytes(4, "big")))
+            payload=sync.encode_members(group).to_bytes(4, "big")), self.now)
         member = self.members[msg.sender]
         delays, late = self.net.deliveries(sync.WITNESS, msg.sender, self.rng)
         for delay in delays:
@@ -348,15 +355,14 @@ class World(Traffic):
     def replay(self, count: int) -> None:
         """An attacker on the sync network sends `count` datagrams that members received
         earlier to them again (their MACs are genuine; only freshness tells them apart)."""
-        for member, data in self.rng.sample(list(self.captured),
-                                            min(count, len(self.captured))):
+        recent = list(self.captured)[-64:]  # fresh ones: older ones are stale anyway
+        for member, data in self.rng.sample(recent, min(count, len(recent))):
             if self.net.passes(sync.WITNESS, member.index):  # from the bridge, to its port
                 self.after(self.rng.random() * 0.05, self.sync_arrives, member, data)
 
     def sync_arrives(self, member: SimMember, data: bytes, late: float | None = None) -> None:
         """A datagram reaches a member's port; `late`: a copy comes again that much later."""
-        if member.links_up and member.up:
-            self.feed(member, SyncArrived(data))
+        if member.links_up and self.feed(member, SyncArrived(data)):
             self.captured.append((member, data))
             if late is not None:
                 self.after(late, self.sync_arrives, member, data)
@@ -483,7 +489,7 @@ class World(Traffic):
             return
         stale = [sa for sa in member.charon.sas.values() if sa.ispi not in keep]
         for sa in stale:
-            member.charon.terminate(sa, tell=True)
+            member.charon.terminate(sa, tell=True, force=True)  # as the shell does
         left = sum(1 for sa in member.charon.sas.values() if sa.ispi not in keep)
         held = frozenset(sa.ispi for sa in member.charon.sas.values() if sa.ispi in keep)
         self.after(0.01, self._vici_arrives, member, gen,

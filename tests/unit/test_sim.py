@@ -16,7 +16,9 @@ from lab.sim.runner import run_seed, run_seeds, self_test, shrink
 # each is fixed, and tests/unit/test_agent_found_by_sim.py says what was wrong in words.
 FOUND = [(3, 10000), (4, 10000), (5, 10000), (7, 10000), (21, 5000), (25, 10000),
          (28, 5000), (35, 5000), (46, 6000), (59, 5000), (64, 5000), (73, 5000),
-         (105, 5000), (132, 5000), (144, 5000), (180, 5000), (181, 5000), (183, 5000)]
+         (105, 5000), (132, 5000), (144, 5000), (180, 5000), (181, 5000), (183, 5000),
+         (1068, 10000), (1102, 10000), (1128, 10000), (2247, 10000), (2533, 10000),
+         (2714, 10000), (2832, 10000), (2895, 10000), (2993, 10000)]
 
 
 def test_a_million_events_over_two_hundred_seeds_break_no_invariant(request):
