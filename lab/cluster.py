@@ -12,6 +12,7 @@ it the `Mininet` that mn builds.
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from mininet.log import error
 from mininet.net import Mininet
 
 from .agent.control import query
@@ -23,6 +24,7 @@ from .topology import HASH_MODES, INTERNET
 
 HOW = ("daemons", "links")
 DRAIN_TIMEOUT = 30.0
+SERVE_TIMEOUT = 15.0  # from the agents' start to every member serving (about a second)
 SETTLERS = 8  # charons loading their configs at once (swanctl waits on charon, not the CPU)
 
 
@@ -51,6 +53,39 @@ class ClusterNet(Mininet):
     def build(self):
         super().build()
         self.wait_for_daemons()
+
+    def start(self):
+        super().start()
+        self.wait_serving()
+
+    def wait_serving(self, timeout: float = SERVE_TIMEOUT) -> None:
+        """Every agent starts joining, and serves once the witness backs it and the others
+        count it live: wait for every member to serve and for both hashing switches to give
+        each one its bucket, so that the lab takes traffic when `start` returns. FailoverError
+        names the members that did not serve (under plain mn, it is printed)."""
+        members = [n for n in self.cluster_members() if n.agent is not None and not n.failed]
+        names = {n.name for n in members}
+        end = time.monotonic() + timeout
+        while True:
+            states = {}
+            for node in members:
+                try:
+                    states[node.name] = query(node.files.agent_socket, "state",
+                                              timeout=1.0)["state"]
+                except (OSError, ValueError) as exc:
+                    states[node.name] = f"no answer ({exc.__class__.__name__})"
+            if (all(s == "serving" for s in states.values())
+                    and all(names <= set(s.buckets) for s in self.hashing_switches())):
+                return
+            if time.monotonic() > end:
+                late = ", ".join(f"{m} {s}" for m, s in sorted(states.items()) if s != "serving")
+                message = (f"not every member served within {timeout:g} s: "
+                           f"{late or 'the switches did not follow'}")
+                if all(getattr(n, "strict", True) for n in members):
+                    raise FailoverError(message)
+                error(f"*** {message}\n")
+                return
+            time.sleep(READY_POLL)
 
     def wait_for_daemons(self) -> None:
         """Every node launched its daemons in `config()`: wait for all of them together, then

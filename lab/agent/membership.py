@@ -56,14 +56,14 @@ SERVING_STATES = (SERVING, DRAINING)  # the members that take traffic and direct
 
 REJOIN_SILENCE = 5.0  # seconds a member back from isolation waits to hear anyone serving
 BACKING_MARGIN = 0.05  # a tick of the loop (core.TICK)
-STARTUP_GRACE = 3.0  # seconds a starting cluster gives the witness to back it
 
 
 @dataclass
 class Heard:
-    at: float
+    at: float  # the last sign of life (when it was sent)
     state: str
-    live: frozenset  # the members the sender hears, itself included
+    live: frozenset  # the members the sender counts live, itself included
+    said_at: float = 0.0  # when the heartbeat that said `state` and `live` was sent
 
 
 @dataclass
@@ -88,6 +88,7 @@ class Membership:
     live_set: set = field(default_factory=set)
     last_update: float | None = None
     synced: bool = False  # JOINING: the snapshot has been applied
+    joined_at: float = 0.0  # when it last began to join
     back_from_isolation: bool = False  # JOINING after a cut: the others were alive
 
     @property
@@ -96,14 +97,14 @@ class Membership:
         return self.dead_after / 8
 
     def start(self, now: float, joining: bool) -> None:
-        """A bootstrapping cluster starts SERVING together; a restored member JOINs."""
-        self.state = JOINING if joining else SERVING
+        """Every member starts JOINING and acts on nothing before the witness backs it. One
+        that comes back fetches the table first; a cluster that starts together has none to
+        fetch (`synced`): its members serve as soon as the witness backs them and each is
+        counted live by the others, a few heartbeats after they start."""
+        self.state = JOINING
         self.synced = not joining
-        # Starting with the cluster, the witness gets STARTUP_GRACE to back us the first
-        # time (it backs members that hear each other, and nobody has heard anybody yet;
-        # nobody holds anything yet either). A member that comes back acts on nothing
-        # before the witness backs it.
-        self.witness_at = None if joining else now + STARTUP_GRACE - self.dead_after / 2
+        self.joined_at = now
+        self.witness_at = None
         self.live_set = {self.me}
         self.last_update = now
 
@@ -122,7 +123,7 @@ class Membership:
         if known == incarnation and heard is not None and now < heard.at:
             return False  # sent before what we know of it: overtaken, or read late
         self.incarnations[member] = incarnation
-        self.heard[member] = Heard(now, state, frozenset(live))
+        self.heard[member] = Heard(now, state, frozenset(live), now)
         return known is not None and incarnation != known
 
     def hears(self, now: float) -> set:
@@ -208,8 +209,10 @@ class Membership:
         return others[0] if others else None
 
     def accepted(self) -> bool:
-        """Every other live member lists this member as live."""
+        """Every other live member lists this member as live, in a heartbeat sent since this
+        member began to join: an older one may come from before it was counted out."""
         return all(m in self.heard and self.me in self.heard[m].live
+                   and self.heard[m].said_at >= self.joined_at
                    for m in self.live_set if m != self.me)
 
     def update(self, now: float) -> Changes:
@@ -237,6 +240,7 @@ class Membership:
                 changes.state = self.state = JOINING
                 self.synced = False
                 self.back_from_isolation = True
+                self.joined_at = now
             self.live_set = {self.me} | {m for m, h in self.heard.items()
                                          if now - h.at < self.dead_after}
             changes.appeared = self.live_set - before

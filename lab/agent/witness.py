@@ -17,27 +17,47 @@ reach every member that might direct the same key.
 
 The group it backs stays the same while it is still a clique of the largest size (no flapping
 between equal halves); otherwise the largest, the one with the lowest member indexes on a tie.
-A member that has not pinged for `dead_after`/2 is not there. Pure: time is passed in.
+A member that has not pinged for `dead_after`/2 is not there.
+
+Backing is a lease: a member told "backed" acts for half of `dead_after` (`membership`) on
+the strength of it. When the group changes, a member new to it is told "backed" only once
+every lease of a member left out has run out: otherwise, for that half period, the side just
+dropped and the side just chosen would both act, and each direct keys. The witness's own
+start counts as a change (it cannot know what it said before). Pure: time is passed in.
 """
 
 from itertools import combinations
+
+LEASE_MARGIN = 0.05  # a tick of a member's loop (membership.BACKING_MARGIN)
 
 
 class Witness:
     """`report(member, hears, now)` -> (backed?, the members backed)."""
 
-    def __init__(self, members: list[int], dead_after: float):
+    def __init__(self, members: list[int], dead_after: float, now: float = 0.0):
         self.members = sorted(members)
         self.dead_after = dead_after
         self.reports: dict[int, tuple[float, frozenset]] = {}  # member -> (when, whom it hears)
         self.backed: frozenset = frozenset()
         self.changes = 0  # how often the backed group changed
+        # A member's lease: until when it may act on our last "backed" (half of dead_after,
+        # and the margin membership allows: a heartbeat interval and a tick of its loop).
+        self.lease = dead_after / 2 + dead_after / 8 + LEASE_MARGIN
+        self.leases: dict[int, float] = {}
+        self.quiet_until = now + self.lease  # whatever we said before we started holds
 
     def report(self, member: int, hears: frozenset, now: float) -> tuple[bool, frozenset]:
-        if member in self.members:
-            self.reports[member] = (now, frozenset(hears))
-            self._decide(now)
-        return member in self.backed, self.backed
+        """A member's ping: (whether it is backed now, the group the witness backs)."""
+        if member not in self.members:
+            return False, self.backed
+        self.reports[member] = (now, frozenset(hears))
+        self._decide(now)
+        backed = member in self.backed and (self.leases.get(member, -1.0) > now or (
+            now >= self.quiet_until and all(until <= now for m, until in self.leases.items()
+                                            if m not in self.backed)))
+        if backed:
+            self.leases[member] = now + self.lease
+        return backed, self.backed
 
     def _decide(self, now: float) -> None:
         present = [m for m in self.members if m in self.reports

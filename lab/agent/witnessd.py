@@ -23,7 +23,7 @@ from .witness import Witness
 class WitnessDaemon:
     def __init__(self, config: WitnessConfig):
         self.config = config
-        self.witness = Witness(list(config.members), config.dead_after)
+        self.witness = Witness(list(config.members), config.dead_after, time.monotonic())
         self.codec = sync.Codec(bytes.fromhex(config.key), sync.WITNESS, time.time_ns())
         self.stopping = False
         self.dropped = 0  # datagrams that were not a member's ping

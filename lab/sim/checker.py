@@ -3,9 +3,9 @@ must eventually happen once the faults stop (liveness, checked in the quiet tail
 
 - one-owner: no two members' charons hold, or are negotiating, the same IKE SA. The check
   reads the model charons: an IKE SA is the peer's negotiation, the initiator's address and
-  SPI. Counted are the members *in the cluster*: their agent serves, drains or is drained, and
-  some other member in the cluster counts them live (a member the others have given up on, or
-  one cut off, holds leftovers that it ends before it serves again). Two documented
+  SPI. Counted are the members *in the cluster*: their agent serves, drains or is drained on a
+  lease from the witness that has not run out (a member whose lease ran out acts on nothing;
+  its charon holds leftovers that it ends before it serves again). Two documented
   exceptions, for half-open SAs only: in `stateless` mode any member answers a first message;
   in the table modes a flood's budget may push a half-open entry out (the oldest makes room)
   and a retransmission be claimed afresh, so a half-open SA counts while its member's own
@@ -111,13 +111,13 @@ class Checker:
                     and not sa.initiator)
 
     def in_cluster(self, member: SimMember) -> bool:
-        """Its agent acts (serving, draining, drained) and another member that acts counts
-        it live (or it is the only one)."""
+        """Its agent acts (serving, draining, drained) on the strength of a lease the witness
+        gave it that has not run out: a member whose lease ran out acts on nothing, and the
+        others may have taken its keys over (what its charon still holds it ends when it
+        rejoins)."""
         if not member.up or member.agent is None or member.published not in MEMBER_STATES_IN:
             return False
-        others = [m for m in self.world.members.values() if m is not member and m.up
-                  and m.agent is not None and m.published in MEMBER_STATES_IN]
-        return not others or any(m.agent.membership.is_live(member.name) for m in others)
+        return self.world.witness.leases.get(member.index, 0.0) > self.world.now
 
     def _check_one_owner(self, key: tuple) -> None:
         holders = {i: sa for i, sa in self.holders.get(key, {}).items()

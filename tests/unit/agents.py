@@ -48,7 +48,7 @@ class Cluster:
         self.cut: set[int] = set()  # partitioned: no sync traffic and no witness either way
         self.lose = lambda sender, receiver, message: False
         # The witness: the real decision, speaking sync messages as sync index 0.
-        self.witness = Witness(list(range(1, n + 1)), options.get("dead_after", 0.6))
+        self.witness = Witness(list(range(1, n + 1)), options.get("dead_after", 0.6), self.now)
         self.witness_codec = sync.Codec(b"\0" * 32, sync.WITNESS, 1 << 60)
         self.answer_stale_sas = True  # stand in for the shell's charon thread
 

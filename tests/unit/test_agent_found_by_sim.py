@@ -254,3 +254,41 @@ def test_an_old_heartbeat_replayed_to_a_member_that_just_restarted_is_stale():
     c.handle(3, SyncArrived(old))  # an attacker on the sync network, or a network's copy
     assert c.agents[3].counters["sync_stale"] == 1
     assert "m1" not in c.agents[3].membership.heard
+
+
+def test_a_joiner_serves_only_on_heartbeats_sent_since_it_began_to_join():
+    """Seed 4222: a member back from isolation counted as accepted the heartbeat a peer had
+    sent before it counted the member dead, served at once, and directed a key that member
+    was directing too."""
+    from lab.agent.membership import Membership
+    m = Membership("m2", ("m1", "m2"), dead_after=0.6)
+    m.start(1.0, joining=True)
+    m.on_heartbeat("m1", "serving", frozenset({"m1", "m2"}), 0.9)  # sent before the join
+    m.on_witness(1.05, frozenset({"m1", "m2"}))
+    m.synced = True
+    m.update(1.1)
+    assert m.state == "joining"
+    m.on_heartbeat("m1", "serving", frozenset({"m1", "m2"}), 1.15)
+    m.update(1.2)
+    assert m.state == "serving"
+
+
+def test_the_witness_backs_a_member_new_to_its_group_once_the_old_leases_ran_out():
+    """Seed 4636: the sync network split; the witness first backed one side, then, when the
+    reports changed, another group: for half of dead_after both acted, and each granted the
+    same key. A member new to the backed group now waits until every lease of a member left
+    out has run out; one that was backed already goes on."""
+    w = Witness([1, 2, 3], dead_after=0.6, now=0.0)
+    for m in (1, 2):
+        w.report(m, frozenset({1, 2}), 0.5)
+    assert w.report(1, frozenset({1, 2}), 0.5) == (True, frozenset({1, 2}))
+    lease_of_2 = w.leases[2]
+    # 2 is cut off from 1; 3 comes and hears 1: the group becomes {1, 3}.
+    w.report(2, frozenset({2}), 0.6)
+    w.report(1, frozenset({1, 3}), 0.6)
+    assert w.report(3, frozenset({1, 3}), 0.6) == (False, frozenset({1, 3}))
+    assert w.report(1, frozenset({1, 3}), 0.6)[0]  # leased already: it goes on
+    assert not w.report(3, frozenset({1, 3}), lease_of_2 - 0.01)[0]
+    w.report(1, frozenset({1, 3}), lease_of_2 - 0.01)
+    assert w.report(3, frozenset({1, 3}), lease_of_2 + 0.01)[0]
+

@@ -8,7 +8,7 @@ import struct
 
 from lab.agent.events import (CharonSaid, DrainAsked, EndSa, HoldEsp, HoldingsRead, Initiate,
                               SteerRoutes)
-from lab.agent.handover import balance, takeover_initiator
+from lab.agent.handover import BALANCE_INTERVAL, balance, takeover_initiator
 
 from .agents import Cluster
 
@@ -172,7 +172,7 @@ def test_the_old_holder_steers_the_lan_to_the_new_one_before_its_sa_ends():
     up(c, 1, "p1", 1)
     c.deliver()
     c.handle(1, DrainAsked(True))
-    c.run(0.3)
+    c.run(BALANCE_INTERVAL + 0.1)  # m2 weighs the balance once a BALANCE_INTERVAL
     assert initiated(c) == {"p1": ["m2"]}
     c.handle(2, HoldingsRead(frozenset({lan})))
     up(c, 2, "p1", 11)
