@@ -376,6 +376,17 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
         except sync.SyncError:
             self.counters["sync_malformed"] += 1
 
+    def wall_ms(self) -> int:
+        """The wall clock now in milliseconds, as a message sent now says it."""
+        return int((self.now + self.wall_offset) * 1000)
+
+    def up_at(self, entry) -> float:
+        """When `entry`'s IKE SA came up, on our clock (not later than now): its owner's
+        word, else when we first heard of it."""
+        if not entry.up_ms:
+            return entry.created
+        return min(self.now, entry.up_ms / 1000 - self.wall_offset)
+
     def sent_at(self, msg: sync.Message) -> float:
         """When `msg` was sent, on our clock (not later than now): the last time its sender
         was surely alive, however long the message waited to be read."""
@@ -431,17 +442,19 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
         initiator SPI."""
         if self.departed_owner(msg.owner):
             return
-        if self.table.rekey(msg.payload[:8], msg.ispi, msg.rspi, self.now) is None:
+        if self.table.rekey(msg.payload[:8], msg.ispi, msg.rspi, self.now, msg.sent_ms) is None:
             self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner),
-                              ESTABLISHED, self.now, msg.peer)
+                              ESTABLISHED, self.now, msg.peer, msg.sent_ms)
         self.release_waiting(msg.ispi)
 
     def on_established(self, msg: sync.Message) -> None:
         if self.departed_owner(msg.owner):
             return
+        # Its owner sent this as the SA came up: the time it says is the SA's place among the
+        # peer's, the same for every member.
         self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner), ESTABLISHED,
-                          self.now, msg.peer)
-        self.table.establish(msg.ispi, msg.rspi, self.now)
+                          self.now, msg.peer, msg.sent_ms)
+        self.table.establish(msg.ispi, msg.rspi, self.now, msg.sent_ms)
         self.table.locate(msg.ispi, msg.port, msg.nat)
         self.release_waiting(msg.ispi)
 

@@ -239,7 +239,8 @@ class HandoverRole:
         me = self.config.member
         for old, new in self.table.superseded(me):
             ispi, peer = old.key.ispi, self.peer_names.get(old.peer)
-            if ispi in self.ending or peer is None or self.now < new.created + HANDOVER_GRACE:
+            new_up = self.up_at(new)
+            if ispi in self.ending or peer is None or self.now < new_up + HANDOVER_GRACE:
                 continue
             if new.owner == me:
                 # Two SAs with one peer, both here: the older goes once the newer carries
@@ -253,7 +254,7 @@ class HandoverRole:
                 self.releasing[ispi] = peer
                 self.steer()
                 self.advertise()
-            elif self.now >= new.created + HANDOVER_GRACE + ROUTES_SETTLE:
+            elif self.now >= new_up + HANDOVER_GRACE + ROUTES_SETTLE:
                 self.ending.add(ispi)
                 self.log(f"ending {peer}'s old SA: its tunnel moved to {new.owner}")
                 self.emit(EndSa(ispi))

@@ -72,7 +72,7 @@ class JoiningRole:
         if not self.serving:
             return
         entries = [(e.key, self.config.index_of(e.owner), e.state, e.rspi, e.peer, e.port,
-                    e.nat, self.now - e.created) for e in self.table.entries.values()]
+                    e.nat, self.now - e.created, e.up_ms) for e in self.table.entries.values()]
         for start in range(0, len(entries), sync.ENTRIES_PER_SNAPSHOT):
             chunk = entries[start:start + sync.ENTRIES_PER_SNAPSHOT]
             self.send(msg.sender, sync.Message(sync.SNAPSHOT, self.me, tag=msg.tag,
@@ -94,14 +94,15 @@ class JoiningRole:
             self.snapshot = None  # a chunk was lost: ask again on the next tick
             return
         self.table.clear()
-        for ispi, msgid, requester, owner, state, rspi, peer, port, nat, age in snapshot.entries:
+        for (ispi, msgid, requester, owner, state, rspi, peer, port, nat, age,
+             up_ms) in snapshot.entries:
             # The pivot may not have counted a member dead that we already dropped, or that
             # we never heard: only members we count live own anything here (one we have not
             # heard yet says what it owns in its heartbeats, `resync`).
             if (owner in self.indexes and not self.departed_owner(owner)
                     and self.membership.is_live(self.config.name_of(owner))):
                 self.table.restore(Key(ispi, msgid, requester), self.config.name_of(owner),
-                                   state, rspi, peer, age, self.now, port, nat)
+                                   state, rspi, peer, age, self.now, port, nat, up_ms)
         # What changed while the snapshot was on its way, applied again on top of it.
         self.snapshot = None
         self.replaying = True

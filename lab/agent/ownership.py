@@ -61,6 +61,15 @@ class Entry:
     peer: str | None = None  # the peer's address, as the cluster sees it
     port: int = 0  # the peer's UDP port (its NAT's, behind one)
     nat: bool = False  # the peer is behind a NAT
+    # When its owner says the IKE SA came up (wall clock, ms; 0: not said). Every member
+    # orders a peer's SAs by it, so all agree which is the newest, whenever each heard of it.
+    up_ms: int = 0
+
+    @property
+    def order(self) -> tuple[int, bytes]:
+        """Where this IKE SA stands among its peer's: later up, later here; the SPI breaks
+        a tie the same way everywhere."""
+        return self.up_ms, self.key.ispi
 
 
 def director_for(ispi: bytes, members: list[str]) -> str:
@@ -146,15 +155,18 @@ class OwnershipTable:
         return member, True
 
     def record(self, key: Key, owner: str, state: str, now: float,
-               peer: str | None = None) -> bool:
-        """Apply another member's word on `key`; False when refused at the cap."""
+               peer: str | None = None, up_ms: int = 0) -> bool:
+        """Apply another member's word on `key` (`up_ms`: when its owner says the IKE SA
+        came up); False when refused at the cap."""
         entry = self.entries.get(key)
         if entry is None:
             if state != NEGOTIATING and len(self.entries) - len(self._half_open) >= self.cap:
                 self.refused += 1
                 return False
-            self._add(Entry(key, owner, state, now, None, peer=peer), now)
+            self._add(Entry(key, owner, state, now, None, peer=peer, up_ms=up_ms), now)
             return True
+        if up_ms and state == ESTABLISHED:
+            self._set_up(entry, up_ms)
         if state == NEGOTIATING and entry.state != NEGOTIATING:
             return True  # charon confirmed this SA: word of a negotiation never undoes that
         if owner != entry.owner or (peer and peer != entry.peer):
@@ -165,21 +177,26 @@ class OwnershipTable:
         self._set_state(entry, state, now)
         return True
 
-    def establish(self, ispi: bytes, rspi: bytes | None, now: float) -> Entry | None:
-        """The IKE SA is up: its entry lives until the SA is deleted."""
+    def establish(self, ispi: bytes, rspi: bytes | None, now: float,
+                  up_ms: int = 0) -> Entry | None:
+        """The IKE SA is up (at `up_ms`, its owner says): its entry lives until the SA is
+        deleted."""
         entry = self._ike_sa(ispi)
         if entry:
             entry.rspi = rspi or entry.rspi
             self._set_state(entry, ESTABLISHED, now)
+            if up_ms:
+                self._set_up(entry, up_ms)
         return entry
 
     def rekey(self, old_ispi: bytes, new_ispi: bytes, new_rspi: bytes | None,
-              now: float) -> Entry | None:
+              now: float, up_ms: int = 0) -> Entry | None:
         """The IKE SA was rekeyed: the new SA belongs to the old one's owner."""
         old = self._ike_sa(old_ispi)
         if old is None:
             return None
-        if not self.record(ike_sa_key(new_ispi), old.owner, ESTABLISHED, now, old.peer):
+        if not self.record(ike_sa_key(new_ispi), old.owner, ESTABLISHED, now, old.peer,
+                           up_ms):
             return None
         new = self.entries[ike_sa_key(new_ispi)]
         new.rspi, new.port, new.nat = new_rspi, old.port, old.nat
@@ -202,12 +219,12 @@ class OwnershipTable:
     def established_with(self, peer: str | None) -> list[Entry]:
         """The established IKE SAs' entries with `peer` (its address), oldest first."""
         keys = self._established_by_peer.get(peer, {}) if peer else {}
-        return sorted((self.entries[k] for k in keys), key=lambda e: e.created)
+        return sorted((self.entries[k] for k in keys), key=lambda e: e.order)
 
     def newest_by_peer(self) -> dict[str, Entry]:
         """peer address -> the newest established IKE SA's entry with it (one pass, no sort:
         the balance runs over every tunnel)."""
-        return {peer: max((self.entries[k] for k in keys), key=lambda e: e.created)
+        return {peer: max((self.entries[k] for k in keys), key=lambda e: e.order)
                 for peer, keys in self._established_by_peer.items()}
 
     def superseded(self, owner: str) -> list[tuple[Entry, Entry]]:
@@ -220,9 +237,8 @@ class OwnershipTable:
         for peer in self._doubled:
             entries = self.established_with(peer)
             newest = entries[-1]
-            result += [(e, newest) for e in entries[:-1]
-                       if e.owner == owner and newest.created > e.created]
-        return sorted(result, key=lambda pair: pair[0].created)
+            result += [(e, newest) for e in entries[:-1] if e.owner == owner]
+        return sorted(result, key=lambda pair: pair[0].order)
 
     def delete(self, ispi: bytes) -> int:
         """Remove every entry of the IKE SA with this initiator SPI; how many went."""
@@ -258,11 +274,12 @@ class OwnershipTable:
             self.forget(key)
 
     def restore(self, key: Key, owner: str, state: str, rspi: bytes | None, peer: str | None,
-                age: float, now: float, port: int = 0, nat: bool = False) -> None:
+                age: float, now: float, port: int = 0, nat: bool = False,
+                up_ms: int = 0) -> None:
         """Take one entry from a serving member's snapshot, ages and all (no cap: the sender's
         table fit under the same cap)."""
         self.forget(key)
-        self._add(Entry(key, owner, state, now - age, None, rspi, peer, port, nat), now)
+        self._add(Entry(key, owner, state, now - age, None, rspi, peer, port, nat, up_ms), now)
 
     def expire(self, now: float) -> list[Entry]:
         """Remove and return the entries whose time is up: half-open ones past `expiry`,
@@ -285,6 +302,11 @@ class OwnershipTable:
         self.entries[entry.key] = entry
         self._by_ispi.setdefault(entry.key.ispi, set()).add(entry.key)
         self._set_state(entry, entry.state, now, fresh=True)
+
+    def _set_up(self, entry: Entry, up_ms: int) -> None:
+        if entry.up_ms != up_ms:
+            entry.up_ms = up_ms
+            self.version += 1  # the newest of a peer's SAs may be another now
 
     def _make_room(self, peer: str | None) -> None:
         """Before a new half-open entry: the oldest half-open one gives way at a budget."""

@@ -57,7 +57,8 @@ class ResyncRole:
         if self.membership.state not in COMPARED_STATES:
             return
         entries = [(e.key, self.me, e.state, e.rspi, e.peer, e.port, e.nat,
-                    self.now - e.created) for e in self.table.owned_by(self.config.member)]
+                    self.now - e.created, e.up_ms)
+                   for e in self.table.owned_by(self.config.member)]
         for start in range(0, len(entries), sync.ENTRIES_PER_SNAPSHOT):
             self.send(msg.sender, sync.Message(sync.OWNED, self.me, tag=msg.tag, payload=(
                 sync.encode_entries(entries[start:start + sync.ENTRIES_PER_SNAPSHOT]))))
@@ -80,17 +81,20 @@ class ResyncRole:
         self.counters["resyncs"] += 1
         owner = self.config.name_of(msg.sender)
         listed = {}
-        for ispi, msgid, requester, index, state, rspi, peer, port, nat, age in request.entries:
+        for (ispi, msgid, requester, index, state, rspi, peer, port, nat, age,
+             up_ms) in request.entries:
             if index == msg.sender and state == ESTABLISHED and (msgid, requester) == (0, "i"):
-                listed[ispi] = (rspi, peer, port, nat, age)
+                listed[ispi] = (rspi, peer, port, nat, age, up_ms)
         for entry in self.table.owned_by(owner):
             if entry.key.ispi not in listed:
                 self.table.delete(entry.key.ispi)
-        for ispi, (rspi, peer, port, nat, age) in listed.items():
+        for ispi, (rspi, peer, port, nat, age, up_ms) in listed.items():
             entry = self.table.entries.get(Key(ispi))
             if entry is None or entry.owner != owner or entry.state != ESTABLISHED:
                 self.table.restore(Key(ispi), owner, ESTABLISHED, rspi, peer, age, self.now,
-                                   port, nat)
+                                   port, nat, up_ms)
+            else:
+                self.table.record(Key(ispi), owner, ESTABLISHED, self.now, peer, up_ms)
         self.log(f"{owner}'s SAs resynchronised: {len(listed)}")
 
     def resync_timers(self) -> None:

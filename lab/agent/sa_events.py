@@ -25,9 +25,9 @@ class SaEventsRole:
             # whose tunnel the new one is (superseded SAs are found by peer).
             peer = sa.get("new", {}).get("remote-host")
             if old and new:
-                if self.table.rekey(old[0], new[0], new[1], self.now) is None:
+                if self.table.rekey(old[0], new[0], new[1], self.now, self.wall_ms()) is None:
                     self.table.record(ike_sa_key(new[0]), self.config.member, ESTABLISHED,
-                                      self.now, peer)
+                                      self.now, peer, self.wall_ms())
                 self.broadcast(sync.Message(sync.REKEY, self.me, ispi=new[0], rspi=new[1],
                                             owner=self.me, peer=peer, payload=old[0]))
                 self.release_waiting(new[0])
@@ -39,8 +39,8 @@ class SaEventsRole:
             peer = sa.get("remote-host")
             port, nat = _port(sa.get("remote-port")), sa.get("nat-remote") == "yes"
             self.table.record(ike_sa_key(spis[0]), self.config.member, ESTABLISHED, self.now,
-                              peer)
-            self.table.establish(spis[0], spis[1], self.now)
+                              peer, self.wall_ms())
+            self.table.establish(spis[0], spis[1], self.now, self.wall_ms())
             self.table.locate(spis[0], port, nat)
             self.arrived(self.peer_names.get(peer), spis[0])
             self.broadcast(sync.Message(sync.ESTABLISHED, self.me, ispi=spis[0], rspi=spis[1],

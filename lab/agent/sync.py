@@ -49,7 +49,7 @@ from ipaddress import IPv4Address
 from typing import NamedTuple
 
 MAGIC = b"IKLB"
-VERSION = 3  # 3: heartbeats carry the incarnation and the owned digest; OWNED_*
+VERSION = 4  # 3: heartbeats carry the incarnation and the owned digest; OWNED_*; 4: ENTRY up
 HEADER = struct.Struct("!4sBBBxQQ")
 BODY = struct.Struct("!8sIcBBI8s4sHB")
 NAT_FLAG = 0x01
@@ -70,9 +70,10 @@ TYPE_NAMES = {CLAIM: "claim", GRANT: "grant", ANNOUNCE: "announce", ACK: "ack",
               WITNESS_PING: "witness-ping", WITNESS_ANSWER: "witness-answer"}
 # One table entry in a SNAPSHOT: initiator SPI, Message ID, requester, owner, state,
 # responder SPI (zero when unknown), the peer's IPv4 (zero when unknown), its port and flags
-# (as in the body), age in milliseconds.
-ENTRY = struct.Struct("!8sIcBB8s4sHBI")
-ENTRIES_PER_SNAPSHOT = 40  # 1.2 KB: one unfragmented datagram
+# (as in the body), age in milliseconds, and when the owner says the IKE SA came up (wall
+# clock, ms; 0: not up).
+ENTRY = struct.Struct("!8sIcBB8s4sHBIQ")
+ENTRIES_PER_SNAPSHOT = 32  # 1.4 KB: one unfragmented datagram
 # The sender's membership state code, bitmap of live members, incarnation, and the count and
 # digest of the established IKE SAs it owns (`OwnershipTable.owned`).
 HEARTBEAT_BODY = struct.Struct("!BIQIQ")
@@ -110,6 +111,11 @@ class Message:
     @property
     def type_name(self) -> str:
         return TYPE_NAMES[self.type]
+
+    @property
+    def sent_ms(self) -> int:
+        """`sent` in whole milliseconds, as the header carries it (0: not said)."""
+        return round(self.sent * 1000)
 
 
 class Codec:
@@ -179,33 +185,34 @@ class Codec:
 
 
 def encode_entries(entries) -> bytes:
-    """SNAPSHOT payload for (Key-like, owner index, state, rspi, peer, port, nat, age s)
-    tuples."""
+    """SNAPSHOT payload for (Key-like, owner index, state, rspi, peer, port, nat, age s,
+    up ms) tuples."""
     out = bytearray()
-    for key, owner, state, rspi, peer, port, nat, age in entries:
+    for key, owner, state, rspi, peer, port, nat, age, up_ms in entries:
         # round, not int: 1.001 * 1000 is 1000.9999999999999, and the age would lose a ms.
         out += ENTRY.pack(key.ispi, key.msgid, key.requester.encode(), owner,
                           STATE_CODES[state], rspi or b"\0" * 8,
                           IPv4Address(peer).packed if peer else b"\0" * 4, port,
-                          NAT_FLAG if nat else 0, min(round(age * 1000), 0xFFFFFFFF))
+                          NAT_FLAG if nat else 0, min(round(age * 1000), 0xFFFFFFFF), up_ms)
     return bytes(out)
 
 
 def decode_entries(payload: bytes) -> list[tuple]:
     """(ispi, msgid, requester, owner index, state, rspi or None, peer or None, port, nat,
-    age s) tuples; raises SyncError('malformed') for a payload that is not whole entries."""
+    age s, up ms) tuples; raises SyncError('malformed') for a payload that is not whole
+    entries."""
     if len(payload) % ENTRY.size:
         raise SyncError("malformed")
     result = []
     for offset in range(0, len(payload), ENTRY.size):
         (ispi, msgid, requester, owner, state, rspi, peer, port, flags,
-         age) = ENTRY.unpack_from(payload, offset)
+         age, up_ms) = ENTRY.unpack_from(payload, offset)
         if state not in STATE_NAMES or requester not in (b"i", b"r", b"-") or not owner:
             raise SyncError("malformed")
         result.append((ispi, msgid, requester.decode(), owner, STATE_NAMES[state],
                        rspi if rspi != b"\0" * 8 else None,
                        str(IPv4Address(peer)) if peer != b"\0" * 4 else None, port,
-                       bool(flags & NAT_FLAG), age / 1000))
+                       bool(flags & NAT_FLAG), age / 1000, up_ms))
     return result
 
 

@@ -292,3 +292,23 @@ def test_the_witness_backs_a_member_new_to_its_group_once_the_old_leases_ran_out
     w.report(1, frozenset({1, 3}), lease_of_2 - 0.01)
     assert w.report(3, frozenset({1, 3}), lease_of_2 + 0.01)[0]
 
+
+def test_every_member_orders_a_peers_sas_by_when_their_owners_say_they_came_up():
+    """Seed 3283: a peer's own new SA (negotiation announced during a split, finished after
+    it) and a takeover's SA with the same peer were each the newest on their owner's table,
+    ordered by when each member first heard of them: neither owner let go, and the peer kept
+    two tunnels. The time the owner says the SA came up orders them, everywhere alike."""
+    from lab.agent.ownership import ESTABLISHED, NEGOTIATING, OwnershipTable, ike_sa_key
+    a, b = bytes.fromhex(A), bytes.fromhex(B)
+    early, late = OwnershipTable(), OwnershipTable()
+    # `early` heard of A's negotiation long before B existed; `late` heard of A only when up.
+    early.record(ike_sa_key(a), "m5", NEGOTIATING, 1.0, "203.0.113.13")
+    early.record(ike_sa_key(b), "m3", ESTABLISHED, 2.0, "203.0.113.13", up_ms=2000)
+    early.establish(a, a, 5.0, up_ms=5000)
+    late.record(ike_sa_key(b), "m3", ESTABLISHED, 2.0, "203.0.113.13", up_ms=2000)
+    late.record(ike_sa_key(a), "m5", ESTABLISHED, 5.0, "203.0.113.13", up_ms=5000)
+    for table in (early, late):
+        assert table.newest_by_peer()["203.0.113.13"].owner == "m5"
+        assert [(old.key.ispi, new.key.ispi) for old, new in table.superseded("m3")] == [(b, a)]
+        assert table.superseded("m5") == []
+

@@ -174,25 +174,27 @@ def test_the_replay_window_accepts_exactly_what_its_definition_says_in_any_arriv
 
 # ---- payloads: snapshot entries and heartbeats ----------------------------------------------
 
-# Ages go out in whole milliseconds; beyond the field's 0xFFFFFFFF (49 days) as that.
+# Ages go out in whole milliseconds; beyond the field's 0xFFFFFFFF (49 days) as that. The
+# time an SA came up goes out as it is (wall clock ms, 64 bits).
 entries = st.tuples(st.builds(Key, spis, u32, requesters), st.integers(1, 0xFF), states, rspis,
-                    peers, u16, st.booleans(), st.integers(0, 2**33))
+                    peers, u16, st.booleans(), st.integers(0, 2**33), st.integers(0, 2**64 - 1))
 
 
 @given(st.lists(entries, max_size=40))
 def test_snapshot_entries_round_trip_with_their_age_to_the_millisecond(sent):
-    payload = encode_entries([(*entry, ms / 1000) for *entry, ms in sent])
+    payload = encode_entries([(*entry, ms / 1000, up) for *entry, ms, up in sent])
     assert decode_entries(payload) == [
         (key.ispi, key.msgid, key.requester, owner, state, rspi, peer, port, nat,
-         min(ms, 0xFFFFFFFF) / 1000)
-        for key, owner, state, rspi, peer, port, nat, ms in sent]
+         min(ms, 0xFFFFFFFF) / 1000, up)
+        for key, owner, state, rspi, peer, port, nat, ms, up in sent]
 
 
 def test_an_age_of_whole_milliseconds_survives_a_snapshot():
     """Regression: ages were truncated after a float multiply, so 1.001 s arrived as 1.0 s."""
     key = Key(b"\x01" * 8, 0, "i")
-    got = decode_entries(encode_entries([(key, 1, "established", None, None, 0, False, 1.001)]))
-    assert got[0][-1] == 1.001
+    got = decode_entries(encode_entries([(key, 1, "established", None, None, 0, False, 1.001,
+                                          0)]))
+    assert got[0][-2] == 1.001
 
 
 @given(st.one_of(st.binary(max_size=3 * ENTRY.size),

@@ -65,16 +65,17 @@ def test_snapshot_entries_and_heartbeats_round_trip():
     from lab.agent.sync import (decode_entries, decode_heartbeat, encode_entries,
                                 encode_heartbeat)
     entries = [(Key(b"\x01" * 8, 0, "i"), 2, "established", b"\x02" * 8, "203.0.113.11", 4500,
-                True, 12.5),
-               (Key(b"\x03" * 8, 7, "-"), 1, "negotiating", None, None, 0, False, 0.0)]
+                True, 12.5, 1_796_000_000_123),
+               (Key(b"\x03" * 8, 7, "-"), 1, "negotiating", None, None, 0, False, 0.0, 0)]
     assert decode_entries(encode_entries(entries)) == [
-        (b"\x01" * 8, 0, "i", 2, "established", b"\x02" * 8, "203.0.113.11", 4500, True, 12.5),
-        (b"\x03" * 8, 7, "-", 1, "negotiating", None, None, 0, False, 0.0)]
+        (b"\x01" * 8, 0, "i", 2, "established", b"\x02" * 8, "203.0.113.11", 4500, True, 12.5,
+         1_796_000_000_123),
+        (b"\x03" * 8, 7, "-", 1, "negotiating", None, None, 0, False, 0.0, 0)]
     assert decode_heartbeat(encode_heartbeat(1, {1, 3, 8}, 7 << 40, 2, 0xABC)) == (
         1, {1, 3, 8}, 7 << 40, 2, 0xABC)
 
 
-@pytest.mark.parametrize("payload", [b"\0" * 5, b"\0" * 34, b"\x01" * 34 * 2])
+@pytest.mark.parametrize("payload", [b"\0" * 5, b"\0" * 42, b"\x01" * 42 * 2])
 def test_malformed_snapshot_payloads_are_refused(payload):
     from lab.agent.sync import decode_entries
     with pytest.raises(SyncError) as err:
