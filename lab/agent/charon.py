@@ -155,12 +155,15 @@ class Charon:
                          name="charon-stale", daemon=True).start()
 
     def _end_stale_sas(self, keep: frozenset, attempt: int) -> None:
-        dropped, left, held = 0, 0, frozenset()
+        dropped, left, held, up = 0, 0, frozenset(), {}
         try:
             for _ in range(3):
                 sas = list_sas(self.path)
                 held = frozenset(spi for sa in sas
                                  if (spi := bytes.fromhex(sa.get("initiator-spi", ""))) in keep)
+                up = {bytes.fromhex(sa["initiator-spi"]): _seconds(sa.get("established"))
+                      for sa in sas if sa.get("state") == "ESTABLISHED"
+                      and bytes.fromhex(sa.get("initiator-spi", "")) in held}
                 stale = [sa for sa in sas
                          if bytes.fromhex(sa.get("initiator-spi", "")) not in keep]
                 left = len(stale)
@@ -182,4 +185,12 @@ class Charon:
             self.errors.add()
             self.log(f"bug ending stale SAs:\n{traceback.format_exc()}")
             left = -1
-        self.post(StaleSasEnded(attempt, dropped, left, held))
+        self.post(StaleSasEnded(attempt, dropped, left, held, up))
+
+
+def _seconds(value) -> float:
+    """vici's "established" (seconds, as text); 0 when charon did not say."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0

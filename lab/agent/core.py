@@ -450,11 +450,13 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
     def on_established(self, msg: sync.Message) -> None:
         if self.departed_owner(msg.owner):
             return
-        # Its owner sent this as the SA came up: the time it says is the SA's place among the
-        # peer's, the same for every member.
+        # Its owner sent this as the SA came up, or says when it did (a joiner re-announcing
+        # what its charon holds): that time is the SA's place among the peer's, the same for
+        # every member.
+        up_ms = int.from_bytes(msg.payload[:8], "big") if len(msg.payload) >= 8 else msg.sent_ms
         self.table.record(ike_sa_key(msg.ispi), self.config.name_of(msg.owner), ESTABLISHED,
-                          self.now, msg.peer, msg.sent_ms)
-        self.table.establish(msg.ispi, msg.rspi, self.now, msg.sent_ms)
+                          self.now, msg.peer, up_ms)
+        self.table.establish(msg.ispi, msg.rspi if any(msg.rspi) else None, self.now, up_ms)
         self.table.locate(msg.ispi, msg.port, msg.nat)
         self.release_waiting(msg.ispi)
 

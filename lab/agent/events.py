@@ -62,13 +62,15 @@ class DrainAsked:
 class StaleSasEnded:
     """The shell ended the IKE SAs an `EndStaleSas` asked for: how many went, how many stale
     ones are still there (0 when charon is gone: it holds nothing to serve with anyway; -1
-    when they could not be counted: the join is tried again), and the initiator SPIs of the
-    IKE SAs charon still holds (those it was asked to keep)."""
+    when they could not be counted: the join is tried again), the initiator SPIs of the IKE
+    SAs charon still holds (those it was asked to keep), and of those that are established,
+    how many seconds ago each came up."""
 
     attempt: int
     dropped: int
     left: int
     held: frozenset = frozenset()
+    up: dict = field(default_factory=dict)
 
 
 # ---- actions -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from . import sync
 from .events import EndStaleSas, StaleSasEnded
 from .membership import JOINING
-from .ownership import Key
+from .ownership import ESTABLISHED, Key
 
 SNAPSHOT_RESEND = 1.0
 
@@ -133,5 +133,19 @@ class JoiningRole:
             if entry.key.ispi not in event.held:
                 self.table.delete(entry.key.ispi)
                 self.broadcast(sync.Message(sync.DELETE, self.me, ispi=entry.key.ispi))
+        # And what charon holds established that the table knows only as a negotiation of
+        # ours (a member that looked our key up while we were away recorded no more than
+        # that, and the snapshot carried it back): up, here and everywhere, at the time
+        # charon says, or it would expire as a negotiation while charon goes on holding it.
+        for ispi, seconds in event.up.items():
+            entry = self.table.entries.get(Key(ispi))
+            if (entry is not None and entry.owner == self.config.member
+                    and entry.state != ESTABLISHED):
+                up_ms = self.wall_ms() - round(seconds * 1000)
+                self.table.establish(ispi, entry.rspi, self.now, up_ms)
+                self.broadcast(sync.Message(
+                    sync.ESTABLISHED, self.me, ispi=ispi, rspi=entry.rspi or bytes(8),
+                    owner=self.me, peer=entry.peer, port=entry.port, nat=entry.nat,
+                    payload=up_ms.to_bytes(8, "big")))
         self.snapshot = None
         self.membership.synced = True

@@ -9,6 +9,7 @@ Every message is `header | body | payload | MAC`:
             IPv4 address (4, zero when unknown), its UDP port (2) and flags (1: bit 0, the
             peer is behind a NAT): where a survivor finds the peer to take its tunnel over
     payload FORWARD: arrival time (ns, 8) + the original IP packet; REKEY: the old initiator SPI;
+            ESTABLISHED: empty (the SA came up as it was sent) or when it came up (wall ms, 8);
             ROUTES: the prefixes the sender holds outbound CHILD SAs for, comma-separated;
             HEARTBEAT: the sender's membership state, the members it hears (bitmap), its
             incarnation (its first sequence number: a restart changes it), the count and

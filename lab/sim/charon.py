@@ -388,7 +388,7 @@ class IkeDaemon(Ikev1):
         sa.step = 2
         sa.progressed = True
         sa.child = True
-        sa.last_heard = self.host.now()
+        sa.last_heard = sa.up_at = self.host.now()
         self.host.sa_changed(self, sa, "up")
 
     def _initial_contact(self, sa: Sa) -> None:
@@ -400,7 +400,7 @@ class IkeDaemon(Ikev1):
     def _rekey_child_sa(self, old: Sa, ispi: bytes, rspi: bytes, initiator: bool) -> Sa:
         new = Sa(old.version, ispi, rspi, initiator, old.remote, old.connection,
                  self.host.now(), state=ESTABLISHED, port=old.port, step=2, child=True,
-                 progressed=True, last_heard=self.host.now())
+                 progressed=True, last_heard=self.host.now(), up_at=self.host.now())
         old.child = False  # the CHILD SA moves to the new IKE SA (RFC 7296 2.18)
         self._add(new)
         self.host.sa_changed(self, new, "rekeyed", old=old)

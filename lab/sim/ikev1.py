@@ -92,7 +92,7 @@ class Ikev1:
     def _established_v1(self, sa: Sa) -> None:
         sa.state = ESTABLISHED
         sa.progressed = True
-        sa.last_heard = self.host.now()
+        sa.last_heard = sa.up_at = self.host.now()
         self.host.sa_changed(self, sa, "up")
         replaces = self.sas.get(sa.replaces) if sa.replaces is not None else None
         if replaces is not None and replaces is not sa:

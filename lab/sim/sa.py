@@ -101,6 +101,7 @@ class Sa:
     connection: str
     created: float
     state: str = CONNECTING
+    up_at: float | None = None  # when it was established (a rekey's new SA: at creation)
     port: int = IKE_PORT  # ours and theirs: 500, then 4500
     step: int = 0  # how far the set-up has come (messages handled)
     out_msgid: int = 0  # IKEv2: our next request's Message ID

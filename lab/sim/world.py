@@ -32,7 +32,7 @@ from lab.agent.witness import Witness
 
 from .charon import IkeDaemon
 from .network import HashingSwitch, SyncNetwork
-from .sa import NATT_PORT, Retransmit
+from .sa import ESTABLISHED, NATT_PORT, Retransmit
 from .traffic import DUTIES, MEMBER_DPD_DELAY, PEER_DPD_DELAY, VIP, Traffic
 
 WITNESS = "10.255.0.254"
@@ -492,8 +492,11 @@ class World(Traffic):
             member.charon.terminate(sa, tell=True, force=True)  # as the shell does
         left = sum(1 for sa in member.charon.sas.values() if sa.ispi not in keep)
         held = frozenset(sa.ispi for sa in member.charon.sas.values() if sa.ispi in keep)
+        # As vici's list-sas says it: whole seconds since the SA was established.
+        up = {sa.ispi: float(int(self.now - sa.up_at)) for sa in member.charon.sas.values()
+              if sa.ispi in keep and sa.state == ESTABLISHED and sa.up_at is not None}
         self.after(0.01, self._vici_arrives, member, gen,
-                   StaleSasEnded(attempt, len(stale), left, held))
+                   StaleSasEnded(attempt, len(stale), left, held, up))
 
     # ---- faults -------------------------------------------------------------------------------
     def crash(self, member: SimMember) -> None:

@@ -3,6 +3,8 @@ the smallest scenario that shows it, on the in-memory cluster (`agents.Cluster`:
 the real witness decision, a wire the test controls). The seeds that found them run clean in
 `test_sim.py`; these say, in a reader's words, what was wrong."""
 
+import pytest
+
 from lab.agent import ike, sync
 from lab.agent.events import (CharonSaid, EndSa, EndStaleSas, HoldingsRead, Initiate, Send,
                               StaleSasEnded, SyncArrived, Tick)
@@ -312,3 +314,39 @@ def test_every_member_orders_a_peers_sas_by_when_their_owners_say_they_came_up()
         assert [(old.key.ispi, new.key.ispi) for old, new in table.superseded("m3")] == [(b, a)]
         assert table.superseded("m5") == []
 
+
+def test_a_joiner_brings_back_up_what_its_charon_holds_and_the_table_says_negotiating():
+    """Seed 5693: while a member was cut off, another looked its key up and recorded no more
+    than a negotiation; the member rejoined with that in its snapshot, and its own
+    established SA expired from every table as a negotiation while its charon went on
+    holding it. Charon's word (established, and since when) now puts it back up,
+    everywhere, at the same place among the peer's SAs."""
+    from lab.agent.ownership import ESTABLISHED, NEGOTIATING, ike_sa_key
+    a = bytes.fromhex(A)
+    c = Cluster().start()
+    c.handle(2, up(A))
+    c.deliver()
+    c.cut.add(2)
+    c.run(2.0)
+    assert c.agents[2].membership.state == "isolated"
+
+    def a_lookup_left_a_negotiation(sender, receiver, message):
+        if message.type == sync.SNAPSHOT_REQUEST:
+            c.agents[receiver].table.record(ike_sa_key(a), "m2", NEGOTIATING, c.now,
+                                            "203.0.113.11")
+        return False
+
+    c.lose = a_lookup_left_a_negotiation
+    c.answer_stale_sas = False
+    c.cut.discard(2)
+    c.run(1.0)
+    ask = c.of_kind(2, EndStaleSas)[-1]
+    assert a in ask.keep
+    assert c.agents[2].table.entries[ike_sa_key(a)].state == NEGOTIATING
+    c.handle(2, StaleSasEnded(ask.attempt, 0, 0, frozenset({a}), {a: 5.0}))
+    c.run(1.0)
+    assert c.agents[2].membership.state == "serving"
+    entries = [agent.table.entries[ike_sa_key(a)] for agent in c.agents.values()]
+    assert {(e.owner, e.state) for e in entries} == {("m2", ESTABLISHED)}
+    assert len({e.up_ms for e in entries}) == 1
+    assert entries[0].up_ms == pytest.approx((c.now - 1.0 - 5.0) * 1000, abs=60)
