@@ -72,7 +72,7 @@ class DirectorRole:
         self.restore_decision(key, msg.peer)
         owner, won = self.table.claim(key, chosen, self.now, msg.peer)
         owner_index = self.config.index_of(owner)
-        if won:
+        if won or (pending is None and not self._confirmed(key)):
             pending = Announcement(key, owner_index, NEGOTIATING, msg.peer, self.new_tag(),
                                    self.live_others(), self.now + ANNOUNCE_RESEND,
                                    self.now + 2 * self.config.dead_after)
@@ -86,6 +86,17 @@ class DirectorRole:
             self._maybe_grant(pending)
         else:
             self._grant(key, owner_index, msg.sender, msg.tag)
+
+    def _confirmed(self, key: Key) -> bool:
+        """Whether a claim for `key`, which the table has, may be granted at once: its owner's
+        charon has the SA up, or this director's own announcement of it was acknowledged by
+        every live member lately. An entry that only another director's announcement put
+        here is not enough: that director may have reached part of the cluster only (a split
+        nobody has detected yet, while the members' views of who serves differ), and another
+        may be announcing the key to the other part. Our own round of ACKs settles it."""
+        decided = self.decided.get(key)
+        return (self.table.entries[key].state != NEGOTIATING
+                or (decided is not None and self.now < decided[1]))
 
     def restore_decision(self, key: Key, peer: str | None) -> None:
         """A flood's budget may push a key's entry out while its announcement still waits for

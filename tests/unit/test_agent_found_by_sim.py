@@ -315,6 +315,32 @@ def test_every_member_orders_a_peers_sas_by_when_their_owners_say_they_came_up()
         assert table.superseded("m5") == []
 
 
+def test_a_director_grants_a_key_another_director_announced_only_after_its_own_acks():
+    """Seed 5589: the sync network split while the cluster was starting, before anyone could
+    notice: each side saw only its own members serving, so each had its own director for a
+    key, and each announced it with an owner of its side. Then one side's director changed,
+    and the new one granted at once on the entry the first one's announcement had left
+    (which the other side never acknowledged): two owners. A director now grants a
+    negotiation it did not decide itself only after its own round of ACKs."""
+    ispi = next(bytes([n]) * 8 for n in range(1, 256)
+                if director_for(bytes([n]) * 8, ["m1", "m2", "m3"]) == "m3")
+    c = Cluster().start()
+    c.say_as(1, 3, sync.Message(sync.ANNOUNCE, 1, ispi=ispi, owner=1, state="negotiating",
+                                tag=5, peer="198.51.100.9"))  # reached m3 only
+    c.deliver()
+    assert c.owners(f"{ispi.hex()}/0/i") == {3: "m1"}
+    grants = []
+    c.lose = lambda sender, receiver, m: (m.type == sync.ACK and sender == 2) or (
+        m.type == sync.GRANT and (grants.append(m.owner) or False))
+    c.say_as(1, 3, sync.Message(sync.CLAIM, 1, ispi=ispi, tag=6, peer="198.51.100.9"))
+    c.run(0.2)
+    assert grants == []  # m2 has not acknowledged the owner yet
+    c.lose = lambda sender, receiver, m: m.type == sync.GRANT and (
+        grants.append(m.owner) or False)
+    c.run(0.5)
+    assert grants == [1] and c.owners(f"{ispi.hex()}/0/i") == {1: "m1", 2: "m1", 3: "m1"}
+
+
 def test_a_joiner_brings_back_up_what_its_charon_holds_and_the_table_says_negotiating():
     """Seed 5693: while a member was cut off, another looked its key up and recorded no more
     than a negotiation; the member rejoined with that in its snapshot, and its own
