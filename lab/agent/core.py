@@ -146,6 +146,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
                                     half_open_per_peer=config.half_open_per_peer)
         self.codec = sync.Codec(bytes.fromhex(config.key), self.me, first_seq)
         self.wall_offset = wall_offset
+        self.started_ms = self.wall_ms()
         self.tracing = bool(config.trace)
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.latencies_us: deque = deque(maxlen=LATENCY_SAMPLES)
@@ -363,6 +364,11 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
             name = {"mac": "sync_bad_mac", "replay": "sync_replayed",
                     "stale": "sync_stale"}.get(err.reason, "sync_malformed")
             self.counters[name] += 1
+            return
+        if msg.sent and msg.sent_ms < self.started_ms:
+            # Sent before this process started: to an earlier one (a replay window does not
+            # survive a restart, and `max_age` alone leaves half of dead_after open).
+            self.counters["sync_stale"] += 1
             return
         self.counters["heartbeats_received" if msg.type == sync.HEARTBEAT
                       else "sync_received"] += 1

@@ -341,6 +341,21 @@ def test_a_director_grants_a_key_another_director_announced_only_after_its_own_a
     assert grants == [1] and c.owners(f"{ispi.hex()}/0/i") == {1: "m1", 2: "m1", 3: "m1"}
 
 
+def test_a_message_sent_before_a_member_restarted_is_stale_to_it():
+    """Seed 6074: a FORWARD the member had injected was replayed to it a moment after it
+    restarted, well within half of dead_after: the new process's replay window was empty,
+    and it injected the packet a second time. What was sent before a process started was
+    meant for an earlier one."""
+    c = Cluster().start()
+    sent = c.agents[1].codec.encode(sync.Message(sync.ESTABLISHED, 1, ispi=b"\x07" * 8,
+                                                 owner=1, peer="203.0.113.11"), c.now)
+    c.run(0.1)
+    c.restart(3)
+    c.handle(3, SyncArrived(sent))
+    assert c.agents[3].counters["sync_stale"] == 1
+    assert Key(b"\x07" * 8) not in c.agents[3].table.entries
+
+
 def test_a_joiner_brings_back_up_what_its_charon_holds_and_the_table_says_negotiating():
     """Seed 5693: while a member was cut off, another looked its key up and recorded no more
     than a negotiation; the member rejoined with that in its snapshot, and its own
