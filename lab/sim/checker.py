@@ -317,7 +317,9 @@ class Checker:
                                 f"{holders or 'nobody'}; other SAs with it on {others}")
         for m in members:
             agent = m.agent
-            if agent.membership.state not in ("serving",):
+            if m.stalled_until is not None:
+                problems.append(f"{m.name} is stalled")  # its state is from before
+            elif agent.membership.state not in ("serving",):
                 problems.append(f"{m.name} is {agent.membership.state}")
             elif agent.moving or agent.releasing or agent.ending:
                 problems.append(f"{m.name} is still moving tunnels")

@@ -193,6 +193,8 @@ class FaultPlan:
         w.flooding_until = 0.0
         w.quiet = True
         for member in w.members.values():
+            if member.stalled_until is not None:
+                w.resume(member, member.generation)  # a stall in force ends now too
             if not member.links_up:
                 w.set_links(member, True)
             if not member.up:
