@@ -44,7 +44,13 @@ while it serves.
 Two directors of one key during a change of membership would each wait for the other's ACK;
 an ACK carries the acker's owner for the key, an ANNOUNCE that conflicts with a negotiating
 entry keeps the lower member index, and a director grants the lowest owner it has heard of, so
-both grant the same member.
+both grant the same member. A director grants straight from its table only what the owner's
+charon confirmed or what it decided itself: an entry another director's announcement left may
+have reached part of the cluster only, so it gets the director's own round of ACKs first.
+
+A peer's SAs are ordered by when their owners say they came up (wall clock, carried in
+ESTABLISHED, REKEY and snapshots), so every member agrees which is the newest: the tunnel the
+others give way to.
 
 The agent also decides the data plane's steering routes (`steering`) and then stays out of
 its way: no ESP or LAN packet ever reaches it.
@@ -67,6 +73,9 @@ test_agent_found_by_sim.py.
   announced, and still counts live, has acknowledged (sim: claim-discipline;
   test_agent_protocol: a claim is granted only once every live member acked).
 - No forwarding loop: an arrival is forwarded at most once (sim: no-forwarding-loop).
+- No double injection: a forwarded packet is written into the owner's stack at most once,
+  whatever the sync network duplicates or an attacker replays (sim: no-double-injection;
+  test_agent: forged and replayed sync messages are dropped and counted).
 - Bounds: tables, parked packets, announcements and lookups stay within their caps under any
   flood (sim: bounds; test_agent_flood).
 - No dead owner: no table names a member it counted dead (sim: no-dead-owner).
