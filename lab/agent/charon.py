@@ -115,13 +115,16 @@ class Charon:
                 if child.get("state") == "INSTALLED" for ts in child.get("remote-ts", []))
             self.post(HoldingsRead(frozenset(ts for _spi, ts in installed), installed))
 
-    def initiate(self, connection: str, child: str) -> None:
+    def initiate(self, connection: str, child: str, load: dict | None = None) -> None:
         """In a thread: have charon initiate `connection` and its CHILD SA `child`, without
-        waiting for the outcome (its events tell)."""
-        self._in_thread(f"initiating {connection}", self._initiate, connection, child)
+        waiting for the outcome (its events tell); `load`: a vici `load-conn` message to load
+        first (a crowd site's connection)."""
+        self._in_thread(f"initiating {connection}", self._initiate, connection, child, load)
 
-    def _initiate(self, connection: str, child: str) -> None:
+    def _initiate(self, connection: str, child: str, load: dict | None) -> None:
         with session(self.path) as sess:
+            if load is not None:
+                sess.load_conn(load)
             for _ in sess.initiate({"ike": connection, "child": child, "timeout": -1}):
                 pass
 

@@ -30,6 +30,12 @@ class AgentConfig:
     rebalance: bool = True  # even the tunnels out over the members (see handover)
     natt_peers: list = field(default_factory=list)  # peers with `-natt` connections
     trace: str = ""  # where to append the decision trace (JSON lines); "" for none
+    # --crowd: its sites are in `peers` too; here, name -> [identity, IKE version], what the
+    # agent loads into charon to initiate a site's tunnel (`crowd.site_connection`), and the
+    # crowd's outer and LAN prefixes (steered and counted as one, not rule by rule).
+    sites: dict = field(default_factory=dict)
+    site_connection: dict = field(default_factory=dict)
+    crowd_prefixes: list = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> "AgentConfig":

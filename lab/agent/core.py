@@ -116,6 +116,7 @@ LATENCY_SAMPLES = 20000
 MAX_FORWARDED_SPIS = 4096
 LOGGED_PER_KIND = 3  # malformed packets logged in full, per kind of fault
 ADVERTISE_INTERVAL = 5.0
+ROUTES_GAP = 0.25  # seconds at least between two ROUTES a change of holdings sends
 
 COUNTERS = ("seen_in", "seen_out", "delivered_local", "forwarded", "received_forwarded",
             "claims_won", "claims_lost", "claim_timeouts", "lookups", "lookups_unresolved",
@@ -127,7 +128,8 @@ COUNTERS = ("seen_in", "seen_out", "delivered_local", "forwarded", "received_for
             "heartbeats_sent", "heartbeats_received", "not_serving_drops", "members_died",
             "dead_owner_entries_dropped", "isolations", "snapshots_sent", "snapshots_applied",
             "stale_sas_dropped", "takeovers", "handovers", "esp_held", "esp_held_full",
-            "restarts_seen", "resyncs", "witness_pings", "stalls")
+            "restarts_seen", "resyncs", "witness_pings", "stalls", "routes_truncated",
+            "takeovers_queued")
 # Messages that change the table: a joining member replays them over the snapshot it applies.
 TABLE_CHANGES = (sync.ANNOUNCE, sync.ANSWER, sync.DELETE, sync.REKEY, sync.ESTABLISHED)
 
@@ -167,6 +169,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
         self.holdings: frozenset = frozenset()  # prefixes of our INSTALLED CHILD SAs
         self.advertised: dict[int, frozenset] = {}  # member -> prefixes it holds
         self.next_tick = self.next_advertisement = 0.0
+        self.advertised_at = -ROUTES_GAP
         self.handled = False  # no event yet
         ClaimantRole.__init__(self)
         DirectorRole.__init__(self)
@@ -476,8 +479,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
         self.release_waiting(msg.ispi)
 
     def on_routes(self, msg: sync.Message) -> None:
-        prefixes = msg.payload.decode(errors="replace")
-        self.advertised[msg.sender] = frozenset(p for p in prefixes.split(",") if p)
+        self.advertised[msg.sender] = sync.decode_prefixes(msg.payload)
         self.steer()
 
     def on_drain(self, event: DrainAsked) -> None:
@@ -500,15 +502,25 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
 
     def advertise(self) -> None:
         self.next_advertisement = self.now + ADVERTISE_INTERVAL
+        self.advertised_at = self.now
+        offered = sorted(self.offered())
+        if len(offered) > sync.MAX_ROUTES:  # more than the sync network's datagram carries
+            self.counters["routes_truncated"] += 1
         self.broadcast(sync.Message(sync.ROUTES, self.me,
-                                    payload=",".join(sorted(self.offered())).encode()))
+                                    payload=sync.encode_prefixes(offered[:sync.MAX_ROUTES])))
 
     def on_holdings(self, event: HoldingsRead) -> None:
         self.installed = event.installed
         if event.prefixes != self.holdings:
             self.holdings = event.prefixes
             self.steer()
-            self.advertise()
+            # Tell the others soon, but not for every burst: while a crowd comes up, charon's
+            # holdings change many times a second, and each ROUTES carries them all.
+            if self.now >= self.advertised_at + ROUTES_GAP:
+                self.advertise()
+            else:
+                self.next_advertisement = min(self.next_advertisement,
+                                              self.advertised_at + ROUTES_GAP)
         self.release_installed()
 
     # ---- timers ---------------------------------------------------------------------------

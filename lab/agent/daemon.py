@@ -27,14 +27,14 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from . import steering, sync
+from . import crowd, steering, sync
 from .charon import Charon
 from .config import AgentConfig
 from .control import ControlServer
 from .core import TICK, Agent
 from .events import (Accept, DrainAsked, Drop, EndSa, EndStaleSas, HoldEsp, Initiate, Inject,
                      Log, PacketQueued, Send, SteerRoutes, SyncArrived, Tick, Trace)
-from .names import CHILD_NAME, SYNC_PORT
+from .names import CHILD_NAME, SYNC_PORT, handover_connection
 from .nfqueue import EspHold, PacketQueues
 from .routes import RouteKeeper
 from .trace import TraceFile, trace_line
@@ -205,7 +205,8 @@ class AgentDaemon:
             elif kind is EndStaleSas:
                 self.charon.end_stale_sas(action.keep, action.attempt)
             elif kind is Initiate:
-                self.charon.initiate(action.connection, CHILD_NAME)
+                self.charon.initiate(action.connection, CHILD_NAME,
+                                     self.site_connection(action.connection, action.peer))
             elif kind is EndSa:
                 self.charon.end_sa(action.ispi)
             elif kind is Trace:
@@ -249,6 +250,18 @@ class AgentDaemon:
                                            for p, m in sorted(self.routes.routes().items())}
         return reply
 
+    def site_connection(self, connection: str, peer: str) -> dict | None:
+        """The vici connection to load before initiating `connection`, if `peer` is a crowd
+        site (members render no connection per site: `crowd`); None for a real peer."""
+        if peer not in self.config.sites:
+            return None
+        identity, version = self.config.sites[peer]
+        address, lan = self.config.peers[peer]
+        _name, message = crowd.site_connection(
+            self.config.site_connection, peer, address, lan, identity, version,
+            handover=connection == handover_connection(peer))
+        return message
+
     def steering_counters(self) -> dict[str, int]:
         result = subprocess.run(["nft", "-j", "list", "ruleset"], capture_output=True, text=True)
         try:
@@ -258,10 +271,12 @@ class AgentDaemon:
 
     # ---- set-up and loop ------------------------------------------------------------------
     def install_steering(self) -> None:
-        peers = {name: tuple(value) for name, value in self.config.peers.items()}
+        peers = {name: tuple(value) for name, value in self.config.peers.items()
+                 if name not in self.config.sites}
+        crowd = tuple(self.config.crowd_prefixes) if self.config.crowd_prefixes else None
         script = steering.ruleset(self.config.index, self.gateways,
                                   self.config.external_interface, self.config.lan_interface,
-                                  self.config.sync_interface, peers)
+                                  self.config.sync_interface, peers, crowd)
         self.remove_steering()
         subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True,
                        capture_output=True)

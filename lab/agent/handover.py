@@ -52,6 +52,14 @@ ROUTES_SETTLE = 0.3  # between steering the peer's LAN away and ending the old S
 ESP_HOLD_LIMIT = 2.0  # the longest a peer's ESP waits for our CHILD SA
 ESP_HELD_PER_PEER = 64  # beyond this, ESP passes at once (and may meet no SA)
 BALANCE_INTERVAL = 1.0
+# Initiations under way at once, per member. A peer's charon answers at most
+# `block_threshold` (5) half-open IKE SAs from one address, and every member initiates from the
+# one virtual IP: past that it drops them, and each costs a retransmission a second later. A
+# crowd of sites behind one charon (a hub of branch tunnels, or the lab's crowd node) is where
+# it bites: a dead member leaves a thousand orphans. So survivors share a window of four,
+# and a balance moves a batch at a time.
+TAKEOVER_WINDOW = 4
+HANDOVER_BATCH = 16
 
 
 def takeover_initiator(peer: str, receivers: list[str]) -> str | None:
@@ -105,6 +113,7 @@ class HandoverRole:
         self.away: set[str] = set()  # members draining or drained at the last balance
         self.evening_out = False  # a member joined or returned: even the tunnels out
         self.peer_names = {address: name for name, (address, _lan) in self.config.peers.items()}
+        self.orphans: dict[str, object] = {}  # peer -> its orphaned entry, waiting its turn
 
     def connection_for(self, peer: str, port: int, handover: bool) -> str | None:
         """The connection that reaches `peer` where it was last seen (None: it cannot be
@@ -151,6 +160,7 @@ class HandoverRole:
         if peer is not None and self.moving.pop(peer, None) is not None:
             self.new_sas[peer] = ispi
             self.release_installed()
+            self.pace_takeovers()
 
     def release_installed(self, expired_only: bool = False) -> None:
         """Let the held ESP go for each peer whose new CHILD SA our charon has installed, or
@@ -185,8 +195,27 @@ class HandoverRole:
             peer = self.peer_names.get(entry.peer)
             if (peer is not None and peer not in self.moving
                     and takeover_initiator(peer, receivers) == self.config.member):
-                self.log(f"taking over {peer}'s tunnel from {entry.owner}")
-                self.initiate(peer, entry, handover=False)
+                self.orphans[peer] = entry
+        self.counters["takeovers_queued"] = len(self.orphans)
+        self.pace_takeovers()
+
+    def pace_takeovers(self) -> None:
+        """Initiate the waiting orphans' tunnels, no more at once than our share of
+        TAKEOVER_WINDOW; one the peer brought back meanwhile (its DPD, on another member) is
+        not ours to take any more."""
+        if not self.orphans or not self.serving:
+            return
+        share = max(1, TAKEOVER_WINDOW // max(1, len(self.membership.receivers())))
+        while self.orphans and len(self.moving) < share:
+            peer, entry = next(iter(self.orphans.items()))
+            del self.orphans[peer]
+            held = self.table.established_with(self.config.peers[peer][0])
+            if held and held[-1].order > entry.order and self.membership.is_live(
+                    held[-1].owner):
+                continue  # the peer came back by itself, newer than the orphan
+            self.log(f"taking over {peer}'s tunnel from {entry.owner}")
+            self.initiate(peer, entry, handover=False)
+        self.counters["takeovers_queued"] = len(self.orphans)
 
     def offered(self) -> frozenset:
         """The LAN prefixes this member steers to itself and tells the others it holds: its
@@ -235,6 +264,7 @@ class HandoverRole:
         """Forget initiations that went nowhere; end our SAs that moved; say when drained;
         and, now and then, take the moves the balance gives this member."""
         self.moving = {p: t for p, t in self.moving.items() if t > self.now}
+        self.pace_takeovers()
         self.release_installed(expired_only=True)
         me = self.config.member
         for old, new in self.table.superseded(me):
@@ -276,7 +306,11 @@ class HandoverRole:
         moves = balance(self.tunnels_held(), receivers, draining, self.evening_out)
         if not moves:
             self.evening_out = False  # even (or nothing to move): until the next arrival
-        for peer, _from, to in moves:
+        mine = [(peer, _from, to) for peer, _from, to in moves if to == me and peer in entries]
+        if len(mine) > HANDOVER_BATCH:
+            mine = mine[:HANDOVER_BATCH]
+            self.next_balance = self.now  # the rest as soon as this batch is up
+        for peer, _from, to in mine:
             if to == me and peer in entries:
                 self.log(f"taking {peer}'s tunnel over from {_from} (make-before-break)")
                 self.initiate(peer, entries[peer], handover=True)

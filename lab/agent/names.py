@@ -13,6 +13,7 @@ from pathlib import Path
 SYNC_PORT = 4600  # UDP, on the sync network: every message between agents
 CLUSTER_CONNECTION = "cluster"  # a peer's one connection to the cluster
 CHILD_NAME = "lan"  # the CHILD SA of every connection
+CROWD_CONNECTION = "crowd"  # a member's one connection answering every crowd site
 # A member has one connection per peer, named after it, and (lab.agent.handover) another that
 # initiates without INITIAL_CONTACT, for a make-before-break handover; for a peer behind a
 # NAT, a variant of each that starts on UDP 4500, the NAT's mapping.

@@ -32,11 +32,16 @@ TABLE_LAN = "ikelab_lan"
 
 
 def ruleset(me: int, members: dict[int, str], external: str, lan: str, sync: str,
-            peers: dict[str, tuple[str, str]]) -> str:
+            peers: dict[str, tuple[str, str]], crowd: tuple[str, str] | None = None) -> str:
     """The nftables script for member `me`.
 
-    `members`: index -> sync address; `peers`: name -> (address as the cluster sees it, LAN).
+    `members`: index -> sync address; `peers`: name -> (address as the cluster sees it, LAN);
+    `crowd`: (outer prefix, LAN prefix) of the crowd's sites, counted by one rule each: a rule
+    per site would make every packet walk 10,000 of them.
     """
+    peers = dict(peers)
+    if crowd is not None:
+        peers["crowd"] = crowd
     others = sorted(i for i in members if i != me)
     lines = [f"table netdev {TABLE_ESP} {{", "  chain steer {",
              f'    type filter hook ingress device "{external}" priority 0; policy accept;']
@@ -75,6 +80,16 @@ def route_changes(current: dict[str, int], desired: dict[str, int]) -> tuple[dic
     replace = {p: m for p, m in desired.items() if current.get(p) != m}
     delete = [p for p in current if p not in desired]
     return replace, delete
+
+
+def route_batch(replace: dict[str, int], delete: list[str], gateways: dict[int, str],
+                interface: str, proto: str, table: int) -> str:
+    """The `ip -batch` script that makes those changes: deletions first, then the routes
+    to add or move."""
+    lines = [f"route del {prefix} proto {proto} table {table}" for prefix in delete]
+    lines += [f"route replace {prefix} via {gateways[member]} dev {interface} proto {proto} "
+              f"table {table}" for prefix, member in sorted(replace.items())]
+    return "\n".join(lines) + "\n"
 
 
 def counters(nft_json: dict) -> dict[str, int]:

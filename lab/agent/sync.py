@@ -10,7 +10,8 @@ Every message is `header | body | payload | MAC`:
             peer is behind a NAT): where a survivor finds the peer to take its tunnel over
     payload FORWARD: arrival time (ns, 8) + the original IP packet; REKEY: the old initiator SPI;
             ESTABLISHED: empty (the SA came up as it was sent) or when it came up (wall ms, 8);
-            ROUTES: the prefixes the sender holds outbound CHILD SAs for, comma-separated;
+            ROUTES: the prefixes the sender holds outbound CHILD SAs for, 5 bytes each
+            (IPv4 network address, prefix length): a crowd member's thousands fit one datagram;
             HEARTBEAT: the sender's membership state, the members it hears (bitmap), its
             incarnation (its first sequence number: a restart changes it), the count and
             digest of the established IKE SAs it owns; WITNESS_PING: the same as a
@@ -50,7 +51,10 @@ from ipaddress import IPv4Address
 from typing import NamedTuple
 
 MAGIC = b"IKLB"
-VERSION = 4  # 3: heartbeats carry the incarnation and the owned digest; OWNED_*; 4: ENTRY up
+VERSION = 5  # 3: heartbeats carry the incarnation and the owned digest; OWNED_*; 4: ENTRY up;
+# 5: ROUTES in binary
+PREFIX = struct.Struct("!4sB")
+MAX_ROUTES = (65507 - 100) // PREFIX.size  # prefixes one ROUTES datagram carries
 HEADER = struct.Struct("!4sBBBxQQ")
 BODY = struct.Struct("!8sIcBBI8s4sHB")
 NAT_FLAG = 0x01
@@ -183,6 +187,28 @@ class Codec:
             return False
         self.windows[sender] = (top, bitmap | 1 << offset)
         return True
+
+
+def encode_prefixes(prefixes) -> bytes:
+    """ROUTES payload for IPv4 prefixes ("10.2.1.0/24"), in sorted order."""
+    out = bytearray()
+    for prefix in sorted(prefixes):
+        address, _, length = prefix.partition("/")
+        out += PREFIX.pack(IPv4Address(address).packed, int(length or 32))
+    return bytes(out)
+
+
+def decode_prefixes(payload: bytes) -> frozenset:
+    """The prefixes in a ROUTES payload; SyncError when it is not a whole number of them or
+    one is not a prefix."""
+    if len(payload) % PREFIX.size:
+        raise SyncError("type")
+    result = set()
+    for address, length in PREFIX.iter_unpack(payload):
+        if length > 32:
+            raise SyncError("type")
+        result.add(f"{IPv4Address(address)}/{length}")
+    return frozenset(result)
 
 
 def encode_entries(entries) -> bytes:
