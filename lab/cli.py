@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from .topology import (AUTH_METHODS, CLUSTER_MODES, HASH_MODES, IKE_CHOICES, OWNERSHIP_MODES,
-                       LabSpec, TopologyError, build_plan)
+from .topology import (AUTH_METHODS, CLUSTER_MODES, DEFAULT_CROWD_RATE, HASH_MODES, IKE_CHOICES,
+                       OWNERSHIP_MODES, LabSpec, TopologyError, build_plan)
 
 
 class UsageError(Exception):
@@ -129,6 +129,12 @@ def parser() -> Parser:
                      help="table: the reference's table; table+label: read the owner from "
                      "SPI labels when it can; stateless: no state for a first packet, the "
                      "member it reaches answers it (table)")
+    run.add_argument("--crowd", type=_int, default=0,
+                     help="emulated remote sites beside the peers, 0-10000, each with its own "
+                     "address, IKE SA and LAN, on crowd nodes of 1,000 sites (0)")
+    run.add_argument("--crowd-rate", type=_seconds, default=DEFAULT_CROWD_RATE,
+                     help="crowd sites starting their tunnels per second, 1-5000 "
+                     f"({DEFAULT_CROWD_RATE:g})")
     run.add_argument("--timeout", type=_seconds, default=30.0,
                      help="seconds to wait for the tunnels (30)")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -205,7 +211,8 @@ def cmd_run(args) -> int:
 
     spec = LabSpec(args.members, args.peers, args.hash, args.mode, args.ike, args.auth, args.nat,
                    args.agent, args.ownership, args.expiry, args.dead_after, args.chain,
-                   args.ike_fragmentation, args.rebalance, args.trace)
+                   args.ike_fragmentation, args.rebalance, args.trace, args.crowd,
+                   args.crowd_rate)
     spec.validate()
     if args.chaos and not spec.agent:
         raise UsageError("--chaos needs the agent: without it no tunnel survives a member")
@@ -237,7 +244,7 @@ def cmd_run(args) -> int:
                  say=say, capture=args.capture) as lab:
             lab_up = time.monotonic() - start
             say(f"lab up in {lab_up:.1f} s")
-            report = run_main_job(lab, args.timeout, lab_up, say)
+            report = run_main_job(lab, args.timeout, lab_up, say, quiet=args.json)
             if args.chaos and report["ok"]:
                 from .report import with_chaos
                 from .scenarios import run_chaos

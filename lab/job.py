@@ -9,7 +9,7 @@ import re
 import subprocess
 import time
 
-from . import hashing
+from . import crowd, hashing
 from .lab import Lab
 from .probes import ask_agent, member_sas
 from .report import lab_report, tunnel_report
@@ -125,17 +125,24 @@ def _tcp_batch(lab: Lab, plan: Plan, peers: list) -> dict[str, dict[str, dict]]:
     return result
 
 
-def run_main_job(lab: Lab, timeout: float, lab_up_s: float, say) -> dict:
-    """Initiate every tunnel, wait for them, test traffic; return the report dict."""
+def run_main_job(lab: Lab, timeout: float, lab_up_s: float, say, quiet: bool = False) -> dict:
+    """Initiate every tunnel, wait for them, test traffic; return the report dict. `quiet`:
+    no progress bar (--json)."""
     plan = lab.plan
     say(f"initiating {len(plan.peers)} tunnels from the peers")
     watch = lab.bring_up(timeout=timeout, say=say)
     say(f"tunnels up: {len(watch.up_after)}/{len(plan.peers)}"
         + (f", given up: {', '.join(sorted(watch.gave_up))}" if watch.gave_up else ""))
+    crowd_watch = None
+    if plan.crowd:
+        say(f"crowd: {len(plan.sites())} sites initiating at {plan.spec.crowd_rate:g}/s")
+        crowd_watch = crowd.bring_up(lab, plan.spec.crowd_rate, timeout, quiet, say)
+        say(f"crowd: {crowd_watch.up()}/{len(plan.sites())} sites up")
     say("sending LAN-to-LAN pings and TCP (iperf3) both ways")
     traffic = ping_all(lab, plan)
     for peer, tcp in tcp_all(lab, plan).items():
         traffic[peer].update(tcp)
+    crowd_traffic = crowd.ping_sample(lab, crowd.sample(plan)) if plan.crowd else {}
     members = member_sas(lab)
     agents = agent_status(lab)
     paths = switch_paths(lab)
@@ -147,4 +154,12 @@ def run_main_job(lab: Lab, timeout: float, lab_up_s: float, say) -> dict:
     timings = {"lab_up_s": round(lab_up_s, 2),
                "tunnels_up_s": round(max(watch.up_after.values()), 2) if all_up else None}
     run_dir = str(lab.run.path) if lab.keep else None
-    return lab_report(plan.spec, tunnels, bucket_counters(lab), timings, run_dir, agents)
+    summary = None
+    if plan.crowd:
+        summary = crowd.summarise(plan, crowd_watch, crowd.site_states(lab),
+                                  crowd.holders(members, plan), crowd_traffic,
+                                  plan.spec.crowd_rate)
+        if run_dir:
+            summary["plots"] = crowd.draw(summary, run_dir, plan.spec)
+    return lab_report(plan.spec, tunnels, bucket_counters(lab), timings, run_dir, agents,
+                      summary)

@@ -23,7 +23,7 @@ from .cluster import ClusterNet
 from .mntopo import IkeClusterTopo, root_interfaces
 from .preflight import NotReady
 from .pki import make_credentials
-from .render import TEMPLATE_DIR, agent_config, identity_of, render_node, witness_config
+from .render import TEMPLATE_DIR, agent_config, identities_of, render_node, witness_config
 from .rundir import LabBusy, LabLock, RunDirectory, clean_run, runs_dir, stale_runs
 from .topology import LabSpec, Plan, build_plan
 
@@ -75,6 +75,7 @@ def prepare(spec: LabSpec, keep: bool = False, template_dir: Path = TEMPLATE_DIR
     description = (f"{spec.members} members, {spec.peers} peers, hash {spec.hash}, "
                    f"mode {spec.mode}, ike {spec.ike}, auth {spec.auth}"
                    + (", nat" if spec.nat else "")
+                   + (f", crowd {spec.crowd}" if spec.crowd else "")
                    + (f", agent ({spec.ownership})" if spec.agent else ", no agent"))
     run = RunDirectory.create(plan.bridge_names(), root_interfaces(plan), keep, description,
                               lock, spec=asdict(spec))
@@ -93,10 +94,11 @@ def prepare(spec: LabSpec, keep: bool = False, template_dir: Path = TEMPLATE_DIR
 
 def _render(plan: Plan, spec: LabSpec, run: RunDirectory, template_dir: Path) -> None:
     creds = make_credentials(plan, run.path, secrets.token_bytes(32))
-    for name in [m.name for m in plan.members] + [p.name for p in plan.peers]:
+    for name in plan.strongswan_nodes():
         files = NodeFiles(name, run.path)
         files.swanctl_dir.mkdir()
-        creds.install(identity_of(plan, name), files.swanctl_dir)
+        for identity in identities_of(plan, name):
+            creds.install(identity, files.swanctl_dir)
         for path, text in render_node(plan, name, files, creds, template_dir).items():
             path.write_text(text)
     if spec.agent:
@@ -111,7 +113,7 @@ def _render(plan: Plan, spec: LabSpec, run: RunDirectory, template_dir: Path) ->
 def _loaded_plugins(plan: Plan, run: RunDirectory) -> list[str]:
     """Every plugin the rendered strongswan.conf files load (charon's and swanctl's)."""
     names = []
-    for host in [m.name for m in plan.members] + [p.name for p in plan.peers]:
+    for host in plan.strongswan_nodes():
         text = NodeFiles(host, run.path).strongswan_conf.read_text()
         names += [n for n in preflight.loaded_plugins(text) if n not in names]
     return names

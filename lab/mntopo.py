@@ -24,12 +24,12 @@ from pathlib import Path
 from mininet.topo import Topo
 
 from .agent.names import NodeFiles
-from .nodes import ClusterMember, LabNode, NatRouter, PeerGateway, SyncBridge
+from .nodes import ClusterMember, CrowdNode, LabNode, NatRouter, PeerGateway, SyncBridge
 from .switch import HashingSwitch
 from .topology import Host, Plan
 
 ROLE_CLASSES = {"member": ClusterMember, "peer": PeerGateway, "lan-host": LabNode,
-                "nat-router": NatRouter}
+                "nat-router": NatRouter, "crowd": CrowdNode}
 
 
 def _port(interface: str) -> int:
@@ -42,8 +42,10 @@ class IkeClusterTopo(Topo):
     def build(self, plan: Plan = None, rundir: Path = None, strict: bool = True):
         for host in plan.hosts():
             params = {"cls": ROLE_CLASSES[host.role], "plan_host": host, "rundir": str(rundir)}
-            if host.role in ("member", "peer"):
+            if host.role in ("member", "peer", "crowd"):
                 params.update(files=NodeFiles(host.name, Path(rundir)), strict=strict)
+            if host.role == "crowd":
+                params.update(crowd=next(c for c in plan.crowd if c.name == host.name))
             self.addHost(host.name, **params)
         for switch in plan.switches:
             if switch.role == "sync":

@@ -178,6 +178,32 @@ class PeerGateway(StrongSwanNode):
     """A VPN peer gateway protecting one LAN."""
 
 
+class CrowdNode(StrongSwanNode):
+    """Up to a thousand remote sites behind one charon (`topology.CrowdNode`). Each site's
+    outer address is this node's by an AnyIP route (`local <block> dev lo`: the kernel
+    answers for the whole block, no address per site), and each site's LAN address sits on a
+    veth pair inside the node: kernel-libipsec routes a CHILD SA's traffic from an address of
+    its local traffic selector, and charon does not count addresses on `lo` as its own. One
+    `ip -batch` adds them all; they go with the node's namespace."""
+
+    def __init__(self, name, crowd: topology.CrowdNode = None, **params):
+        self.crowd = crowd
+        super().__init__(name, **params)
+
+    def launch_daemons(self) -> None:
+        sites = f"{self.name}-sites"
+        lines = [f"link add {sites} type veth peer name {sites}p", f"link set {sites} up",
+                 f"link set {sites}p up", f"route add local {self.crowd.outer} dev lo"]
+        lines += [f"addr add {site.lan_address}/32 dev {sites}" for site in self.crowd.sites]
+        batch = node_dir(self.rundir, self.name) / "sites.batch"
+        batch.write_text("\n".join(lines) + "\n")
+        out = self.cmd(f"ip -batch {batch} 2>&1 && echo ok")
+        if not out.strip().endswith("ok"):
+            raise DaemonConfigError(f"{self.name}: could not address its sites: "
+                                    f"{out.strip().splitlines()[-1] if out.strip() else '?'}")
+        super().launch_daemons()
+
+
 class NatRouter(LabNode):
     """Masquerades its inside network behind its internet address, so NAT-T is exercised."""
 

@@ -255,3 +255,41 @@ def draw_topology(plan, path: Path) -> Path:
     ax.invert_yaxis()
     ax.axis("off")
     return _save(fig, path)
+
+
+def draw_crowd_members(per_member: dict[str, int], path: Path, title: str) -> Path:
+    """Bars of tunnels per member, with the mean as a line: how evenly the hash spread the
+    crowd."""
+    check_format(path)
+    if not per_member:
+        raise PlotError("no member holds a crowd tunnel")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(per_member) + 2), 3.2))
+    names, counts = list(per_member), list(per_member.values())
+    ax.bar(names, counts, color="#1f5fbf")
+    mean = sum(counts) / len(counts)
+    ax.axhline(mean, color="#c62828", linestyle="--", linewidth=1)
+    ax.text(0.0, mean, f" mean {mean:.0f}", va="bottom", ha="left", fontsize=8,
+            color="#c62828", transform=ax.get_yaxis_transform())
+    for x, n in enumerate(counts):
+        ax.text(x, n, str(n), ha="center", va="bottom", fontsize=8)
+    ax.set_title(title)
+    ax.set_ylabel("tunnels held")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def draw_bringup(curve: list[float], total: int, path: Path, title: str) -> Path:
+    """Sites up against seconds since the first initiation (a step per site)."""
+    check_format(path)
+    if not curve:
+        raise PlotError("no site came up")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.step([0.0] + list(curve), range(len(curve) + 1), where="post", color="#1f5fbf")
+    ax.axhline(total, color="#777777", linestyle="--", linewidth=1)
+    ax.set_xlabel("seconds since the first site initiated")
+    ax.set_ylabel("sites up")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -18,10 +18,12 @@ from pathlib import Path
 import jinja2
 
 from .agent.config import AgentConfig, WitnessConfig
-from .agent.names import (CHILD_NAME, CLUSTER_CONNECTION, IKE_SPI_LABEL_MASK, NodeFiles,
-                          esp_spi_range, handover_connection, ike_spi_label, natt_connection)
-from .topology import (CLUSTER_ID, CLUSTER_LAN, EXTERNAL_VIP, LABELLED_OWNERSHIP, SYNC_WITNESS,
-                       Member, Peer, Plan)
+from .agent.names import (CHILD_NAME, CLUSTER_CONNECTION, CROWD_CONNECTION, IKE_SPI_LABEL_MASK,
+                          NodeFiles, esp_spi_range, handover_connection, ike_spi_label,
+                          natt_connection)
+from .topology import (CLUSTER_ID, CLUSTER_LAN, CROWD_DOMAIN, CROWD_LANS, CROWD_OUTER,
+                       EXTERNAL_VIP, LABELLED_OWNERSHIP, SYNC_WITNESS, CrowdNode, Member, Peer,
+                       Plan)
 
 
 def _template_dir() -> Path:
@@ -110,6 +112,12 @@ class Credentials:
         digest = hmac.new(self.cluster_key, peer.identity.encode(), hashlib.sha256).hexdigest()
         return "0x" + digest
 
+    def crowd_psk(self) -> str:
+        """The one PSK of every crowd site: 10,000 secrets on every member would say nothing
+        the sites' own identities do not (each site still has its own)."""
+        digest = hmac.new(self.cluster_key, CROWD_DOMAIN.encode(), hashlib.sha256).hexdigest()
+        return "0x" + digest
+
 
 def spi_label(plan: Plan, node: str) -> int | None:
     """With --ownership table+label or stateless, member i stamps i into the top byte of its
@@ -128,10 +136,22 @@ def esp_range(plan: Plan, node: str) -> tuple[str, str] | None:
     return f"{low:#010x}", f"{high:#010x}"
 
 
+def ikesa_table_size(plan: Plan, node: str) -> int | None:
+    """charon's IKE SA hash table size for `node`: the default (32 buckets) for a few
+    tunnels; with a crowd, a power of two near the SAs it may hold, so a lookup stays short."""
+    if not plan.crowd or any(p.name == node for p in plan.peers):
+        return None
+    crowd = next((c for c in plan.crowd if c.name == node), None)
+    sas = len(crowd.sites) if crowd else len(plan.sites()) + len(plan.peers)
+    return 1 << max(5, (sas - 1).bit_length())
+
+
 def strongswan_conf_data(files: NodeFiles, label: int | None = None,
                          esp: tuple[str, str] | None = None,
-                         retransmit: Retransmit = Retransmit()) -> dict:
+                         retransmit: Retransmit = Retransmit(),
+                         table_size: int | None = None) -> dict:
     return {"node": files.node, "plugins": PLUGINS, "retransmit": retransmit, "esp_range": esp,
+            "ikesa_table_size": table_size,
             "log": files.log, "vici_socket": files.vici_socket, "log_levels": {"ike": 2},
             "swanctl_plugins": SWANCTL_PLUGINS,
             "spi_label": f"{label:#018x}" if label is not None else None,
@@ -140,8 +160,8 @@ def strongswan_conf_data(files: NodeFiles, label: int | None = None,
 
 def _connection(name, version, local_addrs, remote_addrs, local_id, remote_id, local_ts,
                 remote_ts, auth, cert, dpd_action, fragmentation, dpd_delay=MEMBER_DPD_DELAY,
-                keyingtries=1, remote_port=None, unique=None):
-    return {"name": name, "version": version, "local_addrs": local_addrs,
+                keyingtries=1, remote_port=None, unique=None, mobike=None):
+    return {"name": name, "version": version, "local_addrs": local_addrs, "mobike": mobike,
             # A NAT's mapping is from the peer's 4500 to the virtual IP's 4500: a takeover that
             # is to pass through it must leave from 4500 too, or the NAT has no mapping for it.
             "remote_port": remote_port, "local_port": remote_port, "unique": unique,
@@ -180,7 +200,60 @@ def member_swanctl_data(plan: Plan, member: Member, creds: Credentials) -> dict:
                     unique=unique))
     psks = [{"name": p.name, "ids": [CLUSTER_ID, p.identity], "secret": creds.psk(p)}
             for p in plan.peers] if auth == "psk" else []
+    if plan.crowd:
+        connections.append(crowd_responder(plan, creds))
+        if auth == "psk":
+            psks.append({"name": CROWD_CONNECTION, "ids": [CLUSTER_ID, f"*.{CROWD_DOMAIN}"],
+                         "secret": creds.crowd_psk()})
     return {"node": member.name, "connections": connections, "psks": psks}
+
+
+def crowd_responder(plan: Plan, creds: Credentials) -> dict:
+    """A member's one connection that answers every crowd site: any outer address of the
+    crowd, any identity under its domain, any /28 of its LANs (charon narrows the traffic
+    selectors to the site's own). With --ike mixed it answers both versions (version 0).
+    Members never initiate it: a takeover or handover loads a connection for that one site
+    (`site_connection`)."""
+    auth, cert = _auth_data(creds, CLUSTER_ID)
+    version = 0 if plan.spec.ike == "mixed" else int(plan.spec.ike)
+    return _connection(CROWD_CONNECTION, version, str(EXTERNAL_VIP), str(CROWD_OUTER),
+                       CLUSTER_ID, f"*.{CROWD_DOMAIN}", str(CLUSTER_LAN), str(CROWD_LANS), auth,
+                       cert, "clear", plan.spec.ike_fragmentation)
+
+
+def site_connection(plan: Plan, creds: Credentials) -> dict:
+    """What a member's agent loads over vici to initiate one crowd site's tunnel (a takeover
+    or a handover): the connection `crowd_responder` answers with, in vici's terms, less what
+    differs per site (addresses, identity, traffic selectors, version: `lab.agent.crowd`)."""
+    conn = crowd_responder(plan, creds)
+    local = {"auth": conn["auth"], "id": CLUSTER_ID}
+    if conn["cert"]:
+        local["certs"] = [conn["cert"]]
+    return {"local_addrs": [str(EXTERNAL_VIP)], "proposals": [IKE_PROPOSALS],
+            "fragmentation": conn["fragmentation"], "dpd_delay": seconds(MEMBER_DPD_DELAY),
+            "dpd_timeout": seconds(IKEV1_DPD_TIMEOUT), "keyingtries": "1", "local": local,
+            "remote": {"auth": conn["auth"]},
+            "children": {CHILD_NAME: {"local_ts": [str(CLUSTER_LAN)],
+                                      "esp_proposals": [ESP_PROPOSALS], "dpd_action": "clear",
+                                      "start_action": "none"}}}
+
+
+def crowd_swanctl_data(plan: Plan, node: CrowdNode, creds: Credentials) -> dict:
+    """One connection per site of this crowd node, each a branch gateway of its own: its
+    outer address (mobike off: with MOBIKE charon would move the SA to the node's own
+    address), its identity, its LAN; DPD restarts it, a failed negotiation is tried again
+    without end, as a peer's."""
+    connections = []
+    for site in node.sites:
+        auth, cert = _auth_data(creds, site.identity)
+        conn = _connection(site.name, site.ike_version, str(site.address), str(EXTERNAL_VIP),
+                           site.identity, CLUSTER_ID, str(site.lan), str(CLUSTER_LAN), auth,
+                           cert, "restart", plan.spec.ike_fragmentation, PEER_DPD_DELAY,
+                           keyingtries=0, mobike="no")
+        connections.append(conn)
+    psks = ([{"name": CROWD_CONNECTION, "ids": [CLUSTER_ID], "secret": creds.crowd_psk()}]
+            if creds.auth == "psk" else [])
+    return {"node": node.name, "connections": connections, "psks": psks}
 
 
 def peer_swanctl_data(plan: Plan, peer: Peer, creds: Credentials) -> dict:
@@ -205,7 +278,11 @@ def agent_config(plan: Plan, member: Member, files: NodeFiles,
         key=creds.sync_key(), mode=plan.spec.mode, ownership=plan.spec.ownership,
         expiry=plan.spec.expiry, external_interface=f"{member.name}-eth0",
         lan_interface=f"{member.name}-eth1", sync_interface=f"{member.name}-eth2",
-        peers={p.name: [str(p.seen_as), str(p.lan)] for p in plan.peers},
+        peers={p.name: [str(p.seen_as), str(p.lan)] for p in plan.peers}
+        | {s.name: [str(s.address), str(s.lan)] for s in plan.sites()},
+        sites={s.name: [s.identity, s.ike_version] for s in plan.sites()},
+        site_connection=site_connection(plan, creds) if plan.crowd else {},
+        crowd_prefixes=[str(CROWD_OUTER), str(CROWD_LANS)] if plan.crowd else [],
         vici_socket=str(files.vici_socket), control_socket=str(files.agent_socket),
         dead_after=plan.spec.dead_after, witness=str(SYNC_WITNESS.ip),
         rebalance=plan.spec.rebalance, natt_peers=[p.name for p in plan.peers if p.behind_nat],
@@ -229,19 +306,34 @@ def identity_of(plan: Plan, node: str) -> str:
     """The IKE identity a strongSwan node presents: the cluster's for every member."""
     if any(m.name == node for m in plan.members):
         return CLUSTER_ID
+    crowd = next((c for c in plan.crowd if c.name == node), None)
+    if crowd is not None:
+        return crowd.sites[0].identity
     return plan.peer(node).identity
+
+
+def identities_of(plan: Plan, node: str) -> list[str]:
+    """Every IKE identity a strongSwan node presents: a crowd node one per site."""
+    crowd = next((c for c in plan.crowd if c.name == node), None)
+    if crowd is not None:
+        return [site.identity for site in crowd.sites]
+    return [identity_of(plan, node)]
 
 
 def render_node(plan: Plan, node: str, files: NodeFiles, creds: Credentials,
                 template_dir: Path = TEMPLATE_DIR) -> dict[Path, str]:
     """The text of both files of a strongSwan node (member or peer), keyed by their path."""
     env = environment(template_dir)
+    crowd = next((c for c in plan.crowd if c.name == node), None)
     if any(m.name == node for m in plan.members):
         swanctl = member_swanctl_data(plan, plan.member(node), creds)
+    elif crowd is not None:
+        swanctl = crowd_swanctl_data(plan, crowd, creds)
     else:
         swanctl = peer_swanctl_data(plan, plan.peer(node), creds)
     return {files.strongswan_conf: env.get_template("strongswan.conf.j2").render(
-                strongswan_conf_data(files, spi_label(plan, node), esp_range(plan, node))),
+                strongswan_conf_data(files, spi_label(plan, node), esp_range(plan, node),
+                                     table_size=ikesa_table_size(plan, node))),
             files.swanctl_conf: env.get_template("swanctl.conf.j2").render(swanctl)}
 
 

@@ -6,7 +6,7 @@ A tunnel is good when the peer's IKE SA is ESTABLISHED, exactly one member holds
 SA is INSTALLED, and LAN-to-LAN traffic passed both ways.
 """
 
-SHAPE_VERSION = 1
+SHAPE_VERSION = 2  # 2: `crowd`
 
 
 def holder_states(initiator_spi: str | None, member_sas: dict[str, dict]) -> dict[str, str]:
@@ -123,10 +123,13 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
 
 
 def lab_report(spec, tunnels: list[dict], buckets: dict, timings: dict,
-               run_dir: str | None, agents: dict[str, dict] | None = None) -> dict:
-    """The whole report; `ok` only when every tunnel is good."""
+               run_dir: str | None, agents: dict[str, dict] | None = None,
+               crowd: dict | None = None) -> dict:
+    """The whole report; `ok` only when every tunnel is good, the crowd's too."""
     return {"shape": SHAPE_VERSION,
-            "ok": bool(tunnels) and all(not t["problems"] for t in tunnels),
+            "ok": bool(tunnels) and all(not t["problems"] for t in tunnels)
+            and (crowd is None or crowd["ok"]),
+            "crowd": crowd, "crowd_rate": spec.crowd_rate if crowd else None,
             "members": spec.members, "peers": spec.peers, "hash": spec.hash, "mode": spec.mode,
             "ike": spec.ike, "auth": spec.auth, "nat": spec.nat, "agent": spec.agent,
             "ownership": spec.ownership if spec.agent else None,
@@ -185,18 +188,24 @@ def format_text(report: dict) -> str:
                      f"{c['received_forwarded']}, claims won {c['claims_won']} lost "
                      f"{c['claims_lost']}, lookups {c['lookups']}, parse errors "
                      f"{c['parse_errors']}, table {agent['table_size']}")
+    lines += describe_crowd(report.get("crowd"))
     lines += describe_chaos(report.get("chaos"))
     bad = [t for t in report["tunnels"] if t["problems"]]
     if report["ok"]:
         lines.append("OK: every tunnel is up on exactly one member and carries traffic both ways"
+                     + (" (the crowd's on a sample)" if report.get("crowd") else "")
                      + (", and the cluster came back whole after every chaos step"
                         if report.get("chaos") else ""))
     elif bad:
         lines.append(f"FAIL: {len(bad)} of {len(report['tunnels'])} tunnels have problems")
+    elif report.get("crowd") and not report["crowd"]["ok"]:
+        lines.append("FAIL: not every crowd site is up on exactly one member with traffic")
     else:
         lines.append("FAIL: the cluster did not come back whole after a chaos step")
     if report.get("run_dir"):
         lines.append(f"configs and logs kept in {report['run_dir']}")
+    for plot in (report.get("crowd") or {}).get("plots", []):
+        lines.append(f"picture: {plot}")
     return "\n".join(lines)
 
 
@@ -209,6 +218,29 @@ def with_chaos(report: dict, steps: list[dict]) -> dict:
 
 
 CHAOS_STEPS = 8
+
+
+def describe_crowd(crowd: dict | None) -> list[str]:
+    """The crowd in a few lines, for the text report."""
+    if not crowd:
+        return []
+    lines = [f"crowd: {crowd['up']}/{crowd['sites']} sites up"
+             + (f", the last {crowd['last_up_s']:.1f} s after the first initiation "
+                f"({crowd['rate_achieved']:g}/s achieved, {crowd['rate_asked']:g}/s asked)"
+                if crowd["last_up_s"] is not None else "")]
+    spread = " ".join(f"{m}={n}" for m, n in crowd["per_member"].items())
+    lines.append(f"crowd: tunnels per member {spread}; max/mean "
+                 f"{crowd['max_over_mean'] if crowd['max_over_mean'] is not None else '-'}")
+    sample_ok = len(crowd["traffic_sample"]) - len(crowd["bad_traffic"])
+    lines.append(f"crowd: traffic sample {sample_ok}/{len(crowd['traffic_sample'])} sites "
+                 "answered every ping both ways"
+                 + (f" (lost: {', '.join(crowd['bad_traffic'])})" if crowd["bad_traffic"]
+                    else ""))
+    if crowd["failures"]:
+        lines.append("crowd: failures: " + ", ".join(f"{reason} {n}" for reason, n in
+                                                    sorted(crowd["failures"].items())))
+    return lines
+
 
 
 def describe_chaos(steps: list[dict] | None) -> list[str]:

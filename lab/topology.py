@@ -15,6 +15,15 @@ Address plan (documentation prefixes on the "internet" side, RFC 5737)::
     10.255.0.0/24     the sync network: .i member i (a kernel bridge in its own namespace, so
                       steered packets cross it at kernel speed); .254 the bridge itself, the
                       witness a member pings to know its own sync link works
+    203.0.113.200+k   crowd node k (--crowd): one charon speaking for up to 1,000 sites
+    10.128.0.0/18     the crowd sites' own outer addresses: crowd node k answers for the /22
+                      10.128.4(k-1).0, site n of it is .n+1 there; the members route each /22
+                      via its crowd node, as the internet routes each branch's address to it
+    10.64.0.0/14      the crowd sites' protected LANs: site j's is the /28 at 10.64.0.0 + 16 j
+
+Crowd sites have addresses of their own, not ports of one address, so the hashing switch spreads
+them over the members by their source address the way it spreads real branch gateways; the
+outer plan is private (RFC 1918) because a /18 of documentation space does not exist.
 
 192.0.2.0/24 is left alone: machines like this one use it for their own network. The lab
 refuses to start if any of its prefixes overlaps an address or route of the host
@@ -33,6 +42,16 @@ LABELLED_OWNERSHIP = ("table+label", "stateless")  # members stamp their index i
 MAX_MEMBERS = 8
 MAX_PEERS = 128
 MAX_CHAIN = 4
+MAX_CROWD = 10000
+SITES_PER_CROWD_NODE = 1000  # one charon's share: its per-SA cost grows with the SAs it holds
+DEFAULT_CROWD_RATE = 200.0  # sites initiating per second
+CROWD_NODE_BASE = 200  # crowd node k is 203.0.113.(200 + k)
+CROWD_PORT_BASE = 400  # and sits on port 400 + k of the external switch
+CROWD_BLOCK = 1024  # outer addresses per crowd node (a /22)
+CROWD_OUTER = IPv4Network("10.128.0.0/18")
+CROWD_LANS = IPv4Network("10.64.0.0/14")
+CROWD_LAN_PREFIX = 28
+CROWD_DOMAIN = "crowd.ikelab.test"
 
 INTERNET = IPv4Network("203.0.113.0/24")
 NAT_HOME = IPv4Network("198.51.100.0/24")
@@ -74,6 +93,8 @@ class LabSpec:
     ike_fragmentation: bool = True  # RFC 7383; without it, big IKE messages are IP-fragmented
     rebalance: bool = True  # even the tunnels out over the members (make-before-break)
     trace: bool = True  # each agent writes its decisions to trace_<member>.jsonl
+    crowd: int = 0  # emulated remote sites beside the peers, on crowd nodes (`Site`)
+    crowd_rate: float = DEFAULT_CROWD_RATE  # sites per second starting their tunnels
 
     def validate(self) -> "LabSpec":
         """Return self, or raise TopologyError naming the first bad option."""
@@ -85,6 +106,14 @@ class LabSpec:
             raise TopologyError(f"expiry must be 0 to 3600 seconds (got {self.expiry!r})")
         if not isinstance(self.dead_after, (int, float)) or not 0.3 <= self.dead_after <= 30:
             raise TopologyError(f"dead-after must be 0.3 to 30 seconds (got {self.dead_after!r})")
+        if not isinstance(self.crowd, int) or not 0 <= self.crowd <= MAX_CROWD:
+            raise TopologyError(f"crowd must be 0 to {MAX_CROWD} sites (got {self.crowd!r})")
+        if not isinstance(self.crowd_rate, (int, float)) or not 1 <= self.crowd_rate <= 5000:
+            raise TopologyError(f"crowd-rate must be 1 to 5000 sites per second "
+                                f"(got {self.crowd_rate!r})")
+        if self.crowd and not self.agent:
+            raise TopologyError("crowd needs the agent: without it nothing steers a site's LAN "
+                                "to the member that holds its tunnel")
         if not isinstance(self.chain, int) or not 0 <= self.chain <= MAX_CHAIN:
             raise TopologyError(f"chain must be 0 to {MAX_CHAIN} (got {self.chain!r})")
         if self.chain and self.auth != "pubkey":
@@ -148,6 +177,36 @@ class Peer:
 
 
 @dataclass(frozen=True)
+class Site:
+    """An emulated remote site of the crowd: an outer address, an IKE identity and a protected
+    /28 of its own, spoken for by its crowd node's charon (one connection per site)."""
+
+    index: int  # 1..crowd, across all crowd nodes
+    name: str  # s<index>
+    node: str  # the crowd node that holds it
+    ike_version: int
+    identity: str
+    address: IPv4Address
+    lan: IPv4Network
+
+    @property
+    def lan_address(self) -> IPv4Address:
+        """The site's own address in its LAN (the crowd node's; traffic starts and ends here)."""
+        return self.lan.network_address + 1
+
+
+@dataclass(frozen=True)
+class CrowdNode:
+    """A node of the crowd: its host, and the block of outer addresses it answers for."""
+
+    index: int
+    name: str
+    outer: IPv4Network  # its sites' outer addresses (a /22 routed to it)
+    sites: tuple[Site, ...]
+    host: Host
+
+
+@dataclass(frozen=True)
 class SwitchPort:
     port: int
     node: str
@@ -193,6 +252,7 @@ class Plan:
     nat_router: Host | None
     switches: tuple[Switch, ...]
     host_links: tuple[HostLink, ...] = field(default=())
+    crowd: tuple[CrowdNode, ...] = field(default=())
 
     def hosts(self) -> list[Host]:
         """Every non-switch node, members first, in the order the lab builds them."""
@@ -201,7 +261,16 @@ class Plan:
         hosts.append(self.lan_host)
         if self.nat_router:
             hosts.append(self.nat_router)
-        return hosts
+        return hosts + [c.host for c in self.crowd]
+
+    def sites(self) -> list[Site]:
+        """Every crowd site, in index order."""
+        return [site for node in self.crowd for site in node.sites]
+
+    def strongswan_nodes(self) -> list[str]:
+        """Every node that runs a charon: members, peers, crowd nodes."""
+        return ([m.name for m in self.members] + [p.name for p in self.peers]
+                + [c.name for c in self.crowd])
 
     def switch(self, role: str) -> Switch:
         return next(s for s in self.switches if s.role == role)
@@ -215,6 +284,7 @@ class Plan:
     def prefixes(self) -> list[IPv4Network]:
         """Every network the lab uses, so none of them can be mistaken for the host's own."""
         nets = [INTERNET, CLUSTER_LAN, SYNC_NET] + [p.lan for p in self.peers]
+        nets += [CROWD_OUTER, CROWD_LANS] if self.crowd else []
         return nets + ([NAT_HOME] if self.nat_router else [])
 
     def hashing_switches(self) -> list[Switch]:
@@ -287,6 +357,15 @@ def build_plan(spec: LabSpec) -> Plan:
                           lan, f"h{i}", lan.network_address + 10, behind_nat, host))
         host_links.append(HostLink(name, "eth1", f"h{i}", "eth0"))
 
+    crowd = build_crowd(spec)
+    ext_ports += [SwitchPort(CROWD_PORT_BASE + c.index, c.name, "eth0", c.host.interfaces[0].mac,
+                             c.host.interfaces[0].address.ip) for c in crowd]
+    if crowd:  # every member routes each crowd node's block of outer addresses to it
+        routes = tuple((str(c.outer), str(c.host.interfaces[0].address.ip)) for c in crowd)
+        members = [Member(m.index, m.name, m.sync_address,
+                          Host(m.host.name, m.host.role, m.host.interfaces, routes,
+                               m.host.forwarding)) for m in members]
+
     lan_host = Host("hc", "lan-host", (Interface(
         "eth0", IPv4Interface(f"{CLUSTER_LAN.network_address + 10}/{CLUSTER_LAN.prefixlen}"),
         _mac(5, 0, 0)),), routes=(("default", str(INTERNAL_VIP)),))
@@ -299,7 +378,34 @@ def build_plan(spec: LabSpec) -> Plan:
         Switch("ikei", "0000000000001c02", "internal", tuple(int_ports), INTERNAL_VIP, INTERNAL_VMAC),
         Switch("ikes", "0000000000001c03", "sync", tuple(sync_ports)),
     )
-    return Plan(spec, tuple(members), tuple(peers), lan_host, nat_router, switches, tuple(host_links))
+    return Plan(spec, tuple(members), tuple(peers), lan_host, nat_router, switches,
+                tuple(host_links), crowd)
+
+
+def crowd_nodes_for(sites: int) -> int:
+    """How many crowd nodes hold `sites` sites: one per SITES_PER_CROWD_NODE."""
+    return -(-sites // SITES_PER_CROWD_NODE)
+
+
+def build_crowd(spec: LabSpec) -> tuple[CrowdNode, ...]:
+    """The crowd nodes for spec.crowd sites, each with its block of sites (the last one may
+    hold fewer)."""
+    nodes = []
+    for k in range(1, crowd_nodes_for(spec.crowd) + 1):
+        outer = IPv4Network(f"{CROWD_OUTER.network_address + CROWD_BLOCK * (k - 1)}/22")
+        first = (k - 1) * SITES_PER_CROWD_NODE + 1
+        last = min(spec.crowd, k * SITES_PER_CROWD_NODE)
+        name = f"c{k}"
+        sites = tuple(Site(j, f"s{j}", name, ike_version_of(spec, j), f"s{j}.{CROWD_DOMAIN}",
+                           outer.network_address + (j - first) + 1,
+                           IPv4Network(f"{CROWD_LANS.network_address + 16 * j}/"
+                                       f"{CROWD_LAN_PREFIX}"))
+                      for j in range(first, last + 1))
+        address = INTERNET.network_address + CROWD_NODE_BASE + k
+        host = Host(name, "crowd", (Interface(
+            "eth0", IPv4Interface(f"{address}/{INTERNET.prefixlen}"), _mac(6, k, 0)),))
+        nodes.append(CrowdNode(k, name, outer, sites, host))
+    return tuple(nodes)
 
 
 def overlaps_host(plan: Plan, host_networks: list[IPv4Network]) -> list[tuple[IPv4Network,
