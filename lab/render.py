@@ -70,6 +70,11 @@ class Retransmit:
 PEER_DPD_DELAY = 3.0
 MEMBER_DPD_DELAY = 5.0
 IKEV1_DPD_TIMEOUT = 10.0
+# A crowd's sites, and the members towards them, check less often, as branch gateways do
+# (30 s is common): 10,000 sites checking every 3 s would be 3,300 IKE exchanges a second,
+# every one of them through the agents. A dead member's sites are taken over by the
+# survivors at once anyway (lab.agent.handover); DPD is the sites' fallback.
+CROWD_DPD_DELAY = 30.0
 
 
 def peer_gives_up_after(retransmit: Retransmit = Retransmit()) -> float:
@@ -218,7 +223,7 @@ def crowd_responder(plan: Plan, creds: Credentials) -> dict:
     version = 0 if plan.spec.ike == "mixed" else int(plan.spec.ike)
     return _connection(CROWD_CONNECTION, version, str(EXTERNAL_VIP), str(CROWD_OUTER),
                        CLUSTER_ID, f"*.{CROWD_DOMAIN}", str(CLUSTER_LAN), str(CROWD_LANS), auth,
-                       cert, "clear", plan.spec.ike_fragmentation)
+                       cert, "clear", plan.spec.ike_fragmentation, CROWD_DPD_DELAY)
 
 
 def site_connection(plan: Plan, creds: Credentials) -> dict:
@@ -230,7 +235,7 @@ def site_connection(plan: Plan, creds: Credentials) -> dict:
     if conn["cert"]:
         local["certs"] = [conn["cert"]]
     return {"local_addrs": [str(EXTERNAL_VIP)], "proposals": [IKE_PROPOSALS],
-            "fragmentation": conn["fragmentation"], "dpd_delay": seconds(MEMBER_DPD_DELAY),
+            "fragmentation": conn["fragmentation"], "dpd_delay": seconds(CROWD_DPD_DELAY),
             "dpd_timeout": seconds(IKEV1_DPD_TIMEOUT), "keyingtries": "1", "local": local,
             "remote": {"auth": conn["auth"]},
             "children": {CHILD_NAME: {"local_ts": [str(CLUSTER_LAN)],
@@ -248,7 +253,7 @@ def crowd_swanctl_data(plan: Plan, node: CrowdNode, creds: Credentials) -> dict:
         auth, cert = _auth_data(creds, site.identity)
         conn = _connection(site.name, site.ike_version, str(site.address), str(EXTERNAL_VIP),
                            site.identity, CLUSTER_ID, str(site.lan), str(CLUSTER_LAN), auth,
-                           cert, "restart", plan.spec.ike_fragmentation, PEER_DPD_DELAY,
+                           cert, "restart", plan.spec.ike_fragmentation, CROWD_DPD_DELAY,
                            keyingtries=0, mobike="no")
         connections.append(conn)
     psks = ([{"name": CROWD_CONNECTION, "ids": [CLUSTER_ID], "secret": creds.crowd_psk()}]
@@ -285,6 +290,9 @@ def agent_config(plan: Plan, member: Member, files: NodeFiles,
         crowd_prefixes=[str(CROWD_OUTER), str(CROWD_LANS)] if plan.crowd else [],
         vici_socket=str(files.vici_socket), control_socket=str(files.agent_socket),
         dead_after=plan.spec.dead_after, witness=str(SYNC_WITNESS.ip),
+        # Room for every tunnel three times over (an old and a new SA while a tunnel moves or
+        # rekeys), and never less than the agent's own default.
+        cap=max(AgentConfig.cap, 3 * (len(plan.peers) + len(plan.sites()))),
         rebalance=plan.spec.rebalance, natt_peers=[p.name for p in plan.peers if p.behind_nat],
         trace=str(files.trace) if plan.spec.trace else "")
 

@@ -17,12 +17,14 @@ import vici
 import vici.exception
 
 from .events import CharonSaid, HoldingsRead, StaleSasEnded
+from .holdings import Holdings
 
 VICI_ERRORS = (OSError, vici.exception.SessionException, vici.exception.CommandException,
                vici.exception.DeserializationException, vici.exception.EventUnknownException)
 EVENTS = ("ike-updown", "ike-rekey", "child-updown", "child-rekey")
 RETRY = 0.5
-HOLDINGS_SETTLE = 0.05  # events come in bursts while tunnels come up: one read per burst
+HOLDINGS_SETTLE = 0.05  # events come in bursts while tunnels come up: one post per burst
+HOLDINGS_REFRESH = 30.0  # seconds between full reads of charon's CHILD SAs (a missed event)
 
 
 def decode(value):
@@ -62,14 +64,13 @@ class Charon:
         self.errors = errors  # counts what should not happen
         self.log = log
         self.stopping = threading.Event()
-        self.holdings_stale = threading.Event()
 
     def start(self, read_holdings: bool) -> None:
+        """Follow charon's events; with `read_holdings`, also keep what CHILD SAs it has
+        installed and post them (HoldingsRead) after each burst of events."""
+        self.read_holdings = read_holdings
         threading.Thread(target=self._guarded, args=(self._listen,), name="charon-events",
                          daemon=True).start()
-        if read_holdings:
-            threading.Thread(target=self._guarded, args=(self._read_holdings,),
-                             name="charon-holdings", daemon=True).start()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -87,33 +88,34 @@ class Charon:
             self.stopping.wait(RETRY)
 
     def _listen(self) -> None:
+        """Hand every event to the loop; keep the holdings from the same stream, starting
+        from a full read once listening (so no event falls between the read and the events)
+        and reading all again every HOLDINGS_REFRESH seconds."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        holdings, dirty_since, refreshed = Holdings(), None, 0.0
         try:
             sock.connect(self.path)
-            for name, message in vici.Session(sock).listen(list(EVENTS)):
-                name = decode(name)
-                self.post(CharonSaid(name, decode(dict(message))))
-                if name.startswith(("child", "ike-updown")):
-                    self.holdings_stale.set()
+            for name, message in vici.Session(sock).listen(list(EVENTS), timeout=0.05):
                 if self.stopping.is_set():
                     return
+                now = time.monotonic()
+                if name is not None:
+                    name, message = decode(name), decode(dict(message))
+                    self.post(CharonSaid(name, message))
+                    holdings.apply(name, message)
+                    dirty_since = dirty_since or now
+                if self.read_holdings and now >= refreshed + HOLDINGS_REFRESH:
+                    # Registered for events by now: those that come during the read wait
+                    # in the socket and are applied after it, in order.
+                    holdings.reset(list_sas(self.path))
+                    refreshed, dirty_since = now, now
+                if (self.read_holdings and dirty_since is not None
+                        and (name is None or now >= dirty_since + HOLDINGS_SETTLE)):
+                    installed = holdings.installed()
+                    self.post(HoldingsRead(frozenset(ts for _spi, ts in installed), installed))
+                    dirty_since = None
         finally:
             sock.close()
-
-    def _read_holdings(self) -> None:
-        """After CHILD SA events, the prefixes we now hold outbound SAs for: one read of
-        charon's SAs answers a burst of events, so the loop is not starved decoding vici."""
-        while not self.stopping.is_set():
-            if not self.holdings_stale.wait(0.5):
-                continue
-            time.sleep(HOLDINGS_SETTLE)
-            self.holdings_stale.clear()
-            installed = frozenset(
-                (bytes.fromhex(sa.get("initiator-spi", "")), ts)
-                for sa in list_sas(self.path)
-                for child in sa.get("child-sas", {}).values()
-                if child.get("state") == "INSTALLED" for ts in child.get("remote-ts", []))
-            self.post(HoldingsRead(frozenset(ts for _spi, ts in installed), installed))
 
     def initiate(self, connection: str, child: str, load: dict | None = None) -> None:
         """In a thread: have charon initiate `connection` and its CHILD SA `child`, without

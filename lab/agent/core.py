@@ -116,7 +116,8 @@ LATENCY_SAMPLES = 20000
 MAX_FORWARDED_SPIS = 4096
 LOGGED_PER_KIND = 3  # malformed packets logged in full, per kind of fault
 ADVERTISE_INTERVAL = 5.0
-ROUTES_GAP = 0.25  # seconds at least between two ROUTES a change of holdings sends
+ROUTES_GAP = 0.5  # seconds at least between two ROUTES a change of holdings sends
+STEER_GAP = 0.2  # and between two recomputations of the routes that ROUTES or holdings cause
 
 COUNTERS = ("seen_in", "seen_out", "delivered_local", "forwarded", "received_forwarded",
             "claims_won", "claims_lost", "claim_timeouts", "lookups", "lookups_unresolved",
@@ -170,6 +171,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
         self.advertised: dict[int, frozenset] = {}  # member -> prefixes it holds
         self.next_tick = self.next_advertisement = 0.0
         self.advertised_at = -ROUTES_GAP
+        self.steered_at, self.steer_due = -STEER_GAP, False
         self.handled = False  # no event yet
         ClaimantRole.__init__(self)
         DirectorRole.__init__(self)
@@ -480,7 +482,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
 
     def on_routes(self, msg: sync.Message) -> None:
         self.advertised[msg.sender] = sync.decode_prefixes(msg.payload)
-        self.steer()
+        self.steer_soon()
 
     def on_drain(self, event: DrainAsked) -> None:
         """Hand every tunnel over and stop serving (the switches follow), or serve again."""
@@ -497,8 +499,19 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
     # ---- data plane steering (routes only: no data packet passes through here) ------------
     def steer(self) -> None:
         """Ask for the kernel's steering routes to match what the members hold."""
+        self.steer_due = False
+        self.steered_at = self.now
         self.advertised[self.me] = self.offered()
         self.emit(SteerRoutes(steering.desired_routes(self.advertised, self.me)))
+
+    def steer_soon(self) -> None:
+        """Steer now, or at the next tick STEER_GAP after the last time: with a crowd, every
+        member's holdings change many times a second while tunnels come up, and each change
+        recomputes routes for every tunnel of the cluster."""
+        if self.now >= self.steered_at + STEER_GAP:
+            self.steer()
+        else:
+            self.steer_due = True
 
     def advertise(self) -> None:
         self.next_advertisement = self.now + ADVERTISE_INTERVAL
@@ -513,7 +526,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
         self.installed = event.installed
         if event.prefixes != self.holdings:
             self.holdings = event.prefixes
-            self.steer()
+            self.steer_soon()
             # Tell the others soon, but not for every burst: while a crowd comes up, charon's
             # holdings change many times a second, and each ROUTES carries them all.
             if self.now >= self.advertised_at + ROUTES_GAP:
@@ -534,6 +547,8 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
         self.director_timers()
         self.handover_timers()
         self.resync_timers()
+        if self.steer_due and self.now >= self.steered_at + STEER_GAP:
+            self.steer()
         if self.config.peers and self.now >= self.next_advertisement and self.serving:
             self.advertise()
         for entry in self.table.expire(self.now):
