@@ -2,7 +2,9 @@
 say, and summarised per member.
 
 Sites initiate the way branch gateways do after a head-end comes back: one after another at
-`--crowd-rate` per second, not all in one millisecond. Every fact comes from a daemon: the crowd
+`--crowd-rate` per second, not all in one millisecond, and no more than WINDOW_SECONDS' worth
+of them negotiating at once, so a rate the machine cannot sustain slows the crowd down rather
+than drowning it (the report says what rate it achieved). Every fact comes from a daemon: the crowd
 nodes' charons say when a site's CHILD SA is up (vici `child-updown` events, then `list-sas`
 at the end), the members' charons say who holds it. Progress goes to a terminal only (tqdm),
 never into `--json` output or a log.
@@ -26,6 +28,8 @@ from .agent.names import CHILD_NAME
 from .topology import CROWD_OUTER, Plan, Site
 
 SAMPLE_SITES = 16  # sites the traffic test pings through, both ways
+WINDOW_SECONDS = 2.0  # sites initiated but not yet up: at most this many seconds of the rate
+MIN_WINDOW = 20
 SAMPLE_SEED = 1
 PING_COUNT = 3
 VICI_ERRORS = (OSError, vici.exception.SessionException, vici.exception.CommandException)
@@ -105,10 +109,14 @@ def bring_up(lab, rate: float, timeout: float, quiet: bool = False,
     bar = progress(len(sites), "crowd up", quiet)
     with ExitStack() as stack:
         stack.callback(_stop, watch, threads, bar)
+        window = max(MIN_WINDOW, int(rate * WINDOW_SECONDS))
         for n, site in enumerate(sites):
             due = watch.start + n / rate
-            while (wait := due - time.monotonic()) > 0:
-                time.sleep(min(wait, 0.1))
+            # At the rate, unless more than `window` sites are still negotiating: then wait
+            # for some to come up. Past what the machine sustains (charons, agents and the
+            # switch share two cores), initiating faster only makes every negotiation retry.
+            while (wait := due - time.monotonic()) > 0 or n - watch.up() >= window:
+                time.sleep(min(max(wait, 0.01), 0.1))
                 bar.n = watch.up()
                 bar.refresh()
             sess = sessions.get(site.node)

@@ -186,3 +186,31 @@ def check_machine(plan: Plan) -> None:
         lab, host = clashes[0]
         raise NotReady(f"the lab's {lab} overlaps the host's own {host}; the lab will not "
                        "share addresses with a real network (README: troubleshooting)")
+    need, have = memory_needed(plan), memory_available()
+    if have is not None and need > have:
+        raise NotReady(f"{len(plan.sites())} crowd sites need about {need >> 20} MiB of memory "
+                       f"and this machine has {have >> 20} MiB available; ask for fewer")
+
+
+# Resident memory, measured (scripts/bench_scale.py): a charon holding an IKE SA and its
+# CHILD SA in kernel-libipsec, on either side, and an agent's table and routes per tunnel;
+# and each node's own start-up cost. A crowd past what the machine holds is refused here.
+MEMORY_PER_TUNNEL = (40 + 35 + 8) << 10
+MEMORY_PER_NODE = 24 << 20
+
+
+def memory_needed(plan: Plan) -> int:
+    """Bytes the lab's daemons will hold, about: per node, plus per tunnel."""
+    nodes = len(plan.strongswan_nodes()) + len(plan.members)  # charons, and the agents
+    return nodes * MEMORY_PER_NODE + (len(plan.sites()) + len(plan.peers)) * MEMORY_PER_TUNNEL
+
+
+def memory_available() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes (None if it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) << 10
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -18,7 +18,7 @@ PROTO = "static"  # the routes the agent owns, told apart from the member's own
 # letting a tunnel go steers its LAN to the new holder while its own SA (and route) still live.
 TABLE = RULE_PRIORITY = 210
 APPLY_SHARE = 3  # the pause after a change set is this many times as long as it took
-KERNEL_READ_INTERVAL = 2.0  # seconds a read of the kernel's routes is trusted, batches applied
+KERNEL_READ_INTERVAL = 10.0  # seconds a read of the kernel's routes is trusted, batches applied
 
 
 class RouteKeeper(threading.Thread):
@@ -31,6 +31,7 @@ class RouteKeeper(threading.Thread):
         self.log = log
         self.applied: dict[str, int] = {}  # prefix -> member, as the kernel had them
         self.read_at = -KERNEL_READ_INTERVAL  # when the kernel's table was last read
+        self.batch: subprocess.Popen | None = None  # `ip -batch -`, reading our changes
         self.desired: dict[str, int] | None = None
         self.changed = threading.Condition()
         self.stopping = False
@@ -81,16 +82,30 @@ class RouteKeeper(threading.Thread):
             return
         script = steering.route_batch(replace, delete, self.gateways, self.interface, PROTO,
                                       TABLE)
-        result = subprocess.run(["ip", "-force", "-batch", "-"], input=script, text=True,
-                                capture_output=True)
-        if result.returncode == 0:  # every line took: no need to read 10,000 routes again
-            for prefix in delete:
-                current.pop(prefix, None)
-            current.update(replace)
-        else:
-            current, self.read_at = self.kernel_routes(), time.monotonic()
+        if not self.send(script):
+            self.read_at = -KERNEL_READ_INTERVAL  # read what the kernel has before the next
+            return
+        for prefix in delete:
+            current.pop(prefix, None)
+        current.update(replace)
         with self.changed:
             self.applied = current
+
+    def send(self, script: str) -> bool:
+        """Hand `script` to our one `ip -batch` process (started if it is not running): a
+        process per change set cost the agent a fork each time, its largest cost with a
+        crowd. A line that fails is skipped (-force); the next read of the kernel's table
+        shows what took. False if the process is gone."""
+        if self.batch is None or self.batch.poll() is not None:
+            self.batch = subprocess.Popen(["ip", "-force", "-batch", "-"], text=True,
+                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL)
+        try:
+            self.batch.stdin.write(script)
+            self.batch.stdin.flush()
+            return True
+        except OSError:
+            return False
 
     def kernel_routes(self) -> dict[str, int]:
         """prefix -> member, for the steering routes the kernel has now."""
@@ -116,4 +131,11 @@ class RouteKeeper(threading.Thread):
             self.changed.notify()
         if self.is_alive():
             self.join(5)
+        if self.batch is not None and self.batch.poll() is None:
+            self.batch.stdin.close()
+            try:
+                self.batch.wait(5)
+            except subprocess.TimeoutExpired:
+                self.batch.kill()
+                self.batch.wait()
         self.flush()

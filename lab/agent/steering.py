@@ -23,6 +23,7 @@ This module is pure: it writes nftables scripts and plans route changes; `daemon
 `routes` run them.
 """
 
+import functools
 from ipaddress import IPv4Network
 
 from .names import esp_label
@@ -71,8 +72,15 @@ def desired_routes(advertised: dict[int, set[str]], me: int) -> dict[str, int]:
         if member != me:
             for prefix in advertised[member]:
                 if prefix not in mine:
-                    result[str(IPv4Network(prefix))] = member
+                    result[canonical(prefix)] = member
     return result
+
+
+@functools.lru_cache(maxsize=65536)
+def canonical(prefix: str) -> str:
+    """`prefix` as the kernel spells it back (network address, length); remembered: a
+    crowd's routes are recomputed from 10,000 prefixes a few times a second."""
+    return str(IPv4Network(prefix))
 
 
 def route_changes(current: dict[str, int], desired: dict[str, int]) -> tuple[dict, list]:

@@ -96,3 +96,46 @@ def test_dpd_is_rendered_from_seconds_and_a_peer_gives_up_after_the_longer_of_v1
     assert "dpd_delay = 3s" in peer
     # 3 s of silence, then IKEv1's 10 s DPD timeout (IKEv2's retransmissions take ~7.1 s).
     assert peer_gives_up_after() == 13.0
+
+
+@pytest.mark.parametrize("ike", ["2", "1", "mixed"])
+def test_a_crowd_node_renders_one_connection_per_site_and_members_answer_them_all(ike):
+    plan = build_plan(LabSpec(members=3, crowd=1500, ike=ike))
+    node = plan.crowd[1]
+    assert [c.name for c in plan.crowd] == ["c1", "c2"] and len(node.sites) == 500
+    conf, swanctl = render(plan, node.name)
+    assert swanctl.count("mobike = no") == 500
+    for site in (node.sites[0], node.sites[-1]):
+        block = swanctl.split(f"    {site.name} {{")[1].split("\n    }")[0]
+        assert f"version = {site.ike_version}" in block
+        assert f"local_addrs = {site.address}" in block and "remote_addrs = 203.0.113.1" in block
+        assert f"id = {site.identity}" in block and f"local_ts = {site.lan}" in block
+        assert "dpd_delay = 30s" in block and "dpd_action = restart" in block
+    assert "ikesa_table_size = 512" in conf  # a power of two for its 500 sites
+    _, member = render(plan, "m1")
+    responder = member.split("    crowd {")[1].split("\n    }")[0]
+    assert f"version = {0 if ike == 'mixed' else ike}" in responder
+    assert "remote_addrs = 10.128.0.0/18" in responder and "remote_ts = 10.64.0.0/14" in responder
+    assert "id = *.crowd.ikelab.test" in responder
+    assert member.count("version =") == 2 * len(plan.peers) + 1  # no connection per site
+
+
+def test_a_members_agent_can_initiate_a_crowd_site_it_never_rendered():
+    from lab.agent.crowd import site_connection
+    from lab.render import agent_config
+    plan = build_plan(LabSpec(members=2, crowd=20))
+    creds = Credentials("psk", KEY)
+    config = agent_config(plan, plan.members[0], NodeFiles("m1", Path("/run/x")), creds)
+    assert len(config.sites) == 20 and "s7" in config.peers and config.cap >= 10000
+    address, lan = config.peers["s7"]
+    identity, version = config.sites["s7"]
+    name, message = site_connection(config.site_connection, "s7", address, lan, identity,
+                                    version, handover=True)
+    conn = message[name]
+    assert name == "s7-mbb" and conn["unique"] == "never"
+    assert conn["remote_addrs"] == [address] and conn["remote"]["id"] == identity
+    assert conn["children"]["lan"]["remote_ts"] == [lan]
+    assert conn["children"]["lan"]["local_ts"] == ["10.1.0.0/24"]
+    name, message = site_connection(config.site_connection, "s7", address, lan, identity,
+                                    version, handover=False)
+    assert name == "s7" and "unique" not in message[name]  # a takeover: INITIAL_CONTACT

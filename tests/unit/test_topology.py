@@ -103,3 +103,28 @@ def test_a_host_network_that_overlaps_a_lab_prefix_is_found_and_a_default_route_
     assert clash == [(ip_network("10.2.3.0/24"), ip_network("10.2.3.0/25"))]
     assert overlaps_host(build_plan(LabSpec()), [ip_network("198.51.100.0/24")]) == []
     assert overlaps_host(plan, [ip_network("198.51.100.7/32")])
+
+
+def test_crowd_sites_have_their_own_addresses_lans_and_crowd_nodes():
+    from lab.topology import CROWD_LANS, CROWD_OUTER, MAX_CROWD, build_plan as plan_of
+    plan = plan_of(LabSpec(members=8, peers=2, crowd=MAX_CROWD))
+    sites = plan.sites()
+    assert len(sites) == MAX_CROWD and len(plan.crowd) == 10
+    assert len({s.address for s in sites}) == len({s.lan for s in sites}) == MAX_CROWD
+    assert all(s.address in CROWD_OUTER and s.lan.subnet_of(CROWD_LANS) for s in sites)
+    assert all(s.address in node.outer for node in plan.crowd for s in node.sites)
+    # every member routes each crowd node's block to it, and the switch has a port for it
+    assert plan.members[3].host.routes == tuple((str(c.outer), f"203.0.113.{200 + c.index}")
+                                                 for c in plan.crowd)
+    ports = {p.node for p in plan.switch("external").other_ports()}
+    assert {c.name for c in plan.crowd} <= ports
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"crowd": 10001}, "crowd must be 0 to 10000"),
+    ({"crowd": -1}, "crowd must be 0 to 10000"),
+    ({"crowd": 10, "crowd_rate": 0}, "crowd-rate must be 1 to 5000"),
+    ({"crowd": 10, "agent": False}, "crowd needs the agent")])
+def test_a_crowd_beyond_the_plan_is_refused_in_one_line(kwargs, words):
+    with pytest.raises(TopologyError, match=words):
+        LabSpec(**kwargs).validate()

@@ -1,0 +1,88 @@
+"""The crowd with the real lab: hundreds of sites, each on exactly one member as every charon
+says over vici (the sites' own and the members'), through an owner's death, its return and a
+drain; with IKEv1 and IKEv2 mixed, the split hash and each ownership mode; and the CLI's report
+of it. Each site's truth is its crowd node's charon; who holds it, the members' charons."""
+
+from collections import Counter
+
+import pytest
+
+from lab import crowd, strongswan
+from lab.lab import Lab
+from lab.probes import member_sas
+from lab.topology import LabSpec
+
+from .helpers import ikelab_json, poll
+
+pytestmark = pytest.mark.root
+
+RATE = 100.0  # sites per second: what this machine sustains beside 4 members
+
+
+def sas_per_site(lab) -> Counter:
+    """site -> how many ESTABLISHED IKE SAs its crowd node's charon holds for it."""
+    count = Counter()
+    for node in lab.plan.crowd:
+        for sa in strongswan.list_sas(lab.node(node.name).files.vici_socket).values():
+            if sa.get("state") == "ESTABLISHED":
+                count[sa["name"]] += 1
+    return count
+
+
+def whole(lab, among=None) -> dict | None:
+    """The crowd when every site is up with one IKE SA, held by exactly one member (of
+    `among`); None otherwise, so `poll` looks again."""
+    states = crowd.site_states(lab)
+    held = crowd.holders(member_sas(lab, among), lab.plan)
+    per_site = sas_per_site(lab)
+    if (all(s == "up" for s in states.values()) and all(len(h) == 1 for h in held.values())
+            and all(per_site[s] == 1 for s in states)):
+        return held
+    return None
+
+
+def test_500_sites_on_4_members_stay_on_exactly_one_through_death_return_and_drain():
+    with Lab(LabSpec(members=4, peers=1, crowd=500)) as lab:
+        watch = crowd.bring_up(lab, RATE, timeout=60, quiet=True)
+        assert watch.up() == 500, f"{500 - watch.up()} sites did not come up"
+        held = poll(lambda: whole(lab), deadline=30)
+        assert set(Counter(h[0] for h in held.values())) == {"m1", "m2", "m3", "m4"}
+        traffic = crowd.ping_sample(lab, crowd.sample(lab.plan))
+        assert all(d["received"] == d["sent"] for t in traffic.values() for d in t.values()), \
+            traffic
+
+        # Owner death: every orphan back on exactly one survivor, none with two IKE SAs.
+        lab.net.fail("m2")
+        survivors = {"m1", "m3", "m4"}
+        held = poll(lambda: whole(lab, survivors), deadline=60)
+        assert {h[0] for h in held.values()} <= survivors
+
+        # Its return: it rejoins (the table first) and gets its share, each site still once.
+        lab.net.restore("m2")
+        lab.net.wait_serving()
+        held = poll(lambda: (h := whole(lab)) and "m2" in {v[0] for v in h.values()} and h,
+                    deadline=90)
+
+        # A drain moves its tunnels make-before-break: it ends holding none.
+        lab.net.drain("m3", timeout=90)
+        held = poll(lambda: (h := whole(lab)) and "m3" not in {v[0] for v in h.values()}
+                    and h, deadline=60)
+        traffic = crowd.ping_sample(lab, crowd.sample(lab.plan, seed=2))
+        assert all(d["received"] == d["sent"] for t in traffic.values() for d in t.values()), \
+            traffic
+
+
+@pytest.mark.parametrize("options", [("--ike", "mixed"), ("--hash", "split"),
+                                     ("--ownership", "table+label"),
+                                     ("--ownership", "stateless"), ("--auth", "pubkey")],
+                         ids=lambda o: "-".join(o).strip("-"))
+def test_the_report_of_a_crowd_counts_every_site_on_one_member(options):
+    code, report = ikelab_json("--members", "3", "--peers", "1", "--crowd", "60",
+                               *options)
+    summary = report["crowd"]
+    assert code == 0 and report["ok"], (summary["failures"], summary["bad_traffic"])
+    assert summary["up"] == 60 and not summary["failures"]
+    assert sum(summary["per_member"].values()) == 60
+    assert all(len(s["held_by"]) == 1 and s["state"] == "up" for s in summary["site_list"])
+    if "mixed" in options:
+        assert {s["ike"] for s in summary["site_list"]} == {1, 2}
