@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mininet.log import setLogLevel
 
-from . import preflight, strongswan
+from . import preflight, probes, strongswan
 from .agent.names import NodeFiles
 from .captures import Captures
 from .cluster import ClusterNet
@@ -195,11 +195,12 @@ class Lab:
     def bring_up(self, peers=None, timeout: float = 20.0,
                  say=lambda message: None) -> strongswan.TunnelWatch:
         """Have these peers (names; default every peer) initiate their tunnels to the cluster
-        and wait until each is up or given up, at most `timeout` seconds; the watch says
-        which."""
+        and wait until each is up, data path complete in every kernel on its way (the first
+        packet gets through), or given up, at most `timeout` seconds; the watch says which."""
         names = [p.name for p in self.plan.peers] if peers is None else list(peers)
         return strongswan.bring_up({p: self.node(p).files.vici_socket for p in names},
-                                   timeout, say)
+                                   timeout, say,
+                                   complete=lambda up: probes.data_path_complete(self, up))
 
     def switch(self, role: str):
         return self.net[self.plan.switch(role).name]

@@ -113,6 +113,50 @@ def ike_sa_holder(lab, initiator_spi: str) -> str | None:
     return held[0] if len(held) == 1 else None
 
 
+TUNNEL_TABLE, STEERING_TABLE = 220, 210  # kernel-libipsec's routes; the agents' (lab.agent.routes)
+
+
+def kernel_routes(node, table: int) -> dict[str, str | None]:
+    """prefix -> gateway (None for a route to a device) in routing table `table` of `node`,
+    as its kernel has them now; empty if the table does not exist."""
+    routes = {}
+    for line in node.cmd(f"ip -4 -o route show table {table} 2>/dev/null").splitlines():
+        words = line.split()
+        if words and "/" in words[0]:
+            routes[words[0]] = words[words.index("via") + 1] if "via" in words else None
+    return routes
+
+
+def data_path_complete(lab, peers) -> set[str]:
+    """The peers (of `peers`, names) whose LAN-to-LAN data path is complete in the kernels:
+    the peer routes the cluster's LAN into its tunnel; exactly one member routes the peer's
+    LAN into its own, and every other member the LAN switch hands traffic to routes the
+    peer's LAN to that member over the sync network (the agents' steering). Without agents
+    nobody steers: the holder's route is the whole path."""
+    if not peers:
+        return set()
+    plan = lab.plan
+    tunnels = {m.name: kernel_routes(lab.node(m.name), TUNNEL_TABLE) for m in plan.members}
+    steering = ({m.name: kernel_routes(lab.node(m.name), STEERING_TABLE)
+                 for m in plan.members} if plan.spec.agent else {})
+    sync_of = {m.name: str(m.sync_address) for m in plan.members}
+    serving = lab.switch("internal").buckets
+    cluster_lan = str(plan.lan_host.interfaces[0].address.network)
+    complete = set()
+    for peer in plan.peers:
+        if peer.name not in peers:
+            continue
+        lan = str(peer.lan)
+        holders = [m for m, routes in tunnels.items() if lan in routes]
+        if len(holders) != 1 or cluster_lan not in kernel_routes(lab.node(peer.name),
+                                                                 TUNNEL_TABLE):
+            continue
+        if all(m == holders[0] or steering[m].get(lan) == sync_of[holders[0]]
+               for m in serving if plan.spec.agent):
+            complete.add(peer.name)
+    return complete
+
+
 def peers_up(lab) -> bool:
     """Every peer holds a tunnel to the cluster."""
     return all(any(strongswan.tunnel_up(sa) for sa in strongswan.list_sas(

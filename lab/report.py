@@ -76,7 +76,8 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
     states = holder_states(sa.get("initiator-spi") if sa else None, member_sas)
     established_on = sorted(m for m, s in states.items() if s == "ESTABLISHED")
     children = _child_sas(current, member_sas)
-    traffic_ok = (all(traffic.get(d, {}).get("received", 0) > 0 for d in ("to_peer", "from_peer"))
+    traffic_ok = (all(0 < traffic.get(d, {}).get("received", 0) == traffic[d].get("sent", 0)
+                      for d in ("to_peer", "from_peer"))
                   and all(traffic.get(f"tcp_{d}", {}).get("bytes", 0) > 0
                           for d in ("to_peer", "from_peer")))
     problems = []
@@ -109,6 +110,11 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
         if counts.get("received", 0) == 0:
             problems.append(f"no traffic {label} ({counts.get('received', 0)}/"
                             f"{counts.get('sent', 0)} pings answered)")
+        elif counts["received"] < counts.get("sent", 0):
+            # The tunnel counted as up only once its data path was complete: from then on,
+            # a lost ping is a fault, not a warm-up.
+            problems.append(f"pings lost {label} ({counts['received']}/{counts['sent']} "
+                            f"answered)")
         tcp = traffic.get(f"tcp_{direction}", {})
         if tcp.get("bytes", 0) == 0:
             problems.append(f"no TCP {label} ({tcp.get('error') or 'nothing received'})")

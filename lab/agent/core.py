@@ -107,6 +107,7 @@ from .resync import ResyncRole
 from .sa_events import SaEventsRole
 from .membership import (DRAINED, DRAINING, SERVING, SERVING_STATES,
                          Membership)
+from .pacing import Pacer
 from .ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable, director_for, ike_sa_key
 
 TICK = 0.05
@@ -116,7 +117,7 @@ LATENCY_SAMPLES = 20000
 MAX_FORWARDED_SPIS = 4096
 LOGGED_PER_KIND = 3  # malformed packets logged in full, per kind of fault
 ADVERTISE_INTERVAL = 5.0
-ROUTES_GAP = 0.5  # seconds at least between two ROUTES a change of holdings sends
+ROUTES_GAP = 0.5  # seconds between two ROUTES a burst of holdings changes sends
 STEER_GAP = 0.2  # and between two recomputations of the routes that ROUTES or holdings cause
 
 COUNTERS = ("seen_in", "seen_out", "delivered_local", "forwarded", "received_forwarded",
@@ -170,8 +171,8 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
         self.holdings: frozenset = frozenset()  # prefixes of our INSTALLED CHILD SAs
         self.advertised: dict[int, frozenset] = {}  # member -> prefixes it holds
         self.next_tick = self.next_advertisement = 0.0
-        self.advertised_at = -ROUTES_GAP
-        self.steered_at, self.steer_due = -STEER_GAP, False
+        self.routes_pacer, self.steer_pacer = Pacer(ROUTES_GAP), Pacer(STEER_GAP)
+        self.steer_due = False
         self.handled = False  # no event yet
         ClaimantRole.__init__(self)
         DirectorRole.__init__(self)
@@ -500,22 +501,20 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
     def steer(self) -> None:
         """Ask for the kernel's steering routes to match what the members hold."""
         self.steer_due = False
-        self.steered_at = self.now
         self.advertised[self.me] = self.offered()
         self.emit(SteerRoutes(steering.desired_routes(self.advertised, self.me)))
 
     def steer_soon(self) -> None:
-        """Steer now, or at the next tick STEER_GAP after the last time: with a crowd, every
+        """Steer now, or at a later tick if many changes came lately: with a crowd, every
         member's holdings change many times a second while tunnels come up, and each change
         recomputes routes for every tunnel of the cluster."""
-        if self.now >= self.steered_at + STEER_GAP:
+        if self.steer_pacer.take(self.now):
             self.steer()
         else:
             self.steer_due = True
 
     def advertise(self) -> None:
         self.next_advertisement = self.now + ADVERTISE_INTERVAL
-        self.advertised_at = self.now
         offered = sorted(self.offered())
         if len(offered) > sync.MAX_ROUTES:  # more than the sync network's datagram carries
             self.counters["routes_truncated"] += 1
@@ -529,11 +528,11 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
             self.steer_soon()
             # Tell the others soon, but not for every burst: while a crowd comes up, charon's
             # holdings change many times a second, and each ROUTES carries them all.
-            if self.now >= self.advertised_at + ROUTES_GAP:
+            if self.routes_pacer.take(self.now):
                 self.advertise()
             else:
                 self.next_advertisement = min(self.next_advertisement,
-                                              self.advertised_at + ROUTES_GAP)
+                                              self.routes_pacer.next_at(self.now))
         self.release_installed()
 
     # ---- timers ---------------------------------------------------------------------------
@@ -547,7 +546,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
         self.director_timers()
         self.handover_timers()
         self.resync_timers()
-        if self.steer_due and self.now >= self.steered_at + STEER_GAP:
+        if self.steer_due and self.steer_pacer.take(self.now):
             self.steer()
         if self.config.peers and self.now >= self.next_advertisement and self.serving:
             self.advertise()

@@ -221,3 +221,25 @@ def test_tunnels_the_switch_spread_unevenly_stay_until_a_member_arrives():
     c.deliver()
     c.run(3.0)
     assert initiated(c) == {}
+
+
+def test_a_lone_tunnel_after_a_quiet_spell_is_steered_on_every_member_at_once():
+    # The first packet through a fresh tunnel was lost: the agents' start-up advertisement had
+    # spent the rate limit, and the holder's ROUTES waited ROUTES_GAP.
+    lan = PEERS["p1"][1]
+    c = Cluster(n=3, peers=PEERS).start()
+    c.run(c.agents[1].next_advertisement - c.now + 0.02)  # m1's periodic ROUTES just went out
+    c.handle(1, HoldingsRead(frozenset({lan})))
+    c.deliver()
+    for other in (2, 3):
+        steered = [a for a in c.done[other] if isinstance(a, SteerRoutes)]
+        assert steered and steered[-1].routes.get(lan) == 1, (other, steered)
+
+
+def test_the_pacer_lets_a_burst_through_then_one_change_per_gap():
+    from lab.agent.pacing import Pacer
+    pacer = Pacer(gap=0.5, burst=2)
+    assert [pacer.take(10.0) for _ in range(3)] == [True, True, False]
+    assert pacer.next_at(10.0) == 10.5
+    assert not pacer.take(10.4) and pacer.take(10.5)
+    assert pacer.take(20.0) and pacer.take(20.0)  # quiet again: the whole burst
