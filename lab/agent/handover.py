@@ -49,6 +49,9 @@ from .names import handover_connection, natt_connection
 TAKEOVER_TIMEOUT = 10.0  # an initiation not up by then may be tried again
 HANDOVER_GRACE = 1.0  # the old holder lets go this long after the new SA is up
 ROUTES_SETTLE = 0.3  # between steering the peer's LAN away and ending the old SA
+END_RETRY = 10.0  # an SA we asked charon to end and still hold is asked again after this: the
+# request runs in a thread of the shell and can fail (vici busy with a crowd); seen: 3 of a
+# drained member's 100 SAs stayed, each site then holding two
 ESP_HOLD_LIMIT = 2.0  # the longest a peer's ESP waits for our CHILD SA
 ESP_HELD_PER_PEER = 64  # beyond this, ESP passes at once (and may meet no SA)
 BALANCE_INTERVAL = 1.0
@@ -103,7 +106,7 @@ def balance(holdings: dict[str, list[str]], receivers: list[str],
 class HandoverRole:
     def __init__(self):
         self.moving: dict[str, float] = {}  # peer -> until when our initiation may be pending
-        self.ending: set[bytes] = set()  # initiator SPIs of our SAs we asked charon to end
+        self.ending: dict[bytes, float] = {}  # SAs we asked charon to end (SPI) -> when
         self.releasing: dict[bytes, str] = {}  # initiator SPI of our old SA -> its peer
         self.esp_until: dict[str, float] = {}  # peer -> until when its ESP is held here
         self.esp_held: dict[str, list] = {}  # peer -> refs of its held ESP packets
@@ -180,7 +183,7 @@ class HandoverRole:
             for entry in self.table.established_with(address):
                 if (entry.owner == self.config.member and entry.key.ispi != spi
                         and entry.key.ispi not in self.ending):
-                    self.ending.add(entry.key.ispi)
+                    self.ending[entry.key.ispi] = self.now
                     self.log(f"ending {peer}'s older SA here: the new one replaces it")
                     self.emit(EndSa(entry.key.ispi))
         if done:
@@ -230,7 +233,8 @@ class HandoverRole:
         if not self.releasing and not self.ending:
             return  # the usual tick: nothing moving away from here
         me = self.config.member
-        self.ending = {ispi for ispi in self.ending if self.table.owns_sa(ispi, me)}
+        self.ending = {ispi: asked for ispi, asked in self.ending.items()
+                       if self.table.owns_sa(ispi, me) and self.now < asked + END_RETRY}
         for ispi, peer in list(self.releasing.items()):
             held = self.table.established_with(self.config.peers[peer][0])
             if self.table.owns_sa(ispi, me) and held[-1].key.ispi == ispi and (
@@ -276,7 +280,7 @@ class HandoverRole:
                 # Two SAs with one peer, both here: the older goes once the newer carries
                 # traffic (nothing to steer: the holder stays).
                 if (new.key.ispi, self.config.peers[peer][1]) in self.installed:
-                    self.ending.add(ispi)
+                    self.ending[ispi] = self.now
                     self.log(f"ending {peer}'s older SA here: it holds a newer one with us")
                     self.emit(EndSa(ispi))
                 continue
@@ -285,7 +289,7 @@ class HandoverRole:
                 self.steer()
                 self.advertise()
             elif self.now >= new_up + HANDOVER_GRACE + ROUTES_SETTLE:
-                self.ending.add(ispi)
+                self.ending[ispi] = self.now
                 self.log(f"ending {peer}'s old SA: its tunnel moved to {new.owner}")
                 self.emit(EndSa(ispi))
         self.forget_released()

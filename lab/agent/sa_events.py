@@ -47,7 +47,7 @@ class SaEventsRole:
                                         owner=self.me, peer=peer, port=port, nat=nat))
         else:
             self.table.delete(spis[0])
-            self.ending.discard(spis[0])
+            self.ending.pop(spis[0], None)
             self.broadcast(sync.Message(sync.DELETE, self.me, ispi=spis[0]))
 
 

@@ -250,7 +250,7 @@ def test_ikelab_status_shows_the_running_labs_table_from_another_process():
     with Lab(LabSpec(members=2, peers=1, hash="split")) as lab:
         sa = bring_up(lab)["p1"]
         result = ikelab("status", "--json", timeout=30)
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == 0, result.stderr + result.stdout[-4000:]
         status = json.loads(result.stdout)
         assert set(status) == {"m1", "m2"}
         for member in status.values():

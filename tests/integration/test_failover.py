@@ -255,7 +255,7 @@ def test_cli_failover_commands_act_and_refuse_bad_input_in_one_line():
                              "1", "--cli"], cwd=ROOT, input="\n".join(commands) + "\n",
                             capture_output=True, text=True, timeout=120)
     out = result.stdout
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr + result.stdout[-4000:]
     assert out.count("*** 'm9' is not a cluster member (members: m1, m2, m3)") == 2
     assert "*** how must be one of daemons, links (got 'sideways')" in out
     assert "*** hash must be one of l3, l4, split (got 'l7')" in out

@@ -40,7 +40,11 @@ def terminate(lab, peer: str) -> None:
 def up_after(lab, peer: str) -> float:
     """Seconds `peer` took to bring its tunnel up (fails the test if it did not)."""
     watch = lab.bring_up([peer], 20)
-    assert peer in watch.up_after, f"{peer} did not come up: {watch.last_sa.get(peer)}"
+    if peer not in watch.up_after:  # what the agents saw, for the one run in many this fails
+        counters = {m: {k: v for k, v in a["counters"].items() if v}
+                    for m, a in agents(lab).items()}
+        raise AssertionError(f"{peer} did not come up: {watch.last_sa.get(peer)}; "
+                             f"agents' counters: {counters}")
     return watch.up_after[peer]
 
 

@@ -99,7 +99,7 @@ def test_run_with_cli_opens_the_lab_commands_before_teardown():
     result = subprocess.run([sys.executable, "-m", "lab", "run", "--mode", "ha", "--members",
                              "2", "--peers", "1", "--cli"], cwd=ROOT, input="sas\nhashing\nexit\n",
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr + result.stdout[-4000:]
     assert "OK: every tunnel" in result.stdout
     assert "m1: p1[1] IKEv2 ESTABLISHED" in result.stdout
     assert "ikei (internal, virtual IP 10.1.0.1)" in result.stdout

@@ -243,3 +243,28 @@ def test_the_pacer_lets_a_burst_through_then_one_change_per_gap():
     assert pacer.next_at(10.0) == 10.5
     assert not pacer.take(10.4) and pacer.take(10.5)
     assert pacer.take(20.0) and pacer.take(20.0)  # quiet again: the whole burst
+
+
+def test_an_old_sa_that_charon_did_not_end_is_asked_again():
+    # Ending runs in a thread of the shell and can fail; the old SA must not stay forever
+    # beside the new one (seen in a crowd's drain: 3 sites of 100 kept two SAs).
+    from lab.agent.handover import END_RETRY
+    lan = PEERS["p1"][1]
+    c = Cluster(n=2, peers=PEERS, rebalance=False).start()
+    c.handle(1, HoldingsRead(frozenset({lan})))
+    up(c, 1, "p1", 1)
+    c.deliver()
+    c.handle(1, DrainAsked(True))
+    c.run(BALANCE_INTERVAL + 0.1)
+    c.handle(2, HoldingsRead(frozenset({lan})))
+    up(c, 2, "p1", 11)
+    c.deliver()
+    c.run(2.0)
+    ends = lambda: [a for a in c.done[1] if isinstance(a, EndSa)]  # noqa: E731
+    assert len(ends()) == 1
+    c.run(END_RETRY + 1.0)  # charon never said the old SA went down
+    assert len(ends()) == 2 and ends()[0].ispi == ends()[1].ispi
+    down(c, 1, "p1", 1)
+    c.deliver()
+    c.run(END_RETRY + 1.0)
+    assert len(ends()) == 2
