@@ -256,6 +256,53 @@ def summarise(plan: Plan, watch: CrowdWatch | None, states: dict[str, str],
     }
 
 
+SITE_STATES = ("up", "no CHILD SA", "connecting", "no IKE SA")
+SITES_LISTED = 40  # `sites` lists at most this many matching sites, then says how many more
+
+
+def sites_filter(words: list[str], members: list[str]):
+    """A predicate on (state, holders) for the CLI's `sites` words: member names (held by
+    one of them), `up`, `down` (not up), `double` (held by two members or more); or a
+    one-line error for a word it does not know."""
+    wanted_members = [w for w in words if w in members]
+    unknown = [w for w in words if w not in members and w not in ("up", "down", "double")]
+    if unknown:
+        return (f"{unknown[0]!r} is neither a member ({', '.join(members)}) nor up, down "
+                "or double")
+
+    def keep(state: str, held: list[str]) -> bool:
+        return ((not wanted_members or any(m in held for m in wanted_members))
+                and ("up" not in words or state == "up")
+                and ("down" not in words or state != "up")
+                and ("double" not in words or len(held) > 1))
+    return keep
+
+
+def describe_sites(plan: Plan, states: dict[str, str], held: dict[str, list[str]],
+                   keep=lambda state, held: True) -> list[str]:
+    """The CLI's `sites`: the crowd's states and tunnels per member, then the sites `keep`
+    lets through (at most SITES_LISTED): name, crowd node, IKE version, outer address,
+    state, the members that hold it."""
+    by_state = Counter(states.values())
+    per_member = Counter(h[0] for h in held.values() if len(h) == 1)
+    double = sum(1 for h in held.values() if len(h) > 1)
+    lines = [f"{len(states)} sites: " + ", ".join(f"{by_state[s]} {s}" for s in SITE_STATES
+                                                  if by_state[s]),
+             "held by: " + " ".join(f"{m.name}={per_member.get(m.name, 0)}"
+                                    for m in plan.members)
+             + (f"; by two members or more: {double}" if double else "")]
+    chosen = [s for s in plan.sites() if keep(states[s.name], held[s.name])]
+    for site in chosen[:SITES_LISTED]:
+        lines.append(f"  {site.name:<7} {site.node:<4} v{site.ike_version}  "
+                     f"{str(site.address):<15}  {states[site.name]:<11}  "
+                     f"{','.join(held[site.name]) or '-'}")
+    if len(chosen) > SITES_LISTED:
+        lines.append(f"  ... and {len(chosen) - SITES_LISTED} more")
+    elif not chosen:
+        lines.append("  (no site matches)")
+    return lines
+
+
 def draw(crowd: dict, directory, spec) -> list:
     """The crowd's two pictures in `directory`: tunnels per member, and the bring-up curve;
     the paths written."""

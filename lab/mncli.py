@@ -6,16 +6,18 @@ the CLI parses the line, the net acts, and a FailoverError is printed as its one
 
 import argparse
 import shlex
+from types import SimpleNamespace
 
 from mininet.cli import CLI
 
-from . import strongswan
+from . import crowd, strongswan
 from .agent.control import query
 from .agent.names import CHILD_NAME, CLUSTER_CONNECTION
 from .captures import CaptureError
 from .cluster import FailoverError
 from .daemons import DaemonConfigError
 from .nodes import ClusterMember, PeerGateway, StrongSwanNode
+from .probes import member_sas
 from .report import describe_membership, describe_ownership, describe_sas, describe_steering
 from .switch import HashingSwitch
 
@@ -24,9 +26,9 @@ UP_TIMEOUT = 20.0
 
 
 class LabCLI(CLI):
-    """Mininet's CLI plus `sas`, `up`, `ownership`, `steering`, `hashing`, `members`, `fail`,
-    `restore`, `drain`, `undrain`, `stop`, `rehash`, `partition`, `heal`, `flood` and
-    `capture`; `help <command>` shows what each does."""
+    """Mininet's CLI plus `sas`, `up`, `ownership`, `steering`, `hashing`, `sites`,
+    `members`, `fail`, `restore`, `drain`, `undrain`, `stop`, `rehash`, `partition`, `heal`,
+    `flood` and `capture`; `help <command>` shows what each does."""
 
     prompt = "ikelab> "
 
@@ -118,6 +120,24 @@ class LabCLI(CLI):
             self.stdout.write(f"*** {exc}\n")
             return
         self.stdout.write("done; `members` shows the cluster's view as it changes\n")
+
+    def do_sites(self, line):
+        """sites [MEMBER ...] [up|down|double]: the crowd (`--crowd`) in two lines, sites per
+        state and tunnels per member, then its sites (40 at most) that are held by one of
+        the MEMBERs, up, not up, or held by two members or more; from the crowd nodes' and
+        the members' charons."""
+        plan = getattr(self.mn.topo, "plan", None)
+        if plan is None or not plan.crowd:
+            self.stdout.write("*** this lab has no crowd (ikelab run --crowd N)\n")
+            return
+        keep = crowd.sites_filter(line.split(), [m.name for m in plan.members])
+        if isinstance(keep, str):
+            self.stdout.write(f"*** {keep}\n")
+            return
+        view = SimpleNamespace(plan=plan, node=lambda name: self.mn[name])
+        states = crowd.site_states(view)
+        held = crowd.holders(member_sas(view), plan)
+        self.stdout.write("\n".join(crowd.describe_sites(plan, states, held, keep)) + "\n")
 
     def do_members(self, line):
         """members: each member's state (serving, joining, isolated, failed), the members it

@@ -40,6 +40,7 @@ class IkeClusterTopo(Topo):
     """Every node of `plan`, with its run-directory files; `strict` as in LabNode."""
 
     def build(self, plan: Plan = None, rundir: Path = None, strict: bool = True):
+        self.plan = plan  # the CLI's `sites` reads the crowd from it
         for host in plan.hosts():
             params = {"cls": ROLE_CLASSES[host.role], "plan_host": host, "rundir": str(rundir)}
             if host.role in ("member", "peer", "crowd"):

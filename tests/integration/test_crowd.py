@@ -87,3 +87,26 @@ def test_the_report_of_a_crowd_counts_every_site_on_one_member(options):
     assert all(len(s["held_by"]) == 1 and s["state"] == "up" for s in summary["site_list"])
     if "mixed" in options:
         assert {s["ike"] for s in summary["site_list"]} == {1, 2}
+
+
+def test_the_clis_sites_shows_the_crowd_filters_it_and_refuses_bad_words():
+    import subprocess
+    import sys
+
+    from .helpers import ROOT
+    commands = ["sites", "sites m1", "sites down", "sites m9", "fail m2", "sites m2", "exit"]
+    result = subprocess.run([sys.executable, "-m", "lab", "run", "--members", "3", "--peers",
+                             "1", "--crowd", "30", "--cli"], cwd=ROOT,
+                            input="\n".join(commands) + "\n", capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr + result.stdout[-4000:]
+    answers = result.stdout.split("ikelab> ")[1:]
+    assert answers[0].startswith("30 sites: 30 up\nheld by: m1=")
+    listed = answers[0].splitlines()[2:]
+    assert len(listed) == 30 and all(line.split()[4] == "up" for line in listed)
+    on_m1 = answers[1].splitlines()[2:]
+    assert on_m1 and all(line.split()[-1] == "m1" for line in on_m1)
+    assert answers[2].splitlines()[2:] == ["  (no site matches)"]
+    assert answers[3] == "*** 'm9' is neither a member (m1, m2, m3) nor up, down or double\n"
+    # m2's charon is dead: no site is held by it (until their DPD moves them, down)
+    assert all(line.split()[-1] != "m2" for line in answers[5].splitlines()[2:])
