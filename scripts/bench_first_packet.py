@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Packets lost at tunnel-up: `ikelab run` N times in a row, for the default lab and for
+`--members 5 --peers 8 --hash split --ownership stateless`, and the pings lost over all runs.
+
+    .venv/bin/python scripts/bench_first_packet.py [--runs 20] [--json FILE]
+
+A tunnel counts as up once charon says so and every kernel on its data path routes it (the
+peer's, its holder's, and every serving member's steering route: `probes.data_path_complete`);
+the report's traffic test then pings both ways through every tunnel (3 pings each way). Each
+line: the lab, runs, runs whose exit status was not 0, pings sent, pings lost, and the tunnels
+that lost any (run:peer:direction). Issue 19's target: 0 lost.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LABS = {"default": [],
+        "5x8 split stateless": ["--members", "5", "--peers", "8", "--hash", "split",
+                                "--ownership", "stateless"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.json and not args.json.parent.is_dir():
+        print(f"bench_first_packet: no directory for {args.json}", file=sys.stderr)
+        return 2
+    results = {}
+    for name, options in LABS.items():
+        sent = lost = failed = 0
+        where = []
+        for run in range(1, args.runs + 1):
+            result = subprocess.run([sys.executable, "-m", "lab", "run", "--json", *options],
+                                    cwd=ROOT, capture_output=True, text=True, timeout=300)
+            failed += result.returncode != 0
+            try:
+                report = json.loads(result.stdout)
+            except ValueError:
+                print(f"{name} run {run}: no report ({result.stderr.strip()[-200:]})")
+                continue
+            for tunnel in report["tunnels"]:
+                for direction in ("to_peer", "from_peer"):
+                    counts = tunnel["traffic"].get(direction, {})
+                    sent += counts.get("sent", 0)
+                    gone = counts.get("sent", 0) - counts.get("received", 0)
+                    lost += gone
+                    if gone:
+                        where.append(f"{run}:{tunnel['peer']}:{direction}")
+        results[name] = {"runs": args.runs, "failed_runs": failed, "pings_sent": sent,
+                         "pings_lost": lost, "lost_in": where}
+        print(f"{name}: {args.runs} runs, {failed} not OK, {sent} pings, {lost} lost"
+              + (f" ({', '.join(where)})" if where else ""), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
