@@ -17,6 +17,9 @@ For each crowd size, one lab (`--hash l4`, the default ownership mode, traces of
                every 2 s over every crowd node's and member's vici (so, 2 s resolution)
   join         m1 restored: seconds until its agent serves (it copies the whole table first)
 
+First, without a lab: the agent core's time per tick (median over 10 simulated seconds) with
+1,000 and with 10,000 established IKE SAs in its table; per-tick work must not grow with it.
+
 Per-tunnel figures are divided by the same thing in every run (sites up during bring-up), so
 they compare across sizes. The last line is each per-tunnel cost at the largest size over the
 smallest (issue 18's target: at most 1.2). DIR/scale-growth.png draws the per-tunnel costs
@@ -40,6 +43,7 @@ from lab.plots import check_format, draw_lines  # noqa: E402
 from lab.preflight import NotReady  # noqa: E402
 from lab.probes import member_sas  # noqa: E402
 from lab.topology import LabSpec  # noqa: E402
+from tests.unit.agents import tick_cost  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 PER_SECOND = ("heartbeat", "witness-ping", "routes")  # sent on a timer, not per tunnel
@@ -159,6 +163,8 @@ def main() -> int:
         if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
             print(f"bench_scale: cannot write {path}", file=sys.stderr)
             return 2
+    print("agent core, per tick: " + ", ".join(f"{tick_cost(n):.0f} us with {n} entries"
+                                              for n in (1000, 10000)), flush=True)
     rows = []
     print("  ".join(COLUMNS), flush=True)
     for sites in sorted(args.sites):

@@ -295,11 +295,13 @@ class OwnershipTable:
         rekeyed ones past their grace (both kept in the order their time ends)."""
         gone = []
         for index in (self._half_open, self._lingering):
-            for key in list(index):
-                entry = self.entries[key]
-                if entry.expires > now:
+            due = []
+            for key in index:  # no copy of the index: a tick's work is what expires
+                if self.entries[key].expires > now:
                     break
-                gone.append(entry)
+                due.append(key)
+            for key in due:
+                gone.append(self.entries[key])
                 self.forget(key)
         self.expired += len(gone)
         return gone

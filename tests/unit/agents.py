@@ -149,3 +149,26 @@ def sync_message(data: bytes) -> sync.Message | None:
         return sync.Codec(b"\0" * 32, 0, 0).decode(data)
     except sync.SyncError:
         return None
+
+
+def tick_cost(entries: int) -> float:
+    """Microseconds per tick (median) of a real Agent core whose table holds `entries`
+    established IKE SAs, on simulated time (a Cluster of three cores): bench_scale's."""
+    import os
+    import time
+
+    from lab.agent.events import Tick
+    from lab.agent.ownership import ESTABLISHED, ike_sa_key
+    cluster = Cluster(n=3).start()
+    agent = cluster.agents[1]
+    for i in range(entries):
+        agent.table.record(ike_sa_key(os.urandom(8)), f"m{1 + i % 3}", ESTABLISHED,
+                           cluster.now, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", i)
+    times = []
+    for _ in range(200):
+        cluster.now += 0.05
+        agent.next_tick = 0.0
+        start = time.perf_counter()
+        agent.handle(Tick(), cluster.now)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e6
