@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from .topology import (AUTH_METHODS, CLUSTER_MODES, DEFAULT_CROWD_RATE, HASH_MODES, IKE_CHOICES,
@@ -236,8 +237,15 @@ def cmd_run(args) -> int:
     except NotReady as exc:
         print(f"ikelab: {exc}", file=sys.stderr)
         return 2
+    from .captures import CaptureError
+    from .cluster import FailoverError
+    from .daemons import DaemonConfigError
     from .job import run_main_job
     from .lab import Lab, LabError
+    from .plots import PlotError
+    from .switch import SwitchError
+    LAB_FAILURES = (LabError, DaemonConfigError, SwitchError, FailoverError, CaptureError,
+                    PlotError, OSError)
     from .render import TEMPLATE_DIR
     from .report import format_text
     # Ctrl-C and SIGTERM both mean "tear down and leave", even when started from a context that
@@ -275,7 +283,14 @@ def cmd_run(args) -> int:
         if Interrupted.seen:
             print("ikelab: interrupted; the lab was torn down", file=sys.stderr)
             return 130
-        print(f"ikelab: the lab failed and was torn down: {type(exc).__name__}: {exc}",
+        if isinstance(exc, LAB_FAILURES):  # the lab's own, expected failures: one line
+            print(f"ikelab: the lab failed and was torn down: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return 1
+        # Anything else is a bug in the lab: torn down all the same (the `with` has ended),
+        # then shown whole, not dressed up as a failure of the lab.
+        traceback.print_exc()
+        print("ikelab: that is a bug in the lab (the traceback above); the lab was torn down",
               file=sys.stderr)
         return 1
     return 0 if report["ok"] else 1

@@ -11,7 +11,6 @@ never into `--json` output or a log.
 """
 
 import random
-import re
 import sys
 import threading
 import time
@@ -24,6 +23,7 @@ import vici
 from tqdm import tqdm
 
 from . import strongswan
+from .outage import PING, ping_counts
 from .agent.names import CHILD_NAME
 from .topology import CROWD_OUTER, Plan, Site
 
@@ -31,7 +31,6 @@ SAMPLE_SITES = 16  # sites the traffic test pings through, both ways
 WINDOW_SECONDS = 2.0  # sites initiated but not yet up: at most this many seconds of the rate
 MIN_WINDOW = 20
 SAMPLE_SEED = 1
-PING_COUNT = 3
 VICI_ERRORS = (OSError, vici.exception.SessionException, vici.exception.CommandException)
 
 
@@ -203,18 +202,14 @@ def ping_sample(lab, sites: list[Site]) -> dict[str, dict[str, dict[str, int]]]:
     plan = lab.plan
     lan_host = lab.node(plan.lan_host.name)
     lan_address = str(plan.lan_host.interfaces[0].address.ip)
-    cmd = ["ping", "-n", "-q", "-c", str(PING_COUNT), "-i", "0.2", "-W", "2"]
     procs = {}
     for site in sites:
-        procs[(site.name, "to_site")] = lan_host.popen(cmd + [str(site.lan_address)])
+        procs[(site.name, "to_site")] = lan_host.popen(PING + [str(site.lan_address)])
         procs[(site.name, "from_site")] = lab.node(site.node).popen(
-            cmd + ["-I", str(site.lan_address), lan_address])
+            PING + ["-I", str(site.lan_address), lan_address])
     result = {s.name: {} for s in sites}
-    for (site, direction), proc in procs.items():
-        out, _ = proc.communicate(timeout=30)
-        match = re.search(rb"(\d+) packets transmitted, (\d+) received", out)
-        sent, received = (int(match.group(1)), int(match.group(2))) if match else (PING_COUNT, 0)
-        result[site][direction] = {"sent": sent, "received": received}
+    for (site, direction), counts in ping_counts(procs).items():
+        result[site][direction] = counts
     return result
 
 

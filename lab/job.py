@@ -5,17 +5,16 @@ bucket counters and packet paths from Open vSwitch, ping counts from ping itself
 """
 
 import json
-import re
 import subprocess
 import time
 
 from . import crowd, hashing
 from .lab import Lab
+from .outage import PING, ping_counts
 from .probes import ask_agent, member_sas
 from .report import lab_report, tunnel_report
 from .topology import EXTERNAL_VIP, Plan
 
-PING_COUNT = 3
 TCP_BASE_PORT = 5201
 TCP_BYTES = "1M"
 TCP_PARALLEL = 8
@@ -63,15 +62,11 @@ def ping_all(lab: Lab, plan: Plan) -> dict[str, dict[str, dict[str, int]]]:
     lan_address = plan.lan_host.interfaces[0].address.ip
     procs = {}
     for peer in plan.peers:
-        cmd = ["ping", "-n", "-q", "-c", str(PING_COUNT), "-i", "0.2", "-W", "2"]
-        procs[(peer.name, "to_peer")] = lan_host.popen(cmd + [str(peer.lan_host_address)])
-        procs[(peer.name, "from_peer")] = lab.node(peer.lan_host).popen(cmd + [str(lan_address)])
+        procs[(peer.name, "to_peer")] = lan_host.popen(PING + [str(peer.lan_host_address)])
+        procs[(peer.name, "from_peer")] = lab.node(peer.lan_host).popen(PING + [str(lan_address)])
     result = {p.name: {} for p in plan.peers}
-    for (peer, direction), proc in procs.items():
-        out, _ = proc.communicate(timeout=30)
-        match = re.search(rb"(\d+) packets transmitted, (\d+) received", out)
-        sent, received = (int(match.group(1)), int(match.group(2))) if match else (PING_COUNT, 0)
-        result[peer][direction] = {"sent": sent, "received": received}
+    for (peer, direction), counts in ping_counts(procs).items():
+        result[peer][direction] = counts
     return result
 
 

@@ -56,3 +56,20 @@ def lost(text: str, start: float, end: float) -> int:
 def duplicates(text: str) -> int:
     """Echo replies that came twice (ping marks them `(DUP!)`): two members answering."""
     return sum(1 for line in text.splitlines() if "(DUP!)" in line)
+
+
+PING_COUNT = 3
+# A traffic test's pings: three, 0.2 s apart, each answer awaited 2 s; -q: the summary only.
+PING = ["ping", "-n", "-q", "-c", str(PING_COUNT), "-i", "0.2", "-W", "2"]
+
+
+def ping_counts(pings: dict) -> dict:
+    """key -> {"sent", "received"} from each `PING` process's summary (waited for here, 30 s
+    at most); a ping that printed none counts PING_COUNT sent and none received."""
+    result = {}
+    for key, process in pings.items():
+        out, _ = process.communicate(timeout=30)
+        match = re.search(rb"(\d+) packets transmitted, (\d+) received", out)
+        sent, received = (int(match.group(1)), int(match.group(2))) if match else (PING_COUNT, 0)
+        result[key] = {"sent": sent, "received": received}
+    return result

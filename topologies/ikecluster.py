@@ -3,9 +3,11 @@
     sudo mn --custom topologies/ikecluster.py --topo ikecluster,members=3,peers=2
 
 Options (all optional): members, peers, hash (l3|l4|split), mode (ls|ha), ike (1|2|mixed),
-auth (psk|pubkey), nat=1, keep=1, agent=0, ownership=table+label, dead_after=SECONDS. Every
-node starts its own daemons; the CLI gains the lab's commands (`help` lists them: sas, up,
-ownership, steering, hashing, members, fail, restore, partition, heal, rehash), and
+auth (psk|pubkey), nat=1, keep=1, agent=0, ownership=table+label|stateless,
+dead_after=SECONDS, chain=N, ike_fragmentation=0, rebalance=0. Every node starts its own
+daemons; the CLI gains the lab's commands (`help` lists them: sas, up, ownership, steering,
+hashing, sites, members, fail, restore, drain, undrain, stop, partition, heal, rehash, flood
+and capture), and
 `m1 swanctl --list-sas` talks to m1's own charon. `mn` runs under /usr/bin/python3, so this
 file puts the lab and the venv made by scripts/setup.sh on its path.
 

@@ -169,9 +169,9 @@ def test_a_drain_hands_every_tunnel_over_before_the_old_sas_end():
     assert c.agents[2].membership.serving() == ["m2", "m3"]  # m1 no longer serves
 
 
-def test_the_old_holder_steers_the_lan_to_the_new_one_before_its_sa_ends():
-    # Between charon deleting the old CHILD SA (and its route) and the steering route to the
-    # new holder, a packet from the cluster's LAN would have nowhere to go: the route first.
+def handed_over_to_m2() -> Cluster:
+    """Two members; m1 holds p1's tunnel and drains; m2 initiates p1's new SA and it comes up;
+    2 s later."""
     lan = PEERS["p1"][1]
     c = Cluster(n=2, peers=PEERS, rebalance=False).start()
     c.handle(1, HoldingsRead(frozenset({lan})))
@@ -184,6 +184,14 @@ def test_the_old_holder_steers_the_lan_to_the_new_one_before_its_sa_ends():
     up(c, 2, "p1", 11)
     c.deliver()
     c.run(2.0)
+    return c
+
+
+def test_the_old_holder_steers_the_lan_to_the_new_one_before_its_sa_ends():
+    # Between charon deleting the old CHILD SA (and its route) and the steering route to the
+    # new holder, a packet from the cluster's LAN would have nowhere to go: the route first.
+    lan = PEERS["p1"][1]
+    c = handed_over_to_m2()
     actions = c.done[1]
     ended = [n for n, a in enumerate(actions) if isinstance(a, EndSa)]
     steered = [n for n, a in enumerate(actions)
@@ -249,17 +257,7 @@ def test_an_old_sa_that_charon_did_not_end_is_asked_again():
     # Ending runs in a thread of the shell and can fail; the old SA must not stay forever
     # beside the new one (seen in a crowd's drain: 3 sites of 100 kept two SAs).
     from lab.agent.handover import END_RETRY
-    lan = PEERS["p1"][1]
-    c = Cluster(n=2, peers=PEERS, rebalance=False).start()
-    c.handle(1, HoldingsRead(frozenset({lan})))
-    up(c, 1, "p1", 1)
-    c.deliver()
-    c.handle(1, DrainAsked(True))
-    c.run(BALANCE_INTERVAL + 0.1)
-    c.handle(2, HoldingsRead(frozenset({lan})))
-    up(c, 2, "p1", 11)
-    c.deliver()
-    c.run(2.0)
+    c = handed_over_to_m2()
     ends = lambda: [a for a in c.done[1] if isinstance(a, EndSa)]  # noqa: E731
     assert len(ends()) == 1
     c.run(END_RETRY + 1.0)  # charon never said the old SA went down
