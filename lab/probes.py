@@ -151,8 +151,9 @@ def data_path_complete(lab, peers) -> set[str]:
         if len(holders) != 1 or cluster_lan not in kernel_routes(lab.node(peer.name),
                                                                  TUNNEL_TABLE):
             continue
-        if all(m == holders[0] or steering[m].get(lan) == sync_of[holders[0]]
-               for m in serving if plan.spec.agent):
+        if not plan.spec.agent or all(m == holders[0]
+                                      or steering[m].get(lan) == sync_of[holders[0]]
+                                      for m in serving):
             complete.add(peer.name)
     return complete
 

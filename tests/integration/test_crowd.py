@@ -108,5 +108,5 @@ def test_the_clis_sites_shows_the_crowd_filters_it_and_refuses_bad_words():
     assert on_m1 and all(line.split()[-1] == "m1" for line in on_m1)
     assert answers[2].splitlines()[2:] == ["  (no site matches)"]
     assert answers[3] == "*** 'm9' is neither a member (m1, m2, m3) nor up, down or double\n"
-    # m2's charon is dead: no site is held by it (until their DPD moves them, down)
+    # m2's charon is dead: it holds no site any more (its sites are down until their DPD)
     assert all(line.split()[-1] != "m2" for line in answers[5].splitlines()[2:])
