@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 
 from .topology import (AUTH_METHODS, CLUSTER_MODES, DEFAULT_CROWD_RATE, HASH_MODES, IKE_CHOICES,
-                       OWNERSHIP_MODES, LabSpec, TopologyError, build_plan)
+                       IP_CHOICES, OWNERSHIP_MODES, LabSpec, TopologyError, build_plan)
 
 
 class UsageError(Exception):
@@ -68,6 +68,7 @@ EXAMPLES = {
   ikelab <command> --help                 each command's options and examples""",
     "run": """examples:
   ikelab run --members 5 --peers 8 --ike mixed
+  ikelab run --ip dual --hash split       IPv4 and IPv6 in every tunnel, half the peers over each
   ikelab run --hash split --capture       keep pcaps per switch port (Wireshark) and traces
   ikelab run --hash split --cli           then: ownership, sas, fail m2, capture start, ...
   ikelab run --chaos --keep               fail, rehash, partition members; writes chaos.png
@@ -108,6 +109,10 @@ def _topology_options(parser) -> None:
                         help="ls: load sharing; ha: one active member (ls)")
     parser.add_argument("--nat", action="store_true",
                         help="put the first peer behind a NAT router")
+    parser.add_argument("--ip", choices=IP_CHOICES, default="4",
+                        help="IP version inside the tunnels and of the peers outside: 6, or "
+                        "dual (both inside one CHILD SA, half the peers reach the cluster "
+                        "over each) (4)")
 
 
 def parser() -> Parser:
@@ -222,7 +227,7 @@ def cmd_run(args) -> int:
     spec = LabSpec(args.members, args.peers, args.hash, args.mode, args.ike, args.auth, args.nat,
                    args.agent, args.ownership, args.expiry, args.dead_after, args.chain,
                    args.ike_fragmentation, args.rebalance, args.trace, args.crowd,
-                   args.crowd_rate)
+                   args.crowd_rate, args.ip)
     spec.validate()
     if args.chaos and not spec.agent:
         raise UsageError("--chaos needs the agent: without it no tunnel survives a member")
@@ -434,7 +439,7 @@ def cmd_graph(args) -> int:
         _, plan = _run_plan(args.run)
     else:
         plan = build_plan(LabSpec(args.members, args.peers, args.hash, args.mode,
-                                  nat=args.nat).validate())
+                                  nat=args.nat, ip=args.ip).validate())
     try:
         draw_topology(plan, args.output)
     except OSError as exc:

@@ -15,6 +15,15 @@ Hash modes (`--hash`):
   (bucket_id, hash of the fields); both groups hash the same fields and carry the same bucket
   ids, so a peer's 500 and 4500 traffic pick the same bucket id and thus different members.
 
+IPv6 (`--ip 6|dual`): the same three groups again for IPv6 (``IKE6_GROUP``, ``NATT6_GROUP``,
+``FRAGMENT6_GROUP``), hashing ``ipv6_src``/``ipv6_dst`` where IPv4 hashes ``ip_src``/``ip_dst``
+(the ports alike), with the same bucket ids: ``l3``, ``l4`` and ``split`` mean what they mean
+for IPv4. IPv6 fragments (a Fragment header) take the fragment group by their addresses. The
+flow label is not hashed: a peer's IKE and ESP carry none (Linux sets one per socket, and
+IKE moves sockets between 500 and 4500), so it would only split a peer's traffic further.
+No neighbour discovery crosses the switch: the nodes know each other's MACs from the plan
+(`topology`), and what a member sends to the upstream "router" goes to the sink MAC.
+
 In ``--mode ha`` the group has a single bucket: the active member takes everything.
 
 Addresses nobody holds: the switch answers a member's ARP request for any address of the
@@ -37,24 +46,34 @@ Every function takes the hash mode and the serving members explicitly where they
 at run time (`rehash`, failover); by default they are the spec's mode and every member.
 """
 
-from .topology import LabSpec, Switch
-
-SINK_MAC = "02:1c:ff:00:00:00"  # what the switch answers for addresses nobody holds
+from .topology import SINK_MAC, LabSpec, Switch
 IKE_GROUP = 1
 NATT_GROUP = 2
 FRAGMENT_GROUP = 3
+IKE6_GROUP, NATT6_GROUP, FRAGMENT6_GROUP = 4, 5, 6
 BROADCAST = "ff:ff:ff:ff:ff:ff"
+GROUP_NAMES = {IKE_GROUP: "ip", NATT_GROUP: "udp4500", FRAGMENT_GROUP: "fragments",
+               IKE6_GROUP: "ipv6", NATT6_GROUP: "udp4500 ipv6", FRAGMENT6_GROUP: "fragments ipv6"}
 
 L3_FIELDS = ("ip_src", "ip_dst")
 L4_FIELDS = L3_FIELDS + ("udp_src", "udp_dst", "tcp_src", "tcp_dst")
+L3_FIELDS6 = ("ipv6_src", "ipv6_dst")
+L4_FIELDS6 = L3_FIELDS6 + L4_FIELDS[2:]
 
 
-def hash_fields(switch: Switch, spec: LabSpec, mode: str | None = None) -> tuple[str, ...]:
-    """The header fields the switch's select group hashes on (`mode` overrides spec.hash)."""
+def hash_fields(switch: Switch, spec: LabSpec, mode: str | None = None,
+                version: int = 4) -> tuple[str, ...]:
+    """The header fields the switch's select group for IP `version` hashes on (`mode`
+    overrides spec.hash)."""
     mode = mode or spec.hash
     if mode == "l3" or (mode == "split" and switch.role == "external"):
-        return L3_FIELDS
-    return L4_FIELDS
+        return L3_FIELDS6 if version == 6 else L3_FIELDS
+    return L4_FIELDS6 if version == 6 else L4_FIELDS
+
+
+def ipv6(spec: LabSpec) -> bool:
+    """True when the lab carries IPv6 (the switches get the IPv6 groups and flows)."""
+    return spec.ip != "4"
 
 
 def active_ports(switch: Switch, spec: LabSpec, serving=None) -> list[int]:
@@ -73,11 +92,23 @@ def splits(switch: Switch, spec: LabSpec, mode: str | None = None) -> bool:
 def groups(switch: Switch, spec: LabSpec, serving=None, mode: str | None = None) -> list[str]:
     """The select groups, as `ovs-ofctl add-group`/`mod-group` arguments."""
     ports = active_ports(switch, spec, serving)
-    fields = ",".join(hash_fields(switch, spec, mode))
-    result = [_group(IKE_GROUP, fields, zip(ports, ports)),
-              _group(FRAGMENT_GROUP, ",".join(L3_FIELDS), zip(ports, ports))]
-    if splits(switch, spec, mode):
-        result.append(_group(NATT_GROUP, fields, zip(ports, ports[1:] + ports[:1])))
+    result = []
+    for version, (ike, natt, fragments) in _families(spec):
+        fields = ",".join(hash_fields(switch, spec, mode, version))
+        l3 = ",".join(L3_FIELDS6 if version == 6 else L3_FIELDS)
+        result += [_group(ike, fields, zip(ports, ports)), _group(fragments, l3, zip(ports, ports))]
+        if splits(switch, spec, mode):
+            result.append(_group(natt, fields, zip(ports, ports[1:] + ports[:1])))
+    return result
+
+
+def _families(spec: LabSpec) -> list[tuple[int, tuple[int, int, int]]]:
+    """(IP version, (its IKE, NAT-T and fragment group ids)) for each version the switch
+    hashes: IPv4 always (the peers behind a NAT, and the ARP-answered segment), IPv6 when the
+    lab has it."""
+    result = [(4, (IKE_GROUP, NATT_GROUP, FRAGMENT_GROUP))]
+    if ipv6(spec):
+        result.append((6, (IKE6_GROUP, NATT6_GROUP, FRAGMENT6_GROUP)))
     return result
 
 
@@ -96,11 +127,13 @@ def bucket_members(switch: Switch, spec: LabSpec, serving=None,
     """For each group, bucket id -> member name, matching what `groups()` installs."""
     names = {p.port: p.node for p in switch.member_ports()}
     ports = active_ports(switch, spec, serving)
-    result = {IKE_GROUP: {p: names[p] for p in ports},
-              FRAGMENT_GROUP: {p: names[p] for p in ports}}
-    if splits(switch, spec, mode):
-        rotated = ports[1:] + ports[:1]
-        result[NATT_GROUP] = {p: names[r] for p, r in zip(ports, rotated)}
+    result = {}
+    for _version, (ike, natt, fragments) in _families(spec):
+        result[ike] = {p: names[p] for p in ports}
+        result[fragments] = {p: names[p] for p in ports}
+        if splits(switch, spec, mode):
+            rotated = ports[1:] + ports[:1]
+            result[natt] = {p: names[r] for p, r in zip(ports, rotated)}
     return result
 
 
@@ -133,12 +166,15 @@ def flows(switch: Switch, spec: LabSpec, mode: str | None = None) -> list[str]:
     result.append(f"priority=380,arp,arp_op=1,dl_src={switch.vmac},"
                   f"actions={_arp_reply(SINK_MAC)}")
     result.append(f"priority=370,dl_dst={SINK_MAC},actions=drop")
-    result.append(f"priority=350,ip,nw_frag=yes,dl_dst={switch.vmac},"
-                  f"actions=group:{FRAGMENT_GROUP}")
-    if splits(switch, spec, mode):
-        result.append(f"priority=300,udp,dl_dst={switch.vmac},tp_dst=4500,"
-                      f"actions=group:{NATT_GROUP}")
-    result.append(f"priority=200,ip,dl_dst={switch.vmac},actions=group:{IKE_GROUP}")
+    for version, (ike, natt, fragments) in _families(spec):
+        ip, udp = ("ipv6", "udp6") if version == 6 else ("ip", "udp")
+        result.append(f"priority=350,{ip},nw_frag=yes,dl_dst={switch.vmac},"
+                      f"actions=group:{fragments}")
+        if splits(switch, spec, mode):
+            result.append(f"priority=300,{udp},dl_dst={switch.vmac},tp_dst=4500,"
+                          f"actions=group:{natt}")
+        result.append(f"priority=200,{ip},dl_dst={switch.vmac},actions=group:{ike}")
+    # IPv6 to the upstream router: the sink (`topology.UPSTREAM6`) drops it, as above.
     # Anything else for the shared MAC (ARP replies to a member's request) reaches every
     # member, so whichever member asked learns the answer.
     members = ",".join(f"output:{p.port}" for p in switch.member_ports())

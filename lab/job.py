@@ -13,7 +13,7 @@ from .lab import Lab
 from .outage import PING, ping_counts
 from .probes import ask_agent, member_sas
 from .report import lab_report, tunnel_report
-from .topology import EXTERNAL_VIP, Plan
+from .topology import Plan
 
 TCP_BASE_PORT = 5201
 TCP_BYTES = "1M"
@@ -29,10 +29,12 @@ def switch_paths(lab: Lab) -> dict[str, dict[str, str | None]]:
         front = "r1" if peer.behind_nat else peer.name
         port = ports[(front, "eth0")]
         paths = {}
+        proto, src, dst = (("udp6", "ipv6_src", "ipv6_dst") if peer.seen_as.version == 6
+                           else ("udp", "nw_src", "nw_dst"))
         for udp in (500, 4500):
             paths[f"udp{udp}"] = switch.member_for(
-                f"in_port={port.port},udp,dl_src={port.mac},dl_dst={switch.plan_switch.vmac},"
-                f"nw_src={peer.seen_as},nw_dst={EXTERNAL_VIP},udp_src={udp},udp_dst={udp}")
+                f"in_port={port.port},{proto},dl_src={port.mac},dl_dst={switch.plan_switch.vmac},"
+                f"{src}={peer.seen_as},{dst}={peer.vip},udp_src={udp},udp_dst={udp}")
         result[peer.name] = paths
     return result
 
@@ -43,9 +45,8 @@ def bucket_counters(lab: Lab) -> dict[str, dict[str, dict[str, int]]]:
     for role in ("external", "internal"):
         switch = lab.switch(role)
         stats = switch.bucket_stats()
-        names = {hashing.IKE_GROUP: "ip", hashing.NATT_GROUP: "udp4500",
-                 hashing.FRAGMENT_GROUP: "fragments"}
-        result[switch.name] = {names[g]: counts for g, counts in sorted(stats.items())}
+        result[switch.name] = {hashing.GROUP_NAMES[g]: counts
+                               for g, counts in sorted(stats.items())}
     return result
 
 
@@ -57,13 +58,18 @@ def agent_status(lab: Lab) -> dict[str, dict]:
 
 
 def ping_all(lab: Lab, plan: Plan) -> dict[str, dict[str, dict[str, int]]]:
-    """Ping both ways between the cluster's LAN host and every peer's LAN host, in parallel."""
+    """Ping both ways between the cluster's LAN host and every peer's LAN host, in parallel,
+    in each family the LANs carry (`to_peer`, `from_peer`; with both, IPv6 is `to_peer6`,
+    `from_peer6`)."""
     lan_host = lab.node(plan.lan_host.name)
-    lan_address = plan.lan_host.interfaces[0].address.ip
+    ours = {a.version: a.ip for a in plan.lan_host.interfaces[0].addresses}
     procs = {}
     for peer in plan.peers:
-        procs[(peer.name, "to_peer")] = lan_host.popen(PING + [str(peer.lan_host_address)])
-        procs[(peer.name, "from_peer")] = lab.node(peer.lan_host).popen(PING + [str(lan_address)])
+        for theirs in peer.lan_hosts:
+            suffix = "6" if theirs.version == 6 and len(peer.lan_hosts) > 1 else ""
+            procs[(peer.name, f"to_peer{suffix}")] = lan_host.popen(PING + [str(theirs)])
+            procs[(peer.name, f"from_peer{suffix}")] = lab.node(peer.lan_host).popen(
+                PING + [str(ours[theirs.version])])
     result = {p.name: {} for p in plan.peers}
     for (peer, direction), counts in ping_counts(procs).items():
         result[peer][direction] = counts
@@ -84,7 +90,7 @@ def tcp_all(lab: Lab, plan: Plan) -> dict[str, dict[str, dict]]:
 
 def _tcp_batch(lab: Lab, plan: Plan, peers: list) -> dict[str, dict[str, dict]]:
     lan_host = lab.node(plan.lan_host.name)
-    lan_address = str(plan.lan_host.interfaces[0].address.ip)
+    lan_address = str(plan.lan_host.interfaces[0].addresses[0].ip)
     ports = {(p.name, d): TCP_BASE_PORT + 2 * (p.index - 1) + n
              for p in peers for n, d in enumerate(("from_peer", "to_peer"))}
     servers = [lan_host.popen(["iperf3", "-s", "-1", "-p", str(port)]) for port in ports.values()]

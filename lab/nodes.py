@@ -61,17 +61,33 @@ class LabNode(Host):
         params.update(ip=None, mac=None, defaultRoute=None)
         result = super().config(**params)
         host = self.plan_host
-        sysctls = {"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1,
+        ipv6 = host.ipv6
+        # IPv6 only where the plan has it. No duplicate address detection: members share
+        # their virtual addresses (and so their link-local ones) by design, and the hashing
+        # switch carries no neighbour discovery (`topology`: the plan's neighbours instead).
+        sysctls = {"net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0,
+                   "net.ipv6.conf.all.accept_ra": 0, "net.ipv6.conf.default.accept_ra": 0,
+                   "net.ipv6.conf.all.forwarding": int(host.forwarding and ipv6),
+                   "net.ipv6.conf.all.disable_ipv6": int(not ipv6),
+                   "net.ipv6.conf.default.disable_ipv6": int(not ipv6),
                    "net.ipv4.ip_forward": int(host.forwarding),
                    "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0}
+        devices = [f"{self.name}-{intf.name}" for intf in host.interfaces]
+        if ipv6:
+            sysctls |= {f"net.ipv6.conf.{dev}.accept_dad": 0 for dev in devices}
         self.cmd("; ".join(f"sysctl -qw {k}={v}" for k, v in sysctls.items()))
         commands = []
-        for intf in host.interfaces:
-            dev = f"{self.name}-{intf.name}"
+        for intf, dev in zip(host.interfaces, devices):
             # With OVS's userspace datapath, veth TX checksum offload leaves UDP checksums
             # unfilled and receivers drop the packets silently.
-            commands.append(f"ip addr flush dev {dev}; ip addr add {intf.address} dev {dev}; "
-                            f"ip link set {dev} up; ethtool -K {dev} tx off >/dev/null 2>&1")
+            commands.append(f"ip addr flush dev {dev}; "
+                            + "".join(f"ip addr add {address} dev {dev} nodad; "
+                                      if address.version == 6 else
+                                      f"ip addr add {address} dev {dev}; "
+                                      for address in intf.addresses)
+                            + f"ip link set {dev} up; ethtool -K {dev} tx off >/dev/null 2>&1")
+        commands += [f"ip neigh replace {address} lladdr {mac} nud permanent "
+                     f"dev {self.name}-{intf}" for address, mac, intf in host.neighbours]
         commands += [f"ip route replace {destination} via {gateway}"
                      for destination, gateway in host.routes]
         if commands:  # one round trip to the node's shell: a 128-peer lab has 266 nodes

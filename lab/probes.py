@@ -120,7 +120,8 @@ def kernel_routes(node, table: int) -> dict[str, str | None]:
     """prefix -> gateway (None for a route to a device) in routing table `table` of `node`,
     as its kernel has them now; empty if the table does not exist."""
     routes = {}
-    for line in node.cmd(f"ip -4 -o route show table {table} 2>/dev/null").splitlines():
+    for line in node.cmd(f"ip -4 -o route show table {table} 2>/dev/null; "
+                         f"ip -6 -o route show table {table} 2>/dev/null").splitlines():
         words = line.split()
         if words and "/" in words[0]:
             routes[words[0]] = words[words.index("via") + 1] if "via" in words else None
@@ -139,21 +140,25 @@ def data_path_complete(lab, peers) -> set[str]:
     tunnels = {m.name: kernel_routes(lab.node(m.name), TUNNEL_TABLE) for m in plan.members}
     steering = ({m.name: kernel_routes(lab.node(m.name), STEERING_TABLE)
                  for m in plan.members} if plan.spec.agent else {})
-    sync_of = {m.name: str(m.sync_address) for m in plan.members}
+    sync_of = {(m.name, 4): str(m.sync_address) for m in plan.members}
+    sync_of |= {(m.name, 6): str(m.sync_address6) for m in plan.members}
     serving = lab.switch("internal").buckets
-    cluster_lan = str(plan.lan_host.interfaces[0].address.network)
+    cluster_lans = [str(lan) for lan in plan.cluster_lans]
     complete = set()
     for peer in plan.peers:
         if peer.name not in peers:
             continue
-        lan = str(peer.lan)
-        holders = [m for m, routes in tunnels.items() if lan in routes]
-        if len(holders) != 1 or cluster_lan not in kernel_routes(lab.node(peer.name),
-                                                                 TUNNEL_TABLE):
+        holders = {m for m, routes in tunnels.items() for lan in peer.lans if str(lan) in routes}
+        if len(holders) != 1 or not all(
+                str(lan) in tunnels[next(iter(holders))] for lan in peer.lans):
             continue
-        if not plan.spec.agent or all(m == holders[0]
-                                      or steering[m].get(lan) == sync_of[holders[0]]
-                                      for m in serving):
+        holder = next(iter(holders))
+        theirs = kernel_routes(lab.node(peer.name), TUNNEL_TABLE)
+        if not all(lan in theirs for lan in cluster_lans):
+            continue
+        if not plan.spec.agent or all(
+                m == holder or steering[m].get(str(lan)) == sync_of[(holder, lan.version)]
+                for m in serving for lan in peer.lans):
             complete.add(peer.name)
     return complete
 

@@ -199,8 +199,9 @@ def member_swanctl_data(plan: Plan, member: Member, creds: Credentials) -> dict:
             ports = [None] + ([NATT_PORT] if p.behind_nat else [])
             for port in ports:
                 connections.append(_connection(
-                    natt_connection(name) if port else name, p.ike_version, str(EXTERNAL_VIP),
-                    str(p.seen_as), CLUSTER_ID, p.identity, str(CLUSTER_LAN), str(p.lan), auth,
+                    natt_connection(name) if port else name, p.ike_version, str(p.vip),
+                    str(p.seen_as), CLUSTER_ID, p.identity, _ts(plan.cluster_lans), _ts(p.lans),
+                    auth,
                     cert, "clear", plan.spec.ike_fragmentation, remote_port=port,
                     unique=unique))
     psks = [{"name": p.name, "ids": [CLUSTER_ID, p.identity], "secret": creds.psk(p)}
@@ -266,8 +267,8 @@ def peer_swanctl_data(plan: Plan, peer: Peer, creds: Credentials) -> dict:
     a negotiation that fails (its responder died halfway) is tried again, without end."""
     auth, cert = _auth_data(creds, peer.identity)
     connection = _connection(CLUSTER_CONNECTION, peer.ike_version, str(peer.address),
-                             str(EXTERNAL_VIP), peer.identity, CLUSTER_ID, str(peer.lan),
-                             str(CLUSTER_LAN), auth, cert, "restart",
+                             str(peer.vip), peer.identity, CLUSTER_ID, _ts(peer.lans),
+                             _ts(plan.cluster_lans), auth, cert, "restart",
                              plan.spec.ike_fragmentation, PEER_DPD_DELAY, keyingtries=0)
     psks = [{"name": CLUSTER_CONNECTION, "ids": [peer.identity, CLUSTER_ID],
              "secret": creds.psk(peer)}] if auth == "psk" else []
@@ -280,10 +281,11 @@ def agent_config(plan: Plan, member: Member, files: NodeFiles,
     return AgentConfig(
         member=member.name, index=member.index,
         members={m.name: str(m.sync_address) for m in plan.members},
+        members6={m.name: str(m.sync_address6) for m in plan.members if m.sync_address6},
         key=creds.sync_key(), mode=plan.spec.mode, ownership=plan.spec.ownership,
         expiry=plan.spec.expiry, external_interface=f"{member.name}-eth0",
         lan_interface=f"{member.name}-eth1", sync_interface=f"{member.name}-eth2",
-        peers={p.name: [str(p.seen_as), str(p.lan)] for p in plan.peers}
+        peers={p.name: [str(p.seen_as), *map(str, p.lans)] for p in plan.peers}
         | {s.name: [str(s.address), str(s.lan)] for s in plan.sites()},
         sites={s.name: [s.identity, s.ike_version] for s in plan.sites()},
         site_connection=site_connection(plan, creds) if plan.crowd else {},
@@ -295,6 +297,11 @@ def agent_config(plan: Plan, member: Member, files: NodeFiles,
         cap=max(AgentConfig.cap, 3 * (len(plan.peers) + len(plan.sites()))),
         rebalance=plan.spec.rebalance, natt_peers=[p.name for p in plan.peers if p.behind_nat],
         trace=str(files.trace) if plan.spec.trace else "")
+
+
+def _ts(networks) -> str:
+    """A traffic selector list as swanctl.conf spells it."""
+    return ",".join(str(n) for n in networks)
 
 
 def seconds(value: float) -> str:

@@ -77,7 +77,8 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
     established_on = sorted(m for m, s in states.items() if s == "ESTABLISHED")
     children = _child_sas(current, member_sas)
     traffic_ok = (all(0 < traffic.get(d, {}).get("received", 0) == traffic[d].get("sent", 0)
-                      for d in ("to_peer", "from_peer"))
+                      for d in ("to_peer", "from_peer", "to_peer6", "from_peer6")
+                      if d in traffic or not d.endswith("6"))
                   and all(traffic.get(f"tcp_{d}", {}).get("bytes", 0) > 0
                           for d in ("to_peer", "from_peer")))
     problems, warnings = [], []
@@ -105,7 +106,11 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
     if state == "ESTABLISHED" and not any(c["state"] == "INSTALLED" for c in children):
         problems.append("no CHILD SA installed")
     for direction, label in (("to_peer", "cluster LAN -> peer LAN"),
-                             ("from_peer", "peer LAN -> cluster LAN")):
+                             ("from_peer", "peer LAN -> cluster LAN"),
+                             ("to_peer6", "cluster LAN -> peer LAN over IPv6"),
+                             ("from_peer6", "peer LAN -> cluster LAN over IPv6")):
+        if direction.endswith("6") and direction not in traffic:
+            continue  # a lab of one family pings in it alone
         counts = traffic.get(direction, {})
         if counts.get("received", 0) == 0:
             problems.append(f"no traffic {label} ({counts.get('received', 0)}/"
@@ -117,7 +122,7 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
             warnings.append(f"pings lost {label} after the tunnel was up "
                             f"({counts['received']}/{counts['sent']} answered)")
         tcp = traffic.get(f"tcp_{direction}", {})
-        if tcp.get("bytes", 0) == 0:
+        if not direction.endswith("6") and tcp.get("bytes", 0) == 0:
             problems.append(f"no TCP {label} ({tcp.get('error') or 'nothing received'})")
     return {"peer": peer, "ike_version": ike_version, "state": state,
             "ike_sa_holders": sorted(states), "holder_states": states,
@@ -152,7 +157,9 @@ def _traffic_cell(traffic: dict, direction: str) -> str:
     """Pings answered, and whether TCP went through: "3/3 +tcp"."""
     pings = traffic.get(direction, {})
     tcp = "+tcp" if traffic.get(f"tcp_{direction}", {}).get("bytes", 0) > 0 else "-tcp"
-    return f"{pings.get('received', 0)}/{pings.get('sent', 0)} {tcp}"
+    six = traffic.get(f"{direction}6")
+    v6 = f" v6 {six.get('received', 0)}/{six.get('sent', 0)}" if six else ""
+    return f"{pings.get('received', 0)}/{pings.get('sent', 0)}{v6} {tcp}"
 
 
 def format_text(report: dict) -> str:

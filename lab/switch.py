@@ -142,7 +142,8 @@ class HashingSwitch(OVSSwitch):
             ofctl("replace-flows", self.name, "-", stdin="\n".join(
                 hashing.flows(self.plan_switch, self.spec, new_mode)) + "\n")
             if not hashing.splits(self.plan_switch, self.spec, new_mode):
-                ofctl("del-groups", self.name, f"group_id={hashing.NATT_GROUP}")
+                for group in (hashing.NATT_GROUP, hashing.NATT6_GROUP):
+                    ofctl("del-groups", self.name, f"group_id={group}")
             self.serving, self.hash_mode, self.allowed = new_serving, new_mode, new_allowed
 
     def rehash(self, mode: str, members: set[str] | None = None) -> None:

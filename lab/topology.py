@@ -21,6 +21,23 @@ Address plan (documentation prefixes on the "internet" side, RFC 5737)::
                       via its crowd node, as the internet routes each branch's address to it
     10.64.0.0/14      the crowd sites' protected LANs: site j's is the /28 at 10.64.0.0 + 16 j
 
+IPv6 (`--ip 6`, or `--ip dual`: both families inside, half the peers outside over each),
+documentation prefixes only (RFC 3849), each network mirroring its IPv4 twin::
+
+    2001:db8:0:1::/64  the internet segment: ::1 the virtual IP, ::1x peer x (the IPv4 plan's
+                       last octet, read as hex digits: peer 1 is ::11 as it is .11);
+                       ::fffe the upstream router, a sink: members send what has no better
+                       route there, and the switch drops it (see `lab.hashing`)
+    2001:db8:1::/64    the cluster's LAN: ::1 internal virtual IP, ::10 its host
+    2001:db8:2:i::/64  peer i's protected LAN: ::1 the peer gateway, ::10 its host
+    2001:db8:0:ff::/64 the sync network's IPv6 twin: ::i member i (IPv6 LAN traffic and ESP
+                       are steered to an IPv6 next hop; the agents speak over IPv4)
+
+Across the hashing switches and the sync network, the nodes know each other's MACs from the
+plan (permanent neighbour entries), as the ARP answers of the switch do for IPv4: members
+share one address and one MAC, so neighbour discovery through a hashing switch would ask all
+of them, and on the sync network it would cost the first steered packets.
+
 Crowd sites have addresses of their own, not ports of one address, so the hashing switch spreads
 them over the members by their source address the way it spreads real branch gateways; the
 outer plan is private (RFC 1918) because a /18 of documentation space does not exist.
@@ -31,13 +48,15 @@ refuses to start if any of its prefixes overlaps an address or route of the host
 """
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface,
+                       IPv6Network)
 
 HASH_MODES = ("l3", "l4", "split")
 CLUSTER_MODES = ("ls", "ha")
 IKE_CHOICES = ("1", "2", "mixed")
 AUTH_METHODS = ("psk", "pubkey")
 OWNERSHIP_MODES = ("table", "table+label", "stateless")
+IP_CHOICES = ("4", "6", "dual")
 LABELLED_OWNERSHIP = ("table+label", "stateless")  # members stamp their index into IKE SPIs
 MAX_MEMBERS = 8
 MAX_PEERS = 128
@@ -60,11 +79,18 @@ SYNC_NET = IPv4Network("10.255.0.0/24")
 EXTERNAL_VIP = IPv4Address("203.0.113.1")
 INTERNAL_VIP = IPv4Address("10.1.0.1")
 SYNC_WITNESS = IPv4Interface("10.255.0.254/24")
+INTERNET6 = IPv6Network("2001:db8:0:1::/64")
+CLUSTER_LAN6 = IPv6Network("2001:db8:1::/64")
+SYNC_NET6 = IPv6Network("2001:db8:0:ff::/64")
+EXTERNAL_VIP6 = IPv6Address("2001:db8:0:1::1")
+INTERNAL_VIP6 = IPv6Address("2001:db8:1::1")
+UPSTREAM6 = IPv6Address("2001:db8:0:1::fffe")  # the sink members route the rest of v6 to
 CLUSTER_ID = "cluster.ikelab.test"
 
 # Locally administered MACs; the shared ones are what every member answers with.
 EXTERNAL_VMAC = "02:1c:00:00:00:01"
 INTERNAL_VMAC = "02:1c:00:00:00:02"
+SINK_MAC = "02:1c:ff:00:00:00"  # what the switch answers for addresses nobody holds
 
 # Switch port numbers: members first (bucket i is port i), everything else from 100 up.
 OTHER_PORT_BASE = 100
@@ -95,6 +121,12 @@ class LabSpec:
     trace: bool = True  # each agent writes its decisions to trace_<member>.jsonl
     crowd: int = 0  # emulated remote sites beside the peers, on crowd nodes (`Site`)
     crowd_rate: float = DEFAULT_CROWD_RATE  # sites per second starting their tunnels
+    ip: str = "4"  # 4, 6 or dual: the IP versions inside the tunnels, and of the peers outside
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The IP versions the protected LANs carry (and the virtual IPs answer on)."""
+        return {"4": (4,), "6": (6,), "dual": (4, 6)}[self.ip]
 
     def validate(self) -> "LabSpec":
         """Return self, or raise TopologyError naming the first bad option."""
@@ -122,19 +154,32 @@ class LabSpec:
                                      ("mode", self.mode, CLUSTER_MODES),
                                      ("ike", self.ike, IKE_CHOICES),
                                      ("auth", self.auth, AUTH_METHODS),
-                                     ("ownership", self.ownership, OWNERSHIP_MODES)):
+                                     ("ownership", self.ownership, OWNERSHIP_MODES),
+                                     ("ip", self.ip, IP_CHOICES)):
             if value not in choices:
                 raise TopologyError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
+        if self.nat and self.ip == "6":
+            raise TopologyError("nat needs IPv4: NAT66 is not what IPv6 sites do (with --ip "
+                                "dual, --nat puts the IPv4 half behind the NAT)")
+        if self.crowd and self.ip != "4":
+            raise TopologyError("crowd is IPv4 only: its sites' outer and LAN blocks have no "
+                                "IPv6 plan yet")
         return self
 
 
 @dataclass(frozen=True)
 class Interface:
-    """One interface of a node: Mininet's name, its address (with prefix) and MAC."""
+    """One interface of a node: Mininet's name, its addresses (with prefix) and MAC."""
 
     name: str
     address: IPv4Interface | None
     mac: str | None = None
+    address6: IPv6Interface | None = None
+
+    @property
+    def addresses(self) -> list:
+        """Its IPv4 and IPv6 addresses, those it has."""
+        return [a for a in (self.address, self.address6) if a is not None]
 
 
 @dataclass(frozen=True)
@@ -146,6 +191,12 @@ class Host:
     interfaces: tuple[Interface, ...]
     routes: tuple[tuple[str, str], ...] = ()  # (destination, gateway)
     forwarding: bool = False
+    # (IPv6 address, MAC, interface): neighbours across a hashing switch, known from the plan
+    neighbours: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def ipv6(self) -> bool:
+        return any(i.address6 for i in self.interfaces)
 
     def interface(self, name: str) -> Interface:
         return next(i for i in self.interfaces if i.name == name)
@@ -157,6 +208,7 @@ class Member:
     name: str
     sync_address: IPv4Address
     host: Host
+    sync_address6: IPv6Address | None = None
 
 
 @dataclass(frozen=True)
@@ -167,13 +219,27 @@ class Peer:
     name: str
     ike_version: int
     identity: str
-    address: IPv4Address  # its own external address
-    seen_as: IPv4Address  # the source address the cluster sees (differs behind NAT)
-    lan: IPv4Network
+    address: IPv4Address | IPv6Address  # its own external address
+    seen_as: IPv4Address | IPv6Address  # the source address the cluster sees (behind NAT)
+    lans: tuple  # its protected LAN of each family (IPv4 first)
     lan_host: str
-    lan_host_address: IPv4Address
+    lan_hosts: tuple  # the LAN host's address in each of them
     behind_nat: bool
     host: Host
+
+    @property
+    def lan(self) -> IPv4Network | IPv6Network:
+        """The first protected LAN: the one the cluster names the tunnel's holdings by."""
+        return self.lans[0]
+
+    @property
+    def lan_host_address(self) -> IPv4Address | IPv6Address:
+        return self.lan_hosts[0]
+
+    @property
+    def vip(self) -> IPv4Address | IPv6Address:
+        """The cluster's virtual IP this peer speaks IKE to: of its outer family."""
+        return EXTERNAL_VIP6 if self.address.version == 6 else EXTERNAL_VIP
 
 
 @dataclass(frozen=True)
@@ -213,6 +279,7 @@ class SwitchPort:
     interface: str
     mac: str
     address: IPv4Address | None = None  # the node's address on the segment (not a member's)
+    address6: IPv6Address | None = None
 
 
 @dataclass(frozen=True)
@@ -263,6 +330,11 @@ class Plan:
             hosts.append(self.nat_router)
         return hosts + [c.host for c in self.crowd]
 
+    @property
+    def cluster_lans(self) -> list[IPv4Network | IPv6Network]:
+        """The cluster's protected LAN in each family the lab carries."""
+        return [{4: CLUSTER_LAN, 6: CLUSTER_LAN6}[v] for v in self.spec.families]
+
     def sites(self) -> list[Site]:
         """Every crowd site, in index order."""
         return [site for node in self.crowd for site in node.sites]
@@ -283,8 +355,9 @@ class Plan:
 
     def prefixes(self) -> list[IPv4Network]:
         """Every network the lab uses, so none of them can be mistaken for the host's own."""
-        nets = [INTERNET, CLUSTER_LAN, SYNC_NET] + [p.lan for p in self.peers]
+        nets = [INTERNET, CLUSTER_LAN, SYNC_NET] + [lan for p in self.peers for lan in p.lans]
         nets += [CROWD_OUTER, CROWD_LANS] if self.crowd else []
+        nets += [INTERNET6, CLUSTER_LAN6, SYNC_NET6] if self.spec.ip != "4" else []
         return nets + ([NAT_HOME] if self.nat_router else [])
 
     def hashing_switches(self) -> list[Switch]:
@@ -296,11 +369,22 @@ class Plan:
 
     @staticmethod
     def _peer_lan_host(peer: Peer) -> Host:
-        gateway = str(peer.lan.network_address + 1)
-        return Host(peer.lan_host, "lan-host",
-                    (Interface("eth0", IPv4Interface(f"{peer.lan_host_address}/{peer.lan.prefixlen}"),
-                               _mac(4, peer.index, 0)),),
-                    routes=(("default", gateway),))
+        by_version = {lan.version: (lan, host) for lan, host in zip(peer.lans, peer.lan_hosts)}
+        v4, v6 = by_version.get(4), by_version.get(6)
+        return Host(peer.lan_host, "lan-host", (Interface(
+            "eth0", IPv4Interface(f"{v4[1]}/{v4[0].prefixlen}") if v4 else None,
+            _mac(4, peer.index, 0), IPv6Interface(f"{v6[1]}/{v6[0].prefixlen}") if v6 else None),),
+            routes=tuple((DEFAULT[lan.version], str(lan.network_address + 1))
+                         for lan in peer.lans))
+
+
+DEFAULT = {4: "default", 6: "::/0"}
+
+
+def _hex_host(network: IPv6Network, digits: int) -> IPv6Address:
+    """The address in `network` whose last group reads as the decimal `digits`: ::11 for 11,
+    so that an IPv6 address names its node as the IPv4 one does."""
+    return network.network_address + int(str(digits), 16)
 
 
 def _mac(kind: int, index: int, intf: int) -> str:
@@ -317,25 +401,49 @@ def ike_version_of(spec: LabSpec, index: int) -> int:
 def build_plan(spec: LabSpec) -> Plan:
     """Return the complete plan for `spec` (validated first)."""
     spec.validate()
+    v4, v6 = 4 in spec.families, 6 in spec.families
     members = []
     for i in range(1, spec.members + 1):
         name = f"m{i}"
         sync = SYNC_NET.network_address + i
+        sync6 = _hex_host(SYNC_NET6, i) if v6 else None
         members.append(Member(i, name, sync, Host(name, "member", (
-            Interface("eth0", IPv4Interface(f"{EXTERNAL_VIP}/{INTERNET.prefixlen}"), EXTERNAL_VMAC),
-            Interface("eth1", IPv4Interface(f"{INTERNAL_VIP}/{CLUSTER_LAN.prefixlen}"), INTERNAL_VMAC),
-            Interface("eth2", IPv4Interface(f"{sync}/{SYNC_NET.prefixlen}"), _mac(1, i, 2)),
-        ), forwarding=True)))
+            Interface("eth0", IPv4Interface(f"{EXTERNAL_VIP}/{INTERNET.prefixlen}")
+                      if spec.ip != "6" else None, EXTERNAL_VMAC,
+                      IPv6Interface(f"{EXTERNAL_VIP6}/{INTERNET6.prefixlen}") if v6 else None),
+            Interface("eth1", IPv4Interface(f"{INTERNAL_VIP}/{CLUSTER_LAN.prefixlen}")
+                      if v4 else None, INTERNAL_VMAC,
+                      IPv6Interface(f"{INTERNAL_VIP6}/{CLUSTER_LAN6.prefixlen}") if v6 else None),
+            Interface("eth2", IPv4Interface(f"{sync}/{SYNC_NET.prefixlen}"), _mac(1, i, 2),
+                      IPv6Interface(f"{sync6}/{SYNC_NET6.prefixlen}") if v6 else None),
+        ), forwarding=True), sync6))
 
     peers, host_links = [], []
     nat_router = None
     ext_ports = [SwitchPort(m.index, m.name, "eth0", EXTERNAL_VMAC) for m in members]
     for i in range(1, spec.peers + 1):
-        name, lan = f"p{i}", IPv4Network(f"10.2.{i}.0/24")
+        name = f"p{i}"
+        # --ip dual: odd peers reach the cluster over IPv4, even ones over IPv6.
+        outer6 = spec.ip == "6" or (spec.ip == "dual" and i % 2 == 0)
+        lans = tuple([IPv4Network(f"10.2.{i}.0/24")] if v4 else []) + tuple(
+            [IPv6Network(f"2001:db8:2:{i}::/64")] if v6 else [])
+        lan_hosts = tuple(lan.network_address + (10 if lan.version == 4 else 0x10)
+                          for lan in lans)
         public = INTERNET.network_address + 10 + i
         behind_nat = spec.nat and i == 1
-        lan_gw = IPv4Interface(f"{lan.network_address + 1}/24")
-        if behind_nat:
+        lan_gw = {lan.version: f"{lan.network_address + 1}/{lan.prefixlen}" for lan in lans}
+        lan_intf = Interface("eth1", IPv4Interface(lan_gw[4]) if 4 in lan_gw else None,
+                             _mac(2, i, 1), IPv6Interface(lan_gw[6]) if 6 in lan_gw else None)
+        neighbours = ()
+        if outer6:
+            address = public = _hex_host(INTERNET6, 10 + i)
+            wan = Interface("eth0", None, _mac(2, i, 0),
+                            IPv6Interface(f"{address}/{INTERNET6.prefixlen}"))
+            routes = ()
+            neighbours = ((str(EXTERNAL_VIP6), EXTERNAL_VMAC, "eth0"),)
+            ext_ports.append(SwitchPort(OTHER_PORT_BASE + i, name, "eth0", _mac(2, i, 0),
+                                        None, address))
+        elif behind_nat:
             address = NAT_HOME.network_address + 2
             router_inside = NAT_HOME.network_address + 1
             wan = Interface("eth0", IPv4Interface(f"{address}/{NAT_HOME.prefixlen}"), _mac(2, i, 0))
@@ -351,27 +459,47 @@ def build_plan(spec: LabSpec) -> Plan:
             wan = Interface("eth0", IPv4Interface(f"{address}/{INTERNET.prefixlen}"), _mac(2, i, 0))
             routes = ()
             ext_ports.append(SwitchPort(OTHER_PORT_BASE + i, name, "eth0", _mac(2, i, 0), public))
-        host = Host(name, "peer", (wan, Interface("eth1", lan_gw, _mac(2, i, 1))),
-                    routes=routes, forwarding=True)
+        host = Host(name, "peer", (wan, lan_intf), routes=routes, forwarding=True,
+                    neighbours=neighbours)
         peers.append(Peer(i, name, ike_version_of(spec, i), f"{name}.ikelab.test", address, public,
-                          lan, f"h{i}", lan.network_address + 10, behind_nat, host))
+                          lans, f"h{i}", lan_hosts, behind_nat, host))
         host_links.append(HostLink(name, "eth1", f"h{i}", "eth0"))
 
     crowd = build_crowd(spec)
     ext_ports += [SwitchPort(CROWD_PORT_BASE + c.index, c.name, "eth0", c.host.interfaces[0].mac,
                              c.host.interfaces[0].address.ip) for c in crowd]
-    if crowd:  # every member routes each crowd node's block of outer addresses to it
-        routes = tuple((str(c.outer), str(c.host.interfaces[0].address.ip)) for c in crowd)
-        members = [Member(m.index, m.name, m.sync_address,
-                          Host(m.host.name, m.host.role, m.host.interfaces, routes,
-                               m.host.forwarding)) for m in members]
-
     lan_host = Host("hc", "lan-host", (Interface(
-        "eth0", IPv4Interface(f"{CLUSTER_LAN.network_address + 10}/{CLUSTER_LAN.prefixlen}"),
-        _mac(5, 0, 0)),), routes=(("default", str(INTERNAL_VIP)),))
+        "eth0", IPv4Interface(f"{CLUSTER_LAN.network_address + 10}/{CLUSTER_LAN.prefixlen}")
+        if v4 else None, _mac(5, 0, 0),
+        IPv6Interface(f"{_hex_host(CLUSTER_LAN6, 10)}/{CLUSTER_LAN6.prefixlen}") if v6 else None),),
+        routes=((("default", str(INTERNAL_VIP)),) if v4 else ()) + (
+            (("::/0", str(INTERNAL_VIP6)),) if v6 else ()),
+        neighbours=((str(INTERNAL_VIP6), INTERNAL_VMAC, "eth0"),) if v6 else ())
+    hc = lan_host.interfaces[0]
     int_ports = [SwitchPort(m.index, m.name, "eth1", INTERNAL_VMAC) for m in members]
-    int_ports.append(SwitchPort(OTHER_PORT_BASE + 1, "hc", "eth0", _mac(5, 0, 0),
-                                lan_host.interfaces[0].address.ip))
+    int_ports.append(SwitchPort(OTHER_PORT_BASE + 1, "hc", "eth0", hc.mac,
+                                hc.address.ip if hc.address else None,
+                                hc.address6.ip if hc.address6 else None))
+
+    # Every member routes each crowd node's block of outer addresses to it; with IPv6, it
+    # knows the MAC of every IPv6 node across the switches, and routes the rest to the sink.
+    routes = tuple((str(c.outer), str(c.host.interfaces[0].address.ip)) for c in crowd)
+    neighbours = ()
+    if spec.ip != "4":
+        routes += (("::/0", str(UPSTREAM6)),)
+        neighbours = tuple((str(p.address6), p.mac, "eth0") for p in ext_ports
+                           if p.address6 is not None) + ((str(UPSTREAM6), SINK_MAC, "eth0"),)
+    if v6:
+        neighbours += ((str(hc.address6.ip), hc.mac, "eth1"),)
+    # The sync network's IPv6 neighbours too: steering hands ESP and LAN packets to the
+    # holder's IPv6 address, and the first of them must not wait for (or be lost to)
+    # neighbour discovery across the bridge (measured: the first forwarded packets were).
+    members = [Member(m.index, m.name, m.sync_address,
+                      Host(m.host.name, m.host.role, m.host.interfaces, routes,
+                           m.host.forwarding, neighbours + tuple(
+                               (str(o.sync_address6), o.host.interface("eth2").mac, "eth2")
+                               for o in members if o is not m and o.sync_address6)),
+                      m.sync_address6) for m in members]
     sync_ports = [SwitchPort(m.index, m.name, "eth2", _mac(1, m.index, 2)) for m in members]
     switches = (
         Switch("ikex", "0000000000001c01", "external", tuple(ext_ports), EXTERNAL_VIP, EXTERNAL_VMAC),
@@ -412,4 +540,4 @@ def overlaps_host(plan: Plan, host_networks: list[IPv4Network]) -> list[tuple[IP
                                                                               IPv4Network]]:
     """(lab prefix, host network) pairs that overlap; a default route overlaps nothing."""
     return [(lab, host) for host in host_networks if host.prefixlen > 0
-            for lab in plan.prefixes() if lab.overlaps(host)]
+            for lab in plan.prefixes() if lab.version == host.version and lab.overlaps(host)]

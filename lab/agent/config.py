@@ -22,13 +22,18 @@ class AgentConfig:
     external_interface: str = ""
     lan_interface: str = ""
     sync_interface: str = ""
-    peers: dict = field(default_factory=dict)  # name -> [address as seen, protected LAN]
+    # name -> [address as seen, protected LAN, its other LAN prefixes (dual stack: the IPv6
+    # one)]: the first LAN names the tunnel's holdings, every LAN is steered
+    peers: dict = field(default_factory=dict)
     vici_socket: str = ""
     control_socket: str = ""
     dead_after: float = 0.6  # seconds of silence after which a member has left
     witness: str = ""  # the sync switch's own address (see membership)
     rebalance: bool = True  # even the tunnels out over the members (see handover)
     natt_peers: list = field(default_factory=list)  # peers with `-natt` connections
+    # member name -> its IPv6 sync address, in a lab with IPv6 (the steering of IPv6 ESP and
+    # LAN traffic goes to an IPv6 next hop); empty in an IPv4-only lab
+    members6: dict = field(default_factory=dict)
     trace: str = ""  # where to append the decision trace (JSON lines); "" for none
     # --crowd: its sites are in `peers` too; here, name -> [identity, IKE version], what the
     # agent loads into charon to initiate a site's tunnel (`crowd.site_connection`), and the
@@ -44,6 +49,10 @@ class AgentConfig:
 
     def dump(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"
+
+    def lans(self, peer: str) -> list[str]:
+        """Every LAN prefix of `peer`, the first one first."""
+        return self.peers[peer][1:]
 
     def name_of(self, index: int) -> str:
         return member_name(index)

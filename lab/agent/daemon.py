@@ -89,8 +89,10 @@ class AgentDaemon:
         # Where a sync message goes: a member, or the witness (index 0).
         self.addresses = {**self.gateways, **({sync.WITNESS: config.witness}
                                               if config.witness else {})}
-        self.routes = RouteKeeper(self.gateways, config.sync_interface, self.errors, self.log)
-        self.esp_hold = EspHold(self.errors, self.log)
+        self.gateways6 = {config.index_of(n): a for n, a in config.members6.items()}
+        self.routes = RouteKeeper(self.gateways, config.sync_interface, self.errors, self.log,
+                                  self.gateways6)
+        self.esp_hold = EspHold(self.errors, self.log, ipv6=bool(self.gateways6))
         self.charon = Charon(config.vici_socket, self.post, self.errors, self.log)
         self.stopping = False
         # Decisions to trace, stamped as they are carried out and written when the loop has
@@ -99,7 +101,7 @@ class AgentDaemon:
         self.traced: list = []
         self.trace_written_at = 0.0
         self.trace_file = TraceFile(config.trace) if config.trace else None
-        self.sync_sock = self.raw_sock = None
+        self.sync_sock = self.raw_sock = self.raw_sock6 = None
         # The membership view as of the last tick: the switches ask for it twenty times a
         # second, and a reference read needs no hand-off to the loop.
         self.state_view = self.agent.membership_view(time.monotonic())
@@ -195,7 +197,10 @@ class AgentDaemon:
                     pass  # a member that cannot be reached answers nothing; timeouts take over
             elif kind is Inject:
                 try:
-                    self.raw_sock.sendto(action.packet, (action.destination, 0))
+                    if ":" in action.destination:
+                        self.raw_sock6.sendto(action.packet, (action.destination, 0))
+                    else:
+                        self.raw_sock.sendto(action.packet, (action.destination, 0))
                 except OSError as exc:
                     self.log(f"writing a forwarded packet back: {exc}")
             elif kind is SteerRoutes:
@@ -256,7 +261,7 @@ class AgentDaemon:
         if peer not in self.config.sites:
             return None
         identity, version = self.config.sites[peer]
-        address, lan = self.config.peers[peer]
+        address, lan = self.config.peers[peer][:2]
         _name, message = crowd.site_connection(
             self.config.site_connection, peer, address, lan, identity, version,
             handover=connection == handover_connection(peer))
@@ -276,7 +281,7 @@ class AgentDaemon:
         crowd = tuple(self.config.crowd_prefixes) if self.config.crowd_prefixes else None
         script = steering.ruleset(self.config.index, self.gateways,
                                   self.config.external_interface, self.config.lan_interface,
-                                  self.config.sync_interface, peers, crowd)
+                                  self.config.sync_interface, peers, crowd, self.gateways6)
         self.remove_steering()
         subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True,
                        capture_output=True)
@@ -293,12 +298,15 @@ class AgentDaemon:
         self.sync_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SYNC_BUFFER)
         self.sync_sock.setblocking(False)
         self.raw_sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        if self.gateways6:  # IPPROTO_RAW: the kernel takes our IPv6 header as it is, too
+            self.raw_sock6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "stopping", True))
         self.open_sockets()
-        queues = PacketQueues(self.config.external_interface, self.on_packet)
+        queues = PacketQueues(self.config.external_interface, self.on_packet,
+                              ipv6=bool(self.gateways6))
         queues.install()
         self.esp_hold.start()
         if self.config.peers:

@@ -115,7 +115,7 @@ class HandoverRole:
         self.next_balance = 0.0
         self.away: set[str] = set()  # members draining or drained at the last balance
         self.evening_out = False  # a member joined or returned: even the tunnels out
-        self.peer_names = {address: name for name, (address, _lan) in self.config.peers.items()}
+        self.peer_names = {value[0]: name for name, value in self.config.peers.items()}
         self.orphans: dict[str, object] = {}  # peer -> its orphaned entry, waiting its turn
 
     def connection_for(self, peer: str, port: int, handover: bool) -> str | None:
@@ -177,7 +177,7 @@ class HandoverRole:
             self.esp_until.pop(peer, None)
             for ref in self.esp_held.pop(peer, []):
                 self.emit(Accept(ref))
-            spi, (address, prefix) = self.new_sas.pop(peer, None), self.config.peers[peer]
+            spi, (address, prefix) = self.new_sas.pop(peer, None), self.config.peers[peer][:2]
             if (spi, prefix) not in self.installed:
                 continue  # it never came up here: nothing of ours to replace
             for entry in self.table.established_with(address):
@@ -223,7 +223,8 @@ class HandoverRole:
     def offered(self) -> frozenset:
         """The LAN prefixes this member steers to itself and tells the others it holds: its
         CHILD SAs' (`holdings`), less those of tunnels it is letting go."""
-        return self.holdings - frozenset(self.config.peers[p][1] for p in self.releasing.values())
+        return self.holdings - frozenset(lan for p in self.releasing.values()
+                                         for lan in self.config.lans(p))
 
     def forget_released(self) -> None:
         """Drop what is done: an old SA that is gone and whose LAN charon no longer routes

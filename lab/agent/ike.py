@@ -14,11 +14,16 @@ The agent routes every IKE message by its SPIs and Message ID, whatever its exch
 list of types below only names them (an unknown or future type is routed, not dropped). An IKE
 message too big for one IP packet arrives as IP fragments; the member reassembles them before
 the agent sees the message (lab.agent.nfqueue), so a fragment here is a fault to count.
+
+Both IP versions: RFC 791 IPv4, and RFC 8200 IPv6, whose extension headers (Hop-by-Hop,
+Routing, Destination Options; RFC 4302 AH with its own length rule) are walked to find the UDP
+header. An IPv6 Fragment header is, as an IPv4 fragment, a fault: the kernel reassembles
+before the queue.
 """
 
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 HEADER = struct.Struct("!8s8sBBBBII")
 HEADER_LEN = HEADER.size  # 28
@@ -150,7 +155,7 @@ def ike_payload(port: int, udp_payload: bytes) -> bytes | None:
 
 @dataclass(frozen=True, slots=True)
 class Datagram:
-    """An IPv4/UDP packet as NFQUEUE hands it over."""
+    """A UDP datagram over IPv4 or IPv6 as NFQUEUE hands it over."""
 
     src: str
     sport: int
@@ -158,31 +163,67 @@ class Datagram:
     dport: int
     payload: bytes
 
+    @property
+    def version(self) -> int:
+        """The IP version it travels in: 6 when its addresses are IPv6."""
+        return 6 if ":" in self.src else 4
 
     def encode(self) -> bytes:
-        """An IPv4/UDP packet carrying `payload` (TTL 64, no options, a UDP checksum of
-        zero: none, RFC 768); `parse_datagram` of it gives this datagram back."""
+        """The packet carrying `payload`: IPv4 (TTL 64, no options, a UDP checksum of zero:
+        none, RFC 768) or IPv6 (hop limit 64, no extension header, the UDP checksum IPv6
+        requires, RFC 8200 8.1); `parse_datagram` of it gives this datagram back."""
+        if self.version == 6:
+            return self._encode6()
         total = 28 + len(self.payload)
         if total > 0xFFFF:
             raise ValueError(f"a {total}-byte datagram does not fit into one IPv4 packet")
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0,
                          IPv4Address(self.src).packed, IPv4Address(self.dst).packed)
-        words = sum(struct.unpack("!10H", ip))
-        words = (words & 0xFFFF) + (words >> 16)
-        checksum = ~((words & 0xFFFF) + (words >> 16)) & 0xFFFF
+        checksum = internet_checksum(ip)
         udp = struct.pack("!HHHH", self.sport, self.dport, 8 + len(self.payload), 0)
         return ip[:10] + checksum.to_bytes(2, "big") + ip[12:] + udp + self.payload
 
+    def _encode6(self) -> bytes:
+        length = 8 + len(self.payload)
+        if length > 0xFFFF:
+            raise ValueError(f"a {length}-byte datagram does not fit into one IPv6 packet")
+        src, dst = IPv6Address(self.src).packed, IPv6Address(self.dst).packed
+        udp = struct.pack("!HHHH", self.sport, self.dport, length, 0) + self.payload
+        pseudo = src + dst + struct.pack("!IxxxB", length, UDP)
+        checksum = internet_checksum(pseudo + udp) or 0xFFFF  # RFC 768: zero is sent as ones
+        ip = struct.pack("!IHBB", 6 << 28, length, UDP, 64) + src + dst
+        return ip + udp[:6] + checksum.to_bytes(2, "big") + udp[8:]
+
+
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071: the ones' complement of the ones' complement sum of 16-bit words."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
 
 MORE_FRAGMENTS, FRAGMENT_OFFSET = 0x2000, 0x1FFF
+UDP = 17
+# RFC 8200 4: extension headers whose length is (8-octet units beyond the first 8) at byte 1
+# (Hop-by-Hop 0, Routing 43, Destination Options 60; RFC 7401 HIP 139, RFC 6275 Mobility 135,
+# RFC 5533 Shim6 140), and AH (51), whose length counts 4-octet units beyond the first 8.
+IPV6_EXTENSIONS = {0, 43, 60, 135, 139, 140}
+IPV6_FRAGMENT, IPV6_AH = 44, 51
+MAX_EXTENSIONS = 8  # more than any real packet carries: a chain of them is a lever, not a path
 
 
 def parse_datagram(packet: bytes) -> Datagram:
-    """IPv4 + UDP headers (RFC 791, RFC 768); raises ParseError, for an IP fragment too."""
+    """IPv4 or IPv6 + UDP headers (RFC 791, RFC 8200, RFC 768); raises ParseError, for an
+    IP fragment too."""
+    if packet and packet[0] >> 4 == 6:
+        return _parse6(packet)
     if len(packet) < 28 or packet[0] >> 4 != 4:
-        raise ParseError("not an IPv4 packet")
+        raise ParseError("not an IP packet")
     ihl = (packet[0] & 0x0F) * 4
-    if ihl < 20 or len(packet) < ihl + 8 or packet[9] != 17:
+    if ihl < 20 or len(packet) < ihl + 8 or packet[9] != UDP:
         raise ParseError("not a UDP datagram")
     if int.from_bytes(packet[6:8], "big") & (MORE_FRAGMENTS | FRAGMENT_OFFSET):
         raise ParseError("an IP fragment: the member should have reassembled it")
@@ -192,3 +233,40 @@ def parse_datagram(packet: bytes) -> Datagram:
     src = ".".join(str(b) for b in packet[12:16])
     dst = ".".join(str(b) for b in packet[16:20])
     return Datagram(src, sport, dst, dport, packet[ihl + 8:ihl + ulen])
+
+
+def _parse6(packet: bytes) -> Datagram:
+    if len(packet) < 48:
+        raise ParseError("truncated IPv6 packet")
+    payload_length = int.from_bytes(packet[4:6], "big")
+    if payload_length == 0:
+        raise ParseError("IPv6 jumbogram or empty payload")
+    if 40 + payload_length > len(packet):
+        raise ParseError("IPv6 payload length beyond the packet")
+    end = 40 + payload_length
+    header, offset = packet[6], 40
+    for _ in range(MAX_EXTENSIONS + 1):
+        if header == UDP:
+            break
+        if header == IPV6_FRAGMENT:
+            raise ParseError("an IPv6 fragment: the member should have reassembled it")
+        if header not in IPV6_EXTENSIONS and header != IPV6_AH:
+            raise ParseError("not a UDP datagram")
+        if offset + 8 > end:
+            raise ParseError("truncated IPv6 extension header")
+        length = (packet[offset + 1] + 2) * 4 if header == IPV6_AH else (packet[offset + 1] + 1) * 8
+        header, offset = packet[offset], offset + length
+    else:
+        raise ParseError("too many IPv6 extension headers")
+    if offset + 8 > end:
+        raise ParseError("truncated IPv6 extension header")
+    sport, dport, ulen = struct.unpack_from("!HHH", packet, offset)
+    if ulen < 8 or offset + ulen > end:
+        raise ParseError("bad UDP length")
+    return Datagram(str(IPv6Address(packet[8:24])), sport, str(IPv6Address(packet[24:40])),
+                    dport, packet[offset + 8:offset + ulen])
+
+
+def address_version(address: str) -> int:
+    """4 or 6: the IP version of `address`."""
+    return ip_address(address).version

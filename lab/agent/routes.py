@@ -22,10 +22,14 @@ KERNEL_READ_INTERVAL = 10.0  # seconds a read of the kernel's routes is trusted,
 
 
 class RouteKeeper(threading.Thread):
-    def __init__(self, gateways: dict[int, str], interface: str, errors, log=print):
-        """`gateways`: member index -> its sync address; `interface`: the sync interface."""
+    def __init__(self, gateways: dict[int, str], interface: str, errors, log=print,
+                 gateways6: dict[int, str] | None = None):
+        """`gateways`: member index -> its sync address (`gateways6`: its IPv6 one, in a lab
+        with IPv6); `interface`: the sync interface."""
         super().__init__(name="routes", daemon=True)
         self.gateways = gateways
+        self.gateways6 = gateways6 or {}
+        self.families = ["-4", "-6"] if self.gateways6 else ["-4"]
         self.interface = interface
         self.errors = errors
         self.log = log
@@ -47,11 +51,12 @@ class RouteKeeper(threading.Thread):
             return dict(self.applied)
 
     def run(self) -> None:
-        rules = subprocess.run(["ip", "rule", "show", "priority", str(RULE_PRIORITY)],
-                               capture_output=True, text=True).stdout
-        if not rules.strip():
-            subprocess.run(["ip", "rule", "add", "priority", str(RULE_PRIORITY), "lookup",
-                            str(TABLE)], capture_output=True)
+        for family in self.families:
+            rules = subprocess.run(["ip", family, "rule", "show", "priority",
+                                    str(RULE_PRIORITY)], capture_output=True, text=True).stdout
+            if not rules.strip():
+                subprocess.run(["ip", family, "rule", "add", "priority", str(RULE_PRIORITY),
+                                "lookup", str(TABLE)], capture_output=True)
         while True:
             with self.changed:
                 while self.desired is None and not self.stopping:
@@ -81,7 +86,7 @@ class RouteKeeper(threading.Thread):
         if not replace and not delete:
             return
         script = steering.route_batch(replace, delete, self.gateways, self.interface, PROTO,
-                                      TABLE)
+                                      TABLE, self.gateways6)
         if not self.send(script):
             self.read_at = -KERNEL_READ_INTERVAL  # read what the kernel has before the next
             return
@@ -110,19 +115,22 @@ class RouteKeeper(threading.Thread):
     def kernel_routes(self) -> dict[str, int]:
         """prefix -> member, for the steering routes the kernel has now."""
         members = {address: index for index, address in self.gateways.items()}
-        out = subprocess.run(["ip", "-j", "route", "show", "proto", PROTO, "table",
-                              str(TABLE)],
-                             capture_output=True, text=True).stdout
-        try:
-            routes = json.loads(out or "[]")
-        except ValueError:
-            return {}
-        return {r["dst"]: members[r["gateway"]] for r in routes
-                if r.get("gateway") in members and "dst" in r}
+        members |= {address: index for index, address in self.gateways6.items()}
+        routes = []
+        for family in self.families:
+            out = subprocess.run(["ip", family, "-j", "route", "show", "proto", PROTO, "table",
+                                  str(TABLE)], capture_output=True, text=True).stdout
+            try:
+                routes += json.loads(out or "[]")
+            except ValueError:
+                return {}
+        return {steering.canonical(r["dst"]): members[r["gateway"]] for r in routes
+                if r.get("gateway") in members and r.get("dst", "default") != "default"}
 
     def flush(self) -> None:
         """Remove every steering route, ours or a killed predecessor's."""
-        subprocess.run(["ip", "route", "flush", "proto", PROTO], capture_output=True)
+        for family in self.families:
+            subprocess.run(["ip", family, "route", "flush", "proto", PROTO], capture_output=True)
 
     def stop(self) -> None:
         """Stop, and take every steering route out of the kernel."""

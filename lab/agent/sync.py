@@ -6,12 +6,14 @@ Every message is `header | body | payload | MAC`:
             number (64 bit), when the sender sent it (wall clock, ms; 0: not said)
     body    initiator SPI (8), Message ID (4), requester (1), owner (member index, 0 = none),
             state (1), tag (4, matches answers to requests), responder SPI (8), the peer's
-            IPv4 address (4, zero when unknown), its UDP port (2) and flags (1: bit 0, the
+            address (16: IPv6, or IPv4 as IPv4-mapped ::ffff:a.b.c.d; zero when unknown),
+            its UDP port (2) and flags (1: bit 0, the
             peer is behind a NAT): where a survivor finds the peer to take its tunnel over
     payload FORWARD: arrival time (ns, 8) + the original IP packet; REKEY: the old initiator SPI;
             ESTABLISHED: empty (the SA came up as it was sent) or when it came up (wall ms, 8);
-            ROUTES: the prefixes the sender holds outbound CHILD SAs for, 5 bytes each
-            (IPv4 network address, prefix length): a crowd member's thousands fit one datagram;
+            ROUTES: the prefixes the sender holds outbound CHILD SAs for, each its IP
+            version (1), prefix length (1) and network address (4 or 16): a crowd member's
+            thousands fit one datagram;
             HEARTBEAT: the sender's membership state, the members it hears (bitmap), its
             incarnation (its first sequence number: a restart changes it), the count and
             digest of the established IKE SAs it owns; WITNESS_PING: the same as a
@@ -47,16 +49,16 @@ import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import NamedTuple
 
 MAGIC = b"IKLB"
-VERSION = 5  # 3: heartbeats carry the incarnation and the owned digest; OWNED_*; 4: ENTRY up;
-# 5: ROUTES in binary
-PREFIX = struct.Struct("!4sB")
-MAX_ROUTES = (65507 - 100) // PREFIX.size  # prefixes one ROUTES datagram carries
+VERSION = 6  # 3: heartbeats carry the incarnation and the owned digest; OWNED_*; 4: ENTRY up;
+# 5: ROUTES in binary; 6: addresses of either family (16 bytes)
+PREFIX = struct.Struct("!BB")  # IP version, prefix length; the address follows
+MAX_ROUTES = (65507 - 100) // (PREFIX.size + 4)  # IPv4 prefixes one ROUTES datagram carries
 HEADER = struct.Struct("!4sBBBxQQ")
-BODY = struct.Struct("!8sIcBBI8s4sHB")
+BODY = struct.Struct("!8sIcBBI8s16sHB")
 NAT_FLAG = 0x01
 MAC_LEN = 32
 MIN_LEN = HEADER.size + BODY.size + MAC_LEN
@@ -74,11 +76,11 @@ TYPE_NAMES = {CLAIM: "claim", GRANT: "grant", ANNOUNCE: "announce", ACK: "ack",
               OWNED_REQUEST: "owned-request", OWNED: "owned", OWNED_END: "owned-end",
               WITNESS_PING: "witness-ping", WITNESS_ANSWER: "witness-answer"}
 # One table entry in a SNAPSHOT: initiator SPI, Message ID, requester, owner, state,
-# responder SPI (zero when unknown), the peer's IPv4 (zero when unknown), its port and flags
+# responder SPI (zero when unknown), the peer's address (16, as in the body), its port and flags
 # (as in the body), age in milliseconds, and when the owner says the IKE SA came up (wall
 # clock, ms; 0: not up).
-ENTRY = struct.Struct("!8sIcBB8s4sHBIQ")
-ENTRIES_PER_SNAPSHOT = 32  # 1.4 KB: one unfragmented datagram
+ENTRY = struct.Struct("!8sIcBB8s16sHBIQ")
+ENTRIES_PER_SNAPSHOT = 24  # 1.4 KB: one unfragmented datagram
 # The sender's membership state code, bitmap of live members, incarnation, and the count and
 # digest of the established IKE SAs it owns (`OwnershipTable.owned`).
 HEARTBEAT_BODY = struct.Struct("!BIQIQ")
@@ -140,7 +142,7 @@ class Codec:
         data = (HEADER.pack(MAGIC, VERSION, msg.type, self.me, seq, sent)
                 + BODY.pack(msg.ispi, msg.msgid, msg.requester.encode(), msg.owner,
                             STATE_CODES[msg.state], msg.tag, msg.rspi,
-                            IPv4Address(msg.peer).packed if msg.peer else b"\0" * 4,
+                            pack_address(msg.peer),
                             msg.port, NAT_FLAG if msg.nat else 0)
                 + msg.payload)
         return data + hmac.new(self.key, data, hashlib.sha256).digest()
@@ -171,8 +173,7 @@ class Codec:
             raise SyncError("replay")
         return Message(mtype, sender, seq, ispi, msgid, requester.decode(), owner,
                        STATE_NAMES[state], tag, rspi,
-                       str(IPv4Address(peer)) if peer != b"\0" * 4 else None, port,
-                       bool(flags & NAT_FLAG), body[HEADER.size + BODY.size:], sent / 1000)
+                       unpack_address(peer), port, bool(flags & NAT_FLAG), body[HEADER.size + BODY.size:], sent / 1000)
 
     def _fresh(self, sender: int, seq: int) -> bool:
         """Anti-replay: accept each sequence number once, within WINDOW of the highest seen."""
@@ -189,25 +190,54 @@ class Codec:
         return True
 
 
+NO_ADDRESS = bytes(16)
+MAPPED = bytes(10) + b"\xff\xff"  # RFC 4291 2.5.5.2: an IPv4 address inside an IPv6 one
+
+
+def pack_address(address: str | None) -> bytes:
+    """16 bytes for an address of either family (IPv4 mapped into IPv6); zero for None."""
+    if not address:
+        return NO_ADDRESS
+    parsed = ip_address(address)
+    return MAPPED + parsed.packed if parsed.version == 4 else parsed.packed
+
+
+def unpack_address(data: bytes) -> str | None:
+    """The address in 16 bytes, as text in its own family; None for zero."""
+    if data == NO_ADDRESS:
+        return None
+    if data[:12] == MAPPED:
+        return str(IPv4Address(data[12:]))
+    return str(IPv6Address(data))
+
+
 def encode_prefixes(prefixes) -> bytes:
-    """ROUTES payload for IPv4 prefixes ("10.2.1.0/24"), in sorted order."""
+    """ROUTES payload for prefixes of either family ("10.2.1.0/24", "2001:db8:2:1::/64"),
+    in sorted order."""
     out = bytearray()
     for prefix in sorted(prefixes):
         address, _, length = prefix.partition("/")
-        out += PREFIX.pack(IPv4Address(address).packed, int(length or 32))
+        network = ip_address(address)
+        out += PREFIX.pack(network.version, int(length or network.max_prefixlen))
+        out += network.packed
     return bytes(out)
 
 
 def decode_prefixes(payload: bytes) -> frozenset:
     """The prefixes in a ROUTES payload; SyncError when it is not a whole number of them or
     one is not a prefix."""
-    if len(payload) % PREFIX.size:
-        raise SyncError("type")
-    result = set()
-    for address, length in PREFIX.iter_unpack(payload):
-        if length > 32:
+    result, offset = set(), 0
+    while offset < len(payload):
+        if offset + PREFIX.size > len(payload):
             raise SyncError("type")
-        result.add(f"{IPv4Address(address)}/{length}")
+        version, length = PREFIX.unpack_from(payload, offset)
+        size = {4: 4, 6: 16}.get(version)
+        if size is None or length > size * 8 or offset + PREFIX.size + size > len(payload):
+            raise SyncError("type")
+        packed = payload[offset + PREFIX.size:offset + PREFIX.size + size]
+        address = IPv4Address(packed) if size == 4 else IPv6Address(packed)
+        result.add(f"{address}/{length}")
+        offset += PREFIX.size + size
     return frozenset(result)
 
 
@@ -219,7 +249,7 @@ def encode_entries(entries) -> bytes:
         # round, not int: 1.001 * 1000 is 1000.9999999999999, and the age would lose a ms.
         out += ENTRY.pack(key.ispi, key.msgid, key.requester.encode(), owner,
                           STATE_CODES[state], rspi or b"\0" * 8,
-                          IPv4Address(peer).packed if peer else b"\0" * 4, port,
+                          pack_address(peer), port,
                           NAT_FLAG if nat else 0, min(round(age * 1000), 0xFFFFFFFF), up_ms)
     return bytes(out)
 
@@ -238,8 +268,7 @@ def decode_entries(payload: bytes) -> list[tuple]:
             raise SyncError("malformed")
         result.append((ispi, msgid, requester.decode(), owner, STATE_NAMES[state],
                        rspi if rspi != b"\0" * 8 else None,
-                       str(IPv4Address(peer)) if peer != b"\0" * 4 else None, port,
-                       bool(flags & NAT_FLAG), age / 1000, up_ms))
+                       unpack_address(peer), port, bool(flags & NAT_FLAG), age / 1000, up_ms))
     return result
 
 
