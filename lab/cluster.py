@@ -20,7 +20,7 @@ from .daemons import READY_POLL, Daemon, DaemonConfigError
 from .flood import Flood
 from .nodes import ClusterMember, LabNode, PeerGateway, SyncBridge
 from .switch import HashingSwitch, SwitchError
-from .topology import HASH_MODES, INTERNET
+from .topology import HASH_MODES, INTERNET, INTERNET6
 
 HOW = ("daemons", "links")
 DRAIN_TIMEOUT = 30.0
@@ -127,7 +127,9 @@ class ClusterNet(Mininet):
                 and port in (500, 4500)):
             raise FailoverError("flood: rate 0-100000/s, seconds 0-3600, ike 1|2, port "
                                 "500|4500")
-        flood = Flood(node, rate, seconds, ike, port, str(INTERNET) if spoof else None)
+        vip = self.topo.plan.peer(peer).vip  # the virtual IP of the peer's family
+        internet = INTERNET6 if vip.version == 6 else INTERNET
+        flood = Flood(node, rate, seconds, ike, port, str(internet) if spoof else None, str(vip))
         self.floods = [f for f in self.floods if f.running()] + [flood]
         return flood
 

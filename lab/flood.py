@@ -1,15 +1,17 @@
 """An IKE_SA_INIT flood, run inside a lab node: the lab's own hostile load.
 
     python -m lab.flood --rate 1000 --seconds 30 [--ike 1|2] [--port 500|4500] [--spoof PREFIX]
+                        [--vip 203.0.113.1 | --vip 2001:db8:0:1::1]
 
 (`Flood` starts one in a node; the CLI's `flood` and the flood tests and benchmark use it.)
 
 Each packet is a real first message captured in the lab (IKEv2 IKE_SA_INIT, or IKEv1 Main
 Mode message 1) with a fresh random initiator SPI and a fresh source port, sent to the
-cluster's virtual IP: unspoofed from the node's own address, or with `--spoof` from random
-addresses of a prefix (the lab's internet, say: legitimate peers' addresses included). On UDP
-4500 it carries the RFC 3948 non-ESP marker. It never targets anything but the lab's virtual
-IP, and it prints one JSON line when done: packets sent and the rate achieved.
+cluster's virtual IP (IPv4 or IPv6): unspoofed from the node's own address, or with `--spoof`
+from random addresses of a prefix of the same family (the lab's internet, say: legitimate
+peers' addresses included). On UDP 4500 it carries the RFC 3948 non-ESP marker. It never
+targets anything but one of the lab's virtual IPs, and it prints one JSON line when done:
+packets sent and the rate achieved.
 """
 
 import argparse
@@ -23,7 +25,10 @@ import subprocess
 import sys
 import time
 
+from lab.agent.ike import Datagram
+
 VIP = "203.0.113.1"
+VIPS = (VIP, "2001:db8:0:1::1")  # the only addresses it floods (`lab.topology`'s virtual IPs)
 # UDP payloads of the first packet of tests/data/ikev2.pcap and ikev1.pcap, SPI first.
 IKEV2_SA_INIT = bytes.fromhex(
     "0b90528146a9a7910000000000000000212022080000000000000110220000300000002c010100040300000c"
@@ -71,29 +76,48 @@ def spoofed(payload: bytes, source: str, sport: int, port: int) -> bytes:
     return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + udp
 
 
-def own_address() -> str:
+def spoofed6(payload: bytes, source: str, sport: int, port: int, vip: str) -> bytes:
+    """IPv6 + UDP (RFC 8200, 768) from `source`, the checksum IPv6 requires filled."""
+    return Datagram(source, sport, vip, port, payload).encode()
+
+
+def own_address(vip: str = VIP) -> str:
     """The address this node would send to the virtual IP from."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe = socket.socket(socket.AF_INET6 if ":" in vip else socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        probe.connect((VIP, 500))
+        probe.connect((vip, 500))
         return probe.getsockname()[0]
     finally:
         probe.close()
 
 
+def random_sources(prefix, vip: str):
+    """A function that returns a random address of `prefix` (never the virtual IP): a /64 has
+    too many hosts to list."""
+    base, size = int(prefix.network_address), prefix.num_addresses
+    def pick() -> str:
+        while (address := str(ipaddress.ip_address(base + random.randrange(1, size - 1)))) == vip:
+            pass
+        return address
+    return pick
+
+
 def flood(rate: float, seconds: float, ike: int, port: int,
-          spoof: ipaddress.IPv4Network | None) -> dict:
+          spoof: ipaddress.IPv4Network | ipaddress.IPv6Network | None, vip: str = VIP) -> dict:
     """Send at `rate` packets/s for `seconds`; the packets sent and the rate achieved."""
-    sources = [str(h) for h in spoof.hosts() if str(h) != VIP] if spoof else [own_address()]
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    own = own_address(vip)
+    source = random_sources(spoof, vip) if spoof else lambda: own
+    six = ":" in vip
+    build = (lambda *a: spoofed6(*a, vip)) if six else spoofed
+    sock = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_RAW,
+                         socket.IPPROTO_RAW)
     start = time.monotonic()
     sent = 0
     while (now := time.monotonic()) < start + seconds:
         for _ in range(int((now - start) * rate) + 1 - sent):
-            packet = spoofed(message(ike, port), random.choice(sources),
-                             random.randint(1024, 65535), port)
+            packet = build(message(ike, port), source(), random.randint(1024, 65535), port)
             try:
-                sock.sendto(packet, (VIP, 0))
+                sock.sendto(packet, (vip, 0))
             except OSError:
                 pass  # a full queue: the next one goes
             sent += 1
@@ -106,13 +130,14 @@ class Flood:
     """A flood running in a lab node (its own process, recorded with the run like any other)."""
 
     def __init__(self, node, rate: float = 1000.0, seconds: float = 30.0, ike: int = 2,
-                 port: int = 500, spoof: str | None = None):
+                 port: int = 500, spoof: str | None = None, vip: str = VIP):
         self.node, self.rate, self.seconds = node, rate, seconds
         command = [sys.executable, "-m", "lab.flood", "--rate", str(rate), "--seconds",
-                   str(seconds), "--ike", str(ike), "--port", str(port)]
+                   str(seconds), "--ike", str(ike), "--port", str(port), "--vip", vip]
         if spoof:
             command += ["--spoof", spoof]
-        self.description = (f"{node.name}: IKEv{ike} first messages to UDP {port} at {rate:g}/s "
+        self.description = (f"{node.name}: IKEv{ike} first messages to {vip} UDP {port} at "
+                            f"{rate:g}/s "
                             f"for {seconds:g} s" + (f", sources spoofed from {spoof}"
                                                     if spoof else ""))
         self.process = node.popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -142,14 +167,19 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="how long (30)")
     parser.add_argument("--ike", type=int, choices=(1, 2), default=2)
     parser.add_argument("--port", type=int, choices=(500, 4500), default=500)
-    parser.add_argument("--spoof", type=ipaddress.IPv4Network, default=None,
+    parser.add_argument("--spoof", type=ipaddress.ip_network, default=None,
                         help="random source addresses from this prefix (default: this node's)")
+    parser.add_argument("--vip", choices=VIPS, default=VIP,
+                        help=f"the virtual IP to flood ({VIP})")
     args = parser.parse_args(argv)
     if not 0 < args.rate <= 100000 or not 0 < args.seconds <= 3600:
         print("flood: --rate must be 0-100000 and --seconds 0-3600", file=sys.stderr)
         return 2
-    print(json.dumps(flood(args.rate, args.seconds, args.ike, args.port, args.spoof)),
-          flush=True)
+    if args.spoof is not None and (args.spoof.version == 6) != (":" in args.vip):
+        print("flood: --spoof must be of the virtual IP's family", file=sys.stderr)
+        return 2
+    print(json.dumps(flood(args.rate, args.seconds, args.ike, args.port, args.spoof,
+                           args.vip)), flush=True)
     return 0
 
 

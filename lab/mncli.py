@@ -12,7 +12,7 @@ from mininet.cli import CLI
 
 from . import crowd, strongswan
 from .agent.control import query
-from .agent.names import CHILD_NAME, CLUSTER_CONNECTION
+from .agent.names import CLUSTER_CONNECTION
 from .captures import CaptureError
 from .cluster import FailoverError
 from .daemons import DaemonConfigError
@@ -54,7 +54,7 @@ class LabCLI(CLI):
         for node in self.mn.hosts:
             if isinstance(node, PeerGateway) and (not wanted or node.name in wanted):
                 try:
-                    strongswan.initiate(node.files.vici_socket, CLUSTER_CONNECTION, CHILD_NAME)
+                    strongswan.initiate(node.files.vici_socket, CLUSTER_CONNECTION)
                     sockets[node.name] = node.files.vici_socket
                 except (OSError, DaemonConfigError) as exc:
                     self.stdout.write(f"{node.name}: {exc}\n")

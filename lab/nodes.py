@@ -77,17 +77,19 @@ class LabNode(Host):
             sysctls |= {f"net.ipv6.conf.{dev}.accept_dad": 0 for dev in devices}
         self.cmd("; ".join(f"sysctl -qw {k}={v}" for k, v in sysctls.items()))
         commands = []
+        direct6 = dict(host.direct6)
         for intf, dev in zip(host.interfaces, devices):
             # With OVS's userspace datapath, veth TX checksum offload leaves UDP checksums
             # unfilled and receivers drop the packets silently.
+            flags = {4: "", 6: " nodad" + (" noprefixroute" if intf.name in direct6 else "")}
             commands.append(f"ip addr flush dev {dev}; "
-                            + "".join(f"ip addr add {address} dev {dev} nodad; "
-                                      if address.version == 6 else
-                                      f"ip addr add {address} dev {dev}; "
+                            + "".join(f"ip addr add {address} dev {dev}{flags[address.version]}; "
                                       for address in intf.addresses)
                             + f"ip link set {dev} up; ethtool -K {dev} tx off >/dev/null 2>&1")
         commands += [f"ip neigh replace {address} lladdr {mac} nud permanent "
                      f"dev {self.name}-{intf}" for address, mac, intf in host.neighbours]
+        commands += [f"ip route replace {address}/128 dev {self.name}-{intf}"
+                     for intf, addresses in direct6.items() for address in addresses]
         commands += [f"ip route replace {destination} via {gateway}"
                      for destination, gateway in host.routes]
         if commands:  # one round trip to the node's shell: a 128-peer lab has 266 nodes

@@ -18,8 +18,8 @@ from pathlib import Path
 import jinja2
 
 from .agent.config import AgentConfig, WitnessConfig
-from .agent.names import (CHILD_NAME, CLUSTER_CONNECTION, CROWD_CONNECTION, IKE_SPI_LABEL_MASK,
-                          NodeFiles, esp_spi_range, handover_connection, ike_spi_label,
+from .agent.names import (CHILD6_NAME, CHILD_NAME, CLUSTER_CONNECTION, CROWD_CONNECTION,
+                          IKE_SPI_LABEL_MASK, NodeFiles, esp_spi_range, handover_connection, ike_spi_label,
                           natt_connection)
 from .topology import (CLUSTER_ID, CLUSTER_LAN, CROWD_DOMAIN, CROWD_LANS, CROWD_OUTER,
                        EXTERNAL_VIP, LABELLED_OWNERSHIP, SYNC_WITNESS, CrowdNode, Member, Peer,
@@ -174,8 +174,22 @@ def _connection(name, version, local_addrs, remote_addrs, local_id, remote_id, l
             "remote_addrs": remote_addrs, "proposals": IKE_PROPOSALS, "dpd_delay": dpd_delay,
             "dpd_timeout": IKEV1_DPD_TIMEOUT, "keyingtries": keyingtries,
             "local_id": local_id, "remote_id": remote_id, "auth": auth, "cert": cert,
-            "child": CHILD_NAME, "local_ts": local_ts, "remote_ts": remote_ts,
+            "children": _children(version, local_ts, remote_ts),
             "esp_proposals": ESP_PROPOSALS, "dpd_action": dpd_action}
+
+
+def _children(version, local_ts: str, remote_ts: str) -> list[dict]:
+    """The CHILD SAs of a connection: one carrying every traffic selector; but IKEv1 (Quick
+    Mode) negotiates only the first pair of a CHILD SA's selectors (verified here: with both
+    IP versions in one, the IPv6 LAN got no route), so an IKEv1 connection of both versions
+    has one CHILD SA per version, `lan` and `lan6`."""
+    local, remote = local_ts.split(","), remote_ts.split(",")
+    if str(version) != "1" or len(local) < 2 or len(remote) < 2:
+        return [{"name": CHILD_NAME, "local_ts": local_ts, "remote_ts": remote_ts}]
+    def of(ts: list[str], v6: bool) -> str:
+        return ",".join(t for t in ts if (":" in t) == v6)
+    return [{"name": CHILD_NAME, "local_ts": of(local, False), "remote_ts": of(remote, False)},
+            {"name": CHILD6_NAME, "local_ts": of(local, True), "remote_ts": of(remote, True)}]
 
 
 def _auth_data(creds: Credentials, identity: str) -> tuple[str, str | None]:

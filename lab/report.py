@@ -145,6 +145,7 @@ def lab_report(spec, tunnels: list[dict], buckets: dict, timings: dict,
             "crowd": crowd, "crowd_rate": spec.crowd_rate if crowd else None,
             "members": spec.members, "peers": spec.peers, "hash": spec.hash, "mode": spec.mode,
             "ike": spec.ike, "auth": spec.auth, "nat": spec.nat, "agent": spec.agent,
+            "ip": spec.ip,
             "ownership": spec.ownership if spec.agent else None,
             "agents": {m: {"counters": a["counters"],
                            "forward_latency_us": a["forward_latency_us"],
@@ -162,12 +163,18 @@ def _traffic_cell(traffic: dict, direction: str) -> str:
     return f"{pings.get('received', 0)}/{pings.get('sent', 0)}{v6} {tcp}"
 
 
+def _ip_words(ip: str) -> str:
+    """How the header line names the IP versions: nothing for the IPv4 default."""
+    return {"4": "", "6": ", IPv6", "dual": ", dual stack"}.get(ip, f", ip {ip}")
+
+
 def format_text(report: dict) -> str:
     """The report as a table and a verdict, for a terminal."""
     agent = f"agent ({report['ownership']})" if report["agent"] else "no agent"
     lines = [f"ikelab: {report['members']} members, {report['peers']} peers, hash "
              f"{report['hash']}, mode {report['mode']}, ike {report['ike']}, auth "
-             f"{report['auth']}{', nat' if report['nat'] else ''}; {agent}"]
+             f"{report['auth']}{', nat' if report['nat'] else ''}"
+             f"{_ip_words(report.get('ip', '4'))}; {agent}"]
     timings = report["timings"]
     up = timings.get("tunnels_up_s")
     lines.append(f"lab up in {timings.get('lab_up_s', 0):.1f} s; "

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import strongswan
-from .agent.names import CHILD_NAME, CLUSTER_CONNECTION
+from .agent.names import CLUSTER_CONNECTION
 from .cluster import ClusterNet, FailoverError
 from .lab import Lab
 from .probes import Pinger, ask_agent, tunnel_holder, tunnel_holders, wait_consistent
@@ -229,7 +229,7 @@ class HalfNegotiation:
     def __call__(self, lab: Lab) -> None:
         node = lab.node(self.peer)
         node.cmd(f"iptables -A {self.RULE}")
-        strongswan.initiate(node.files.vici_socket, CLUSTER_CONNECTION, CHILD_NAME)
+        strongswan.initiate(node.files.vici_socket, CLUSTER_CONNECTION)
         if not _poll(lambda: ask_agent(lab, lab.plan.members[0].name, "owners"), 5.0):
             raise ScenarioError(f"{self.peer}'s IKE_SA_INIT was never claimed")
         [sa] = strongswan.list_sas(node.files.vici_socket).values()
@@ -346,7 +346,9 @@ class ScenarioRun:
     def __init__(self, lab: Lab, peers, directory: Path, name: str = "scenario",
                  say=lambda message: None):
         self.lab, self.name, self.say = lab, name, say
-        target = str(lab.plan.lan_host.interfaces[0].address.ip)
+        # The cluster LAN host's IPv6 address where the lab has one (dual stack: IPv4 has the
+        # rest of the lab's scenarios).
+        target = str(lab.plan.lan_host.interfaces[0].addresses[-1].ip)
         self.pingers = {p: Pinger(lab.node(lab.plan.peer(p).lan_host), target,
                                   Path(directory) / f"{name}_ping_{p}.txt") for p in peers}
         self.serving = {m.name for m in lab.plan.members}  # where the steps so far lead

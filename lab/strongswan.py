@@ -16,7 +16,7 @@ from pathlib import Path
 
 import vici
 
-from .agent.names import CHILD_NAME, CLUSTER_CONNECTION
+from .agent.names import CLUSTER_CONNECTION
 from .daemons import DaemonConfigError
 
 
@@ -85,14 +85,24 @@ def _signals_deferred():
             signal.raise_signal(sig)
 
 
-def initiate(socket_path: Path, ike: str, child: str) -> None:
-    """Ask the daemon to start `child` of `ike` and return at once; poll list_sas for the end."""
+def initiate(socket_path: Path, ike: str, child: str | None = None) -> None:
+    """Ask the daemon to start `child` of `ike` (default: every CHILD SA the connection has,
+    as charon lists them) and return at once; poll list_sas for the end."""
     try:
         with _signals_deferred(), session(socket_path) as sess:
-            for _ in sess.initiate({"ike": ike, "child": child, "timeout": -1}):
-                pass
+            for name in [child] if child else children_of(sess, ike):
+                for _ in sess.initiate({"ike": ike, "child": name, "timeout": -1}):
+                    pass
     except vici.exception.CommandException as exc:
-        raise DaemonConfigError(f"initiate {ike}/{child}: {exc}") from None
+        raise DaemonConfigError(f"initiate {ike}/{child or '*'}: {exc}") from None
+
+
+def children_of(sess, connection: str) -> list[str]:
+    """The CHILD SA names of `connection` as charon has it loaded (`list-conns`): one, or
+    with IKEv1 and both IP versions, one per version (IKEv1 negotiates only the first pair of
+    traffic selectors of a CHILD SA)."""
+    return [name for conn in sess.list_conns({"ike": connection})
+            for name in conn.get(connection, {}).get("children", {})]
 
 
 class TunnelWatch:
@@ -156,6 +166,6 @@ def bring_up(sockets: dict[str, Path], timeout: float, say=lambda message: None,
     says which."""
     watch = TunnelWatch(sockets, complete)
     for sock in sockets.values():
-        initiate(sock, CLUSTER_CONNECTION, CHILD_NAME)
+        initiate(sock, CLUSTER_CONNECTION)
     watch.wait(timeout, say)
     return watch

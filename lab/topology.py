@@ -26,8 +26,9 @@ documentation prefixes only (RFC 3849), each network mirroring its IPv4 twin::
 
     2001:db8:0:1::/64  the internet segment: ::1 the virtual IP, ::1x peer x (the IPv4 plan's
                        last octet, read as hex digits: peer 1 is ::11 as it is .11);
-                       ::fffe the upstream router, a sink: members send what has no better
-                       route there, and the switch drops it (see `lab.hashing`)
+                       ::fffe the upstream router, a sink: to a member only the nodes are
+                       on-link, anything else (a spoofed flood's sources) goes there, and the
+                       switch drops it (`lab.hashing`), as the switch's ARP answers do
     2001:db8:1::/64    the cluster's LAN: ::1 internal virtual IP, ::10 its host
     2001:db8:2:i::/64  peer i's protected LAN: ::1 the peer gateway, ::10 its host
     2001:db8:0:ff::/64 the sync network's IPv6 twin: ::i member i (IPv6 LAN traffic and ESP
@@ -193,6 +194,10 @@ class Host:
     forwarding: bool = False
     # (IPv6 address, MAC, interface): neighbours across a hashing switch, known from the plan
     neighbours: tuple[tuple[str, str, str], ...] = ()
+    # (interface, its IPv6 prefix is not on-link: only these IPv6 addresses are, each a /128
+    # route to that interface). A member's internet: it must not ask the segment for an
+    # address nobody holds (a spoofed flood's), only its upstream router.
+    direct6: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def ipv6(self) -> bool:
@@ -484,11 +489,12 @@ def build_plan(spec: LabSpec) -> Plan:
     # Every member routes each crowd node's block of outer addresses to it; with IPv6, it
     # knows the MAC of every IPv6 node across the switches, and routes the rest to the sink.
     routes = tuple((str(c.outer), str(c.host.interfaces[0].address.ip)) for c in crowd)
-    neighbours = ()
+    neighbours, direct6 = (), ()
     if spec.ip != "4":
         routes += (("::/0", str(UPSTREAM6)),)
         neighbours = tuple((str(p.address6), p.mac, "eth0") for p in ext_ports
                            if p.address6 is not None) + ((str(UPSTREAM6), SINK_MAC, "eth0"),)
+        direct6 = (("eth0", tuple(address for address, _mac, _intf in neighbours)),)
     if v6:
         neighbours += ((str(hc.address6.ip), hc.mac, "eth1"),)
     # The sync network's IPv6 neighbours too: steering hands ESP and LAN packets to the
@@ -498,7 +504,7 @@ def build_plan(spec: LabSpec) -> Plan:
                       Host(m.host.name, m.host.role, m.host.interfaces, routes,
                            m.host.forwarding, neighbours + tuple(
                                (str(o.sync_address6), o.host.interface("eth2").mac, "eth2")
-                               for o in members if o is not m and o.sync_address6)),
+                               for o in members if o is not m and o.sync_address6), direct6),
                       m.sync_address6) for m in members]
     sync_ports = [SwitchPort(m.index, m.name, "eth2", _mac(1, m.index, 2)) for m in members]
     switches = (

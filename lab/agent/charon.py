@@ -118,17 +118,22 @@ class Charon:
             sock.close()
 
     def initiate(self, connection: str, child: str, load: dict | None = None) -> None:
-        """In a thread: have charon initiate `connection` and its CHILD SA `child`, without
-        waiting for the outcome (its events tell); `load`: a vici `load-conn` message to load
-        first (a crowd site's connection)."""
+        """In a thread: have charon initiate `connection` and its CHILD SAs (every one it has
+        loaded; `child` if it lists none), without waiting for the outcome (its events
+        tell); `load`: a vici `load-conn` message to load first (a crowd site's
+        connection)."""
         self._in_thread(f"initiating {connection}", self._initiate, connection, child, load)
 
     def _initiate(self, connection: str, child: str, load: dict | None) -> None:
         with session(self.path) as sess:
             if load is not None:
                 sess.load_conn(load)
-            for _ in sess.initiate({"ike": connection, "child": child, "timeout": -1}):
-                pass
+            # IKEv1 with both IP versions has a CHILD SA per version: both come back.
+            children = [name for conn in sess.list_conns({"ike": connection})
+                        for name in conn.get(connection, {}).get("children", {})]
+            for name in children or [child]:
+                for _ in sess.initiate({"ike": connection, "child": name, "timeout": -1}):
+                    pass
 
     def end_sa(self, ispi: bytes) -> None:
         """In a thread: have charon end (with a DELETE to the peer) the IKE SA with this

@@ -13,6 +13,7 @@ from pathlib import Path
 SYNC_PORT = 4600  # UDP, on the sync network: every message between agents
 CLUSTER_CONNECTION = "cluster"  # a peer's one connection to the cluster
 CHILD_NAME = "lan"  # the CHILD SA of every connection
+CHILD6_NAME = "lan6"  # an IKEv1 connection's second, for IPv6 when it carries both versions
 CROWD_CONNECTION = "crowd"  # a member's one connection answering every crowd site
 # A member has one connection per peer, named after it, and (lab.agent.handover) another that
 # initiates without INITIAL_CONTACT, for a make-before-break handover; for a peer behind a
