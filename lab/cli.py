@@ -394,7 +394,7 @@ def _run_plan(name: str | None):
 def cmd_ladder(args) -> int:
     from .ladder import LadderError, build, load
     from .plots import PlotError, check_format, draw_ladder
-    from .topology import EXTERNAL_VIP
+    from .topology import EXTERNAL_VIP, EXTERNAL_VIP6
 
     try:
         check_format(args.output)
@@ -408,7 +408,7 @@ def cmd_ladder(args) -> int:
                          f"{', '.join(p.name for p in plan.peers)}") from None
     members = [m.name for m in plan.members]
     try:
-        seen = load(run.path, members, str(EXTERNAL_VIP))
+        seen = load(run.path, members, (str(EXTERNAL_VIP), str(EXTERNAL_VIP6)))
     except LadderError as exc:
         print(f"ikelab: {exc}", file=sys.stderr)
         return 1

@@ -153,13 +153,19 @@ def build(peer: str, address: str, members: list[str], seen: list[Seen]) -> Ladd
 
 
 # ---- reading a run --------------------------------------------------------------------------
-def seen_in_capture(member: str, packets, vip: str) -> list[Seen]:
-    """The IKE packets of one member port's capture: (time, IPv4 packet bytes) pairs."""
+def seen_in_capture(member: str, packets, vip: str | tuple[str, ...]) -> list[Seen]:
+    """The IKE packets of one member port's capture: (time, IP packet bytes) pairs; inbound
+    are those to `vip` (one virtual IP, or those of both IP versions)."""
+    from .agent.ike import ParseError, parse_datagram
     from .agent.trace import packet_fields
 
+    vips = {vip} if isinstance(vip, str) else set(vip)
     seen = []
     for t, data in packets:
-        inbound = len(data) >= 20 and ".".join(str(b) for b in data[16:20]) == vip
+        try:
+            inbound = parse_datagram(data).dst in vips
+        except ParseError:
+            continue
         fields = packet_fields(data, inbound)
         if "exchange" in fields:
             seen.append(Seen(float(t), member, fields))
@@ -167,9 +173,9 @@ def seen_in_capture(member: str, packets, vip: str) -> list[Seen]:
 
 
 def read_pcap(path: Path) -> list[tuple[float, bytes]]:
-    """(time, IPv4 packet) of every IPv4 packet in a capture file; a capture cut short (its
-    tcpdump killed) gives what it holds. Raises LadderError if it is no capture at all."""
-    from scapy.all import IP, PcapReader  # slow to import: only when a capture is read
+    """(time, IP packet) of every IPv4 and IPv6 packet in a capture file; a capture cut short
+    (its tcpdump killed) gives what it holds. Raises LadderError if it is no capture at all."""
+    from scapy.all import IP, IPv6, PcapReader  # slow to import: only when a capture is read
 
     packets = []
     try:
@@ -179,14 +185,16 @@ def read_pcap(path: Path) -> list[tuple[float, bytes]]:
     with reader:
         try:
             for packet in reader:
-                if IP in packet:
-                    packets.append((float(packet.time), bytes(packet[IP])))
+                for layer in (IP, IPv6):
+                    if layer in packet:
+                        packets.append((float(packet.time), bytes(packet[layer])))
+                        break
         except Exception:  # noqa: BLE001 - a truncated last record: keep what came before
             pass
     return packets
 
 
-def load(run_path: Path, members: list[str], vip: str) -> list[Seen]:
+def load(run_path: Path, members: list[str], vip: str | tuple[str, ...]) -> list[Seen]:
     """What every member saw in a run: its trace if it has one, else its capture."""
     from .agent.names import NodeFiles
     from .agent.trace import read_trace

@@ -17,7 +17,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from ipaddress import IPv4Network, ip_interface, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_interface, ip_network
 from pathlib import Path
 
 from .topology import Plan, overlaps_host
@@ -155,19 +155,26 @@ def describe(misses: list[Miss]) -> str:
     return f"missing {what}; fix: {'; '.join(fixes) or 'a kernel that has it'}"
 
 
-def host_networks() -> list[IPv4Network]:
-    """The root namespace's own addresses and routes (all tables) as networks."""
+def host_networks() -> list[IPv4Network | IPv6Network]:
+    """The root namespace's own addresses and routes (all tables, both IP versions) as
+    networks; link-local and multicast ones are every host's and overlap nothing of the lab."""
     networks = []
-    addrs = subprocess.run(["ip", "-4", "-j", "addr"], capture_output=True, text=True).stdout
+    addrs = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True).stdout
     for link in json.loads(addrs or "[]"):
         for info in link.get("addr_info", []):
-            networks.append(ip_interface(f"{info['local']}/{info['prefixlen']}").network)
-    routes = subprocess.run(["ip", "-4", "-j", "route", "show", "table", "all"],
-                            capture_output=True, text=True).stdout
-    for route in json.loads(routes or "[]"):
-        if route.get("dst", "default") != "default":
-            networks.append(ip_network(route["dst"], strict=False))
-    return networks
+            if "local" in info and info.get("family") in ("inet", "inet6"):
+                networks.append(ip_interface(f"{info['local']}/{info['prefixlen']}").network)
+    for family in ("-4", "-6"):
+        routes = subprocess.run(["ip", family, "-j", "route", "show", "table", "all"],
+                                capture_output=True, text=True).stdout
+        for route in json.loads(routes or "[]"):
+            if route.get("dst", "default") not in ("default", "multicast") and route.get(
+                    "type") not in ("multicast",):
+                try:
+                    networks.append(ip_network(route["dst"], strict=False))
+                except ValueError:
+                    continue  # a destination `ip` spells otherwise: not an address of ours
+    return [n for n in networks if not (n.is_link_local or n.is_multicast)]
 
 
 def check_machine(plan: Plan) -> None:

@@ -34,8 +34,9 @@ MAX_BYTES = 32 << 20  # then the file starts afresh, the old one kept as `<name>
 
 
 def packet_fields(packet: bytes, inbound: bool) -> dict:
-    """What a trace line (or a ladder) says about an IPv4/UDP IKE packet; {} when the packet
-    is not one (a malformed one was dropped for that reason, and its line says why)."""
+    """What a trace line (or a ladder) says about an IKE packet over UDP, IPv4 or IPv6; {}
+    when the packet is not one (a malformed one was dropped for that reason, and its line
+    says why)."""
     try:
         dgram = ike.parse_datagram(packet)
         port = dgram.dport if inbound else dgram.sport
