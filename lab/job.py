@@ -57,23 +57,38 @@ def agent_status(lab: Lab) -> dict[str, dict]:
     return {m.name: ask_agent(lab, m.name) for m in lab.plan.members}
 
 
-def ping_all(lab: Lab, plan: Plan) -> dict[str, dict[str, dict[str, int]]]:
-    """Ping both ways between the cluster's LAN host and every peer's LAN host, in parallel,
+class Pings:
+    """Each tunnel's pings, both ways between the cluster's LAN host and the peer's LAN host
     in each family the LANs carry (`to_peer`, `from_peer`; with both, IPv6 is `to_peer6`,
-    `from_peer6`)."""
-    lan_host = lab.node(plan.lan_host.name)
-    ours = {a.version: a.ip for a in plan.lan_host.interfaces[0].addresses}
-    procs = {}
-    for peer in plan.peers:
+    `from_peer6`), started the moment the tunnel is up (`start`, the bring-up's `on_up`): a
+    first packet lost is the tunnel's, not a late test's."""
+
+    def __init__(self, lab: Lab):
+        self.lab = lab
+        self.procs = {}
+
+    def start(self, peer_name: str) -> None:
+        plan = self.lab.plan
+        peer = plan.peer(peer_name)
+        lan_host = self.lab.node(plan.lan_host.name)
+        ours = {a.version: a.ip for a in plan.lan_host.interfaces[0].addresses}
         for theirs in peer.lan_hosts:
             suffix = "6" if theirs.version == 6 and len(peer.lan_hosts) > 1 else ""
-            procs[(peer.name, f"to_peer{suffix}")] = lan_host.popen(PING + [str(theirs)])
-            procs[(peer.name, f"from_peer{suffix}")] = lab.node(peer.lan_host).popen(
+            self.procs[(peer.name, f"to_peer{suffix}")] = lan_host.popen(PING + [str(theirs)])
+            self.procs[(peer.name, f"from_peer{suffix}")] = self.lab.node(peer.lan_host).popen(
                 PING + [str(ours[theirs.version])])
-    result = {p.name: {} for p in plan.peers}
-    for (peer, direction), counts in ping_counts(procs).items():
-        result[peer][direction] = counts
-    return result
+
+    def counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """peer -> direction -> {"sent", "received"}; a tunnel never up was never pinged:
+        its directions count PING_COUNT sent and none received."""
+        plan = self.lab.plan
+        for peer in plan.peers:
+            if not any(name == peer.name for name, _ in self.procs):
+                self.start(peer.name)  # down: its pings show it
+        result = {p.name: {} for p in plan.peers}
+        for (peer, direction), counts in ping_counts(self.procs).items():
+            result[peer][direction] = counts
+        return result
 
 
 def tcp_all(lab: Lab, plan: Plan) -> dict[str, dict[str, dict]]:
@@ -131,7 +146,8 @@ def run_main_job(lab: Lab, timeout: float, lab_up_s: float, say, quiet: bool = F
     no progress bar (--json)."""
     plan = lab.plan
     say(f"initiating {len(plan.peers)} tunnels from the peers")
-    watch = lab.bring_up(timeout=timeout, say=say)
+    pings = Pings(lab)
+    watch = lab.bring_up(timeout=timeout, say=say, on_up=pings.start)
     say(f"tunnels up: {len(watch.up_after)}/{len(plan.peers)}"
         + (f", given up: {', '.join(sorted(watch.gave_up))}" if watch.gave_up else ""))
     crowd_watch = None
@@ -139,8 +155,8 @@ def run_main_job(lab: Lab, timeout: float, lab_up_s: float, say, quiet: bool = F
         say(f"crowd: {len(plan.sites())} sites initiating at {plan.spec.crowd_rate:g}/s")
         crowd_watch = crowd.bring_up(lab, plan.spec.crowd_rate, timeout, quiet, say)
         say(f"crowd: {crowd_watch.up()}/{len(plan.sites())} sites up")
-    say("sending LAN-to-LAN pings and TCP (iperf3) both ways")
-    traffic = ping_all(lab, plan)
+    say("LAN-to-LAN pings (each tunnel's from the moment it was up) and TCP (iperf3) both ways")
+    traffic = pings.counts()
     for peer, tcp in tcp_all(lab, plan).items():
         traffic[peer].update(tcp)
     crowd_traffic = crowd.ping_sample(lab, crowd.sample(plan)) if plan.crowd else {}

@@ -10,6 +10,7 @@ import secrets
 import signal
 import subprocess
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 from mininet.log import setLogLevel
 
 from . import preflight, probes, strongswan
-from .agent.names import NodeFiles
+from .agent.names import CHILD_NAME, CLUSTER_CONNECTION, NodeFiles
 from .captures import Captures
 from .cluster import ClusterNet
 from .mntopo import IkeClusterTopo, root_interfaces
@@ -30,6 +31,13 @@ from .topology import LabSpec, Plan, build_plan
 
 class LabError(RuntimeError):
     """The lab cannot start or run; the message is one line for the user."""
+
+
+REKEY_TIMEOUT = 30.0  # an IKEv1 reauthentication's old IKE SA goes after 10 s
+
+
+class RekeyError(RuntimeError):
+    """A rekey that did not happen; one line."""
 
 
 def claim_machine(plan: Plan, say=print) -> LabLock:
@@ -192,15 +200,42 @@ class Lab:
     def node(self, name: str):
         return self.net[name]
 
-    def bring_up(self, peers=None, timeout: float = 20.0,
-                 say=lambda message: None) -> strongswan.TunnelWatch:
+    def bring_up(self, peers=None, timeout: float = 20.0, say=lambda message: None,
+                 on_up=None) -> strongswan.TunnelWatch:
         """Have these peers (names; default every peer) initiate their tunnels to the cluster
         and wait until each is up, data path complete in every kernel on its way (the first
-        packet gets through), or given up, at most `timeout` seconds; the watch says which."""
+        packet gets through), or given up, at most `timeout` seconds; the watch says which.
+        `on_up(peer)` is called the moment each is up."""
         names = [p.name for p in self.plan.peers] if peers is None else list(peers)
         return strongswan.bring_up({p: self.node(p).files.vici_socket for p in names},
                                    timeout, say,
-                                   complete=lambda up: probes.data_path_complete(self, up))
+                                   complete=lambda up: probes.data_path_complete(self, up),
+                                   on_up=on_up)
 
     def switch(self, role: str):
         return self.net[self.plan.switch(role).name]
+
+    def rekey(self, peer: str, by: str, what: str, timeout: float = REKEY_TIMEOUT) -> float:
+        """Have `by` ("peer", or "holder": the member holding its tunnel) rekey `peer`'s
+        `what` ("ike" or "child") SA, and wait until the peer holds one IKE SA again with a
+        new SPI there (an IKEv1 IKE SA reauthenticates: the old one lingers 10 s); seconds
+        it took from the request. Raises RekeyError when it did not happen in `timeout` s."""
+        peer_sock = self.node(peer).files.vici_socket
+        deadline = time.monotonic() + timeout
+        while ((before := strongswan.tunnel_spis(peer_sock)) is None
+               or (holder := probes.tunnel_holder(self, peer)) is None):
+            if time.monotonic() > deadline:
+                raise RekeyError(f"{peer}: no one tunnel to rekey within {timeout:g} s")
+            time.sleep(0.02)
+        sock = peer_sock if by == "peer" else self.node(holder).files.vici_socket
+        connection = CLUSTER_CONNECTION if by == "peer" else peer
+        started = time.monotonic()
+        with strongswan.session(sock) as session:
+            session.rekey({"ike": connection} if what == "ike" else {"child": CHILD_NAME})
+        index = 0 if what == "ike" else 1
+        while time.monotonic() < deadline:
+            now = strongswan.tunnel_spis(peer_sock)
+            if now and now[index] != before[index]:
+                return time.monotonic() - started
+            time.sleep(0.01)
+        raise RekeyError(f"{peer}: {by}'s {what} rekey not done within {timeout:g} s")

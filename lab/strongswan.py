@@ -105,6 +105,17 @@ def children_of(sess, connection: str) -> list[str]:
             for name in conn.get(connection, {}).get("children", {})]
 
 
+def tunnel_spis(socket_path: Path) -> tuple[str, tuple[str, ...]] | None:
+    """(IKE initiator SPI, inbound SPIs of its installed CHILD SAs) of the one established
+    IKE SA this daemon holds; None while it holds none or more than one, or no CHILD SA."""
+    sas = [s for s in list_sas(socket_path).values() if s.get("state") == "ESTABLISHED"]
+    if len(sas) != 1:
+        return None
+    children = tuple(sorted(c["spi-in"] for c in sas[0].get("child-sas", {}).values()
+                            if c.get("state") == "INSTALLED"))
+    return (sas[0]["initiator-spi"], children) if children else None
+
+
 class TunnelWatch:
     """Polls peers' charons until each tunnel is up or its negotiation was given up.
 
@@ -112,14 +123,16 @@ class TunnelWatch:
     ESTABLISHED with an INSTALLED CHILD SA and, if `complete` is given, it says the tunnel's
     data path is complete too (it takes the names of the peers charon calls up and returns
     those whose packets would get through now); it was given up when the IKE SA seen before
-    is gone. `sa_up_after` is when charon said up, `up_after` when the tunnel was up.
+    is gone. `sa_up_after` is when charon said up, `up_after` when the tunnel was up;
+    `on_up(peer)`, if given, is called then (the main job starts the tunnel's pings).
     """
 
     POLL_INTERVAL = 0.05  # also the resolution of up_after, which the benchmarks report
 
-    def __init__(self, sockets: dict[str, Path], complete=None):
+    def __init__(self, sockets: dict[str, Path], complete=None, on_up=None):
         self.sockets = sockets
         self.complete = complete
+        self.on_up = on_up
         self.started = time.monotonic()
         self.sa_up_after: dict[str, float] = {}
         self.up_after: dict[str, float] = {}
@@ -146,6 +159,8 @@ class TunnelWatch:
         waiting = [p for p in self.sa_up_after if p not in self.up_after]
         for peer in (self.complete(waiting) if self.complete and waiting else waiting):
             self.up_after[peer] = time.monotonic() - self.started
+            if self.on_up:
+                self.on_up(peer)
         return len(self.up_after) + len(self.gave_up) == len(self.sockets)
 
     def wait(self, timeout: float, say=lambda message: None) -> None:
@@ -160,11 +175,11 @@ class TunnelWatch:
 
 
 def bring_up(sockets: dict[str, Path], timeout: float, say=lambda message: None,
-             complete=None) -> TunnelWatch:
+             complete=None, on_up=None) -> TunnelWatch:
     """Have every peer (name -> vici socket) initiate its tunnel to the cluster and wait until
     each is up (its data path `complete`, if given; see TunnelWatch) or given up; the watch
     says which."""
-    watch = TunnelWatch(sockets, complete)
+    watch = TunnelWatch(sockets, complete, on_up)
     for sock in sockets.values():
         initiate(sock, CLUSTER_CONNECTION)
     watch.wait(timeout, say)

@@ -102,7 +102,8 @@ class Charon:
                 if name is not None:
                     name, message = decode(name), decode(dict(message))
                     self.post(CharonSaid(name, message))
-                    holdings.apply(name, message)
+                    if holdings.apply(name, message) and self.read_holdings:
+                        holdings.reset(list_sas(self.path))  # what the events cannot say
                     dirty_since = dirty_since or now
                 if self.read_holdings and now >= refreshed + HOLDINGS_REFRESH:
                     # Registered for events by now: those that come during the read wait

@@ -2,13 +2,15 @@
 in the kernel to the member holding each SA, through rekeys, without the agent seeing it."""
 
 import json
-import threading
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from lab import strongswan
 from lab.lab import Lab
-from lab.agent.names import CHILD_NAME
 from lab.topology import LabSpec
 
 from .helpers import bring_up, ikelab_json, poll, statuses
@@ -83,47 +85,72 @@ def test_tcp_both_ways_through_the_steered_cluster_never_touches_the_agent():
         assert seen <= 8, f"the agents saw {seen} packets during the transfer"
 
 
-@pytest.mark.parametrize("ike", ["2", "1"])
-def test_rekeys_during_traffic_keep_tcp_and_lose_under_one_percent_of_udp(ike):
-    with Lab(LabSpec(members=3, peers=1, hash="split", ike=ike)) as lab:
-        up(lab)
-        owner = next(m.name for m in lab.plan.members
-                     if strongswan.list_sas(lab.node(m.name).files.vici_socket))
-        tcp_server = lab.node("hc").popen(["iperf3", "-s", "-1", "-p", "5201"])
-        udp_server = lab.node("hc").popen(["iperf3", "-s", "-1", "-p", "5202"])
-        poll(lambda: (lambda ss: ":5201" in ss and ":5202" in ss)(lab.node("hc").cmd("ss -ltn")),
-             deadline=5)
-        results = {}
-        # TCP capped well below what the lab carries, so that UDP loss measures the rekeys,
-        # not congestion from the TCP stream beside it.
-        tcp = lab.node("h1").popen(["iperf3", "-J", "-c", "10.1.0.10", "-p", "5201", "-t", "30",
-                                    "-b", "20M"])
-        # 1000-byte datagrams: iperf3 sets DF, and the tunnel's MTU (ipsec0) is 1400.
-        udp = lab.node("h1").popen(["iperf3", "-J", "-c", "10.1.0.10", "-p", "5202", "-t", "30",
-                                    "-u", "-b", "2M", "-l", "1000"])
+REKEYS = (("peer", "child"), ("holder", "ike"), ("holder", "child"), ("peer", "ike")) * 2
 
-        def collect(name, proc):
-            out, err = proc.communicate(timeout=90)
-            try:
-                results[name] = json.loads(out)
-            except ValueError:
-                results[name] = {"error": f"no JSON from iperf3 ({proc.returncode}): {err!r}"}
-        threads = [threading.Thread(target=collect, args=a) for a in (("tcp", tcp), ("udp", udp))]
-        for t in threads:
-            t.start()
-        peer_sock = lab.node("p1").files.vici_socket
-        owner_sock = lab.node(owner).files.vici_socket
-        for sock, what in ((peer_sock, {"child": CHILD_NAME}), (owner_sock, {"ike": "p1"}),
-                           (owner_sock, {"child": CHILD_NAME})):
-            threading.Event().wait(7)  # spread the rekeys over the 30 s of traffic
-            with strongswan.session(sock) as sess:
-                sess.rekey(what)
-        for t in threads:
-            t.join(timeout=90)
+
+def flow(node, *args):
+    """A `lab.seqflow` process in `node` (its JSON line on stdout)."""
+    return node.popen([sys.executable, "-m", "lab.seqflow", *args], stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True,
+                      env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+
+
+def last_json(proc, timeout: float) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        pytest.fail(f"no report from seqflow ({proc.returncode}): {err.strip()[-300:]}")
+
+
+@pytest.mark.parametrize("ike, ownership", [("2", "table"), ("2", "table+label"),
+                                            ("2", "stateless"), ("1", "table")])
+def test_rekeys_under_traffic_lose_no_packet_and_keep_tcp(ike, ownership):
+    # 1,000 datagrams/s each way with sequence numbers, and a TCP transfer beside them, while
+    # the peer and the holder take turns rekeying the IKE and the CHILD SA, twice each.
+    with Lab(LabSpec(members=3, peers=1, hash="split", ike=ike, ownership=ownership)) as lab:
+        up(lab)
+        receivers = {"to_lan": flow(lab.node("hc"), "receive", "--port", "5300"),
+                     "to_peer": flow(lab.node("h1"), "receive", "--port", "5301")}
+        for proc in receivers.values():
+            assert proc.stdout.readline().strip() == "listening"
+        tcp_server = lab.node("hc").popen(["iperf3", "-s", "-1", "-p", "5201"])
+        poll(lambda: ":5201" in lab.node("hc").cmd("ss -ltn"), deadline=5)
+        senders = {"to_lan": flow(lab.node("h1"), "send", "--to", "10.1.0.10", "--port", "5300",
+                                  "--seconds", "300"),
+                   "to_peer": flow(lab.node("hc"), "send", "--to", "10.2.1.10", "--port",
+                                   "5301", "--seconds", "300")}
+        # TCP capped, and its window too: with iperf3's default window a burst of ESP
+        # overflows the holder's charon socket buffer (UdpRcvbufErrors, measured: 27 in 12 s),
+        # whose size a network namespace cannot raise (net.core.rmem_default is the host's).
+        # That is congestion in kernel-libipsec's user-space data plane, not the rekeys.
+        tcp = lab.node("h1").popen(["iperf3", "-J", "-c", "10.1.0.10", "-p", "5201", "-t",
+                                    "300", "-b", "5M", "-w", "32K"], stdout=subprocess.PIPE,
+                                   text=True)
+        started = time.monotonic()
+        took, rekeys = [], []
+        for by, what in REKEYS:
+            at = time.monotonic()
+            took.append(lab.rekey("p1", by, what))
+            rekeys.append((by, what, round(at, 3), round(at + took[-1], 3)))
+        time.sleep(max(0.0, started + 6 - time.monotonic()))  # TCP's seconds to judge
+        tcp.send_signal(signal.SIGINT)  # iperf3 reports what it carried, and ends
+        for proc in senders.values():
+            proc.terminate()
+        sent = {way: last_json(proc, 30)["sent"] for way, proc in senders.items()}
+        got = {way: last_json(proc, 60) for way, proc in receivers.items()}
+        tcp_report = json.loads(tcp.communicate(timeout=30)[0] or "{}")
         tcp_server.wait(timeout=30)
-        udp_server.wait(timeout=30)
-        assert "error" not in results["tcp"], results["tcp"].get("error")
-        assert "error" not in results["udp"], results["udp"].get("error")
-        assert results["tcp"]["end"]["sum_received"]["seconds"] > 29
-        udp_end = results["udp"]["end"]["sum"]
-        assert udp_end["lost_percent"] < 1.0, udp_end
+    assert all(t < 30 for t in took), took
+    # TCP went on throughout: every whole second of the transfer carried bytes.
+    seconds = [i["sum"] for i in tcp_report.get("intervals", []) if i["sum"]["seconds"] > 0.9]
+    assert len(seconds) >= 3 and all(i["bytes"] > 0 for i in seconds), seconds
+    lost = {way: sent[way] - got[way]["received"] for way in sent}
+    if ike == "2":
+        assert lost == {"to_lan": 0, "to_peer": 0}, ({w: got[w]["gaps"] for w in got}, rekeys)
+    else:
+        # IKEv1's Quick Mode commits in three messages: its initiator sends on the new SA
+        # before the responder, which installs it on the third, can read it. Charon alone
+        # (scripts/bench_rekey.py --ike 1 --members 1 --no-agent) loses the same: at most one
+        # datagram per CHILD SA rekey, in the initiator's direction.
+        assert all(n <= 2 for n in lost.values()), ({w: got[w]["gaps"] for w in got}, rekeys)

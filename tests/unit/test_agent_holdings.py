@@ -31,8 +31,23 @@ def test_children_come_rekey_and_go_with_their_ike_sa():
     h.apply("child-updown", {"up": "no", "s1": sa("1", "01" * 8, {
         "lan-1": child("1", "DELETING", "10.64.0.16/28")})})
     assert h.installed() == {(bytes.fromhex("04" * 8), "10.64.0.32/28")}
-    h.apply("ike-updown", {"up": "no", "s2": {"uniqueid": "4", "initiator-spi": "04" * 8}})
+    # An IKE SA that goes with CHILD SAs still ours under it: they go too, and charon is
+    # to be read again (they may have moved on silently).
+    assert h.apply("ike-updown", {"up": "no", "s2": {"uniqueid": "4",
+                                                     "initiator-spi": "04" * 8}}) is True
     assert h.installed() == frozenset()
+    assert h.apply("ike-updown", {"up": "no", "s2": {"uniqueid": "4"}}) is False
+
+
+def test_an_ikev1_reauthentication_adopts_the_child_sas_silently_and_a_read_finds_them():
+    # Events as charon 5.9.8 sent them (scripts/bench_rekey.py --ike 1): the new IKE SA comes
+    # up listing no CHILD SA; 10 s later the old one goes down, listing none either.
+    h = Holdings()
+    h.reset([sa("1", "01" * 8, {"lan-1": child("1", "INSTALLED", "10.2.1.0/24")})])
+    h.apply("ike-updown", {"up": "yes", "p1": sa("2", "02" * 8, {})})
+    assert h.apply("ike-updown", {"p1": sa("1", "01" * 8, {})}) is True
+    h.reset([sa("2", "02" * 8, {"lan-1": child("1", "INSTALLED", "10.2.1.0/24")})])
+    assert h.installed() == {(bytes.fromhex("02" * 8), "10.2.1.0/24")}
 
 
 def test_a_child_sa_not_installed_is_not_held():
