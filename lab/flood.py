@@ -25,8 +25,6 @@ import subprocess
 import sys
 import time
 
-from lab.agent.ike import Datagram
-
 VIP = "203.0.113.1"
 VIPS = (VIP, "2001:db8:0:1::1")  # the only addresses it floods (`lab.topology`'s virtual IPs)
 # UDP payloads of the first packet of tests/data/ikev2.pcap and ikev1.pcap, SPI first.
@@ -78,7 +76,12 @@ def spoofed(payload: bytes, source: str, sport: int, port: int) -> bytes:
 
 def spoofed6(payload: bytes, source: str, sport: int, port: int, vip: str) -> bytes:
     """IPv6 + UDP (RFC 8200, 768) from `source`, the checksum IPv6 requires filled."""
-    return Datagram(source, sport, vip, port, payload).encode()
+    src, dst = (socket.inet_pton(socket.AF_INET6, a) for a in (source, vip))
+    udp_len = 8 + len(payload)
+    pseudo = src + dst + struct.pack("!IxxxB", udp_len, 17)
+    udp = struct.pack("!HHHH", sport, port, udp_len, 0) + payload
+    udp = udp[:6] + struct.pack("!H", checksum(pseudo + udp) or 0xFFFF) + udp[8:]
+    return struct.pack("!IHBB", 6 << 28, udp_len, 17, 64) + src + dst + udp
 
 
 def own_address(vip: str = VIP) -> str:

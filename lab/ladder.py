@@ -156,17 +156,14 @@ def build(peer: str, address: str, members: list[str], seen: list[Seen]) -> Ladd
 def seen_in_capture(member: str, packets, vip: str | tuple[str, ...]) -> list[Seen]:
     """The IKE packets of one member port's capture: (time, IP packet bytes) pairs; inbound
     are those to `vip` (one virtual IP, or those of both IP versions)."""
-    from .agent.ike import ParseError, parse_datagram
     from .agent.trace import packet_fields
 
     vips = {vip} if isinstance(vip, str) else set(vip)
     seen = []
     for t, data in packets:
-        try:
-            inbound = parse_datagram(data).dst in vips
-        except ParseError:
-            continue
-        fields = packet_fields(data, inbound)
+        fields = packet_fields(data, inbound=True)  # "peer": the source, so far
+        if fields.get("peer") in vips:  # sent by the cluster: the peer is the destination
+            fields = packet_fields(data, inbound=False)
         if "exchange" in fields:
             seen.append(Seen(float(t), member, fields))
     return seen
