@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Packets lost at tunnel-up: `ikelab run` N times in a row, for the default lab and for
-`--members 5 --peers 8 --hash split --ownership stateless`, and the pings lost over all runs.
+"""Packets lost at tunnel-up: `ikelab run` N times in a row, for the default lab, for
+`--members 5 --peers 8 --hash split --ownership stateless`, for IKEv1 (2 members, 2 peers)
+and for dual stack (`--ip dual --hash split --ike mixed`, 3x4), and the pings lost over all
+runs.
 
     .venv/bin/python scripts/bench_first_packet.py [--runs 20] [--json FILE]
 
 A tunnel counts as up once charon says so and every kernel on its data path routes it (the
 peer's, its holder's, and every serving member's steering route: `probes.data_path_complete`);
-the report's traffic test then pings both ways through every tunnel (3 pings each way). Each
+the report's traffic test pings both ways through every tunnel from that moment (3 pings each
+way, in each IP version the LANs carry). Each
 line: the lab, runs, runs whose exit status was not 0, pings sent, pings lost, and the tunnels
 that lost any (run:peer:direction). Issue 19's target: 0 lost.
 """
@@ -20,7 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LABS = {"default": [],
         "5x8 split stateless": ["--members", "5", "--peers", "8", "--hash", "split",
-                                "--ownership", "stateless"]}
+                                "--ownership", "stateless"],
+        "2x2 ikev1": ["--members", "2", "--peers", "2", "--ike", "1"],
+        "3x4 dual split mixed": ["--members", "3", "--peers", "4", "--ip", "dual", "--hash",
+                                 "split", "--ike", "mixed"]}
 
 
 def main() -> int:
@@ -45,7 +51,7 @@ def main() -> int:
                 print(f"{name} run {run}: no report ({result.stderr.strip()[-200:]})")
                 continue
             for tunnel in report["tunnels"]:
-                for direction in ("to_peer", "from_peer"):
+                for direction in ("to_peer", "from_peer", "to_peer6", "from_peer6"):
                     counts = tunnel["traffic"].get(direction, {})
                     sent += counts.get("sent", 0)
                     gone = counts.get("sent", 0) - counts.get("received", 0)

@@ -22,6 +22,7 @@ from lab.agent.ike import (HEADER_LEN, MAX_IKE_LEN, NATT_PORT, NON_ESP_MARKER, Z
 ports = st.integers(0, 0xFFFF)
 spis = st.binary(min_size=8, max_size=8)
 addresses = st.ip_addresses(v=4).map(str)
+addresses6 = st.ip_addresses(v=6).map(str)
 
 
 @st.composite
@@ -66,6 +67,29 @@ def ipv4_like(draw):
     return bytes(ip) + struct.pack("!HHHH", sport, dport, length, 0) + payload
 
 
+@st.composite
+def ipv6_like(draw):
+    """Bytes that get past the IPv6 checks often: version 6, a payload length that fits more
+    often than chance, and a chain of extension headers (Hop-by-Hop, Routing, Destination
+    Options, AH, Fragment) with lengths that fit or not, before UDP or not."""
+    chain = draw(st.lists(st.sampled_from([0, 43, 60, 51, 44]), max_size=10))
+    last = draw(st.one_of(st.just(17), st.integers(0, 0xFF)))
+    body = b""
+    for kind, following in zip(chain, chain[1:] + [last]):
+        units = draw(st.one_of(st.just(0), st.integers(0, 0xFF)))
+        size = (units + 2) * 4 if kind == 51 else (units + 1) * 8
+        size = min(size, draw(st.integers(2, max(2, size))))
+        body += bytes([following, units]) + draw(st.binary(min_size=size - 2, max_size=size - 2))
+    payload = draw(st.one_of(st.binary(max_size=64), ike_like(),
+                             ike_like().map(lambda ike: NON_ESP_MARKER + ike)))
+    sport, dport = (draw(st.one_of(st.sampled_from([500, NATT_PORT]), ports)) for _ in "sd")
+    udp_length = draw(st.one_of(st.just(8 + len(payload)), st.integers(0, 0xFFFF)))
+    body += struct.pack("!HHHH", sport, dport, udp_length, 0) + payload
+    length = draw(st.one_of(st.just(len(body)), st.integers(0, 0xFFFF)))
+    first = chain[0] if chain else last
+    return (struct.pack("!IHBB", 6 << 28, length, first, 64) + bytes(range(32)) + body)
+
+
 def refused(exc: ParseError) -> None:
     kind = re.sub(r"\b\d+\b", "N", str(exc).split(":")[0])  # as the agent counts it
     event(f"refused: {kind}")
@@ -106,18 +130,19 @@ def test_any_udp_payload_on_any_port_is_ike_not_ike_or_a_parse_error(port, paylo
         assert not marker or payload.startswith(NON_ESP_MARKER)
 
 
-@given(st.one_of(st.binary(max_size=120), ipv4_like()))
+@given(st.one_of(st.binary(max_size=120), ipv4_like(), ipv6_like()))
 def test_any_bytes_parse_to_a_datagram_or_a_parse_error(packet):
     try:
         dgram = parse_datagram(packet)
     except ParseError as exc:
         return refused(exc)
-    event("parsed")
+    event(f"parsed IPv{dgram.version}")
     assert 0 <= dgram.sport <= 0xFFFF and 0 <= dgram.dport <= 0xFFFF
-    assert dgram.payload in packet and len(packet) >= 28 + len(dgram.payload)
+    header = 48 if dgram.version == 6 else 28
+    assert dgram.payload in packet and len(packet) >= header + len(dgram.payload)
 
 
-@given(st.one_of(st.binary(max_size=200), ipv4_like()), st.booleans())
+@given(st.one_of(st.binary(max_size=200), ipv4_like(), ipv6_like()), st.booleans())
 def test_any_packet_through_the_agents_whole_path_gives_a_header_nothing_or_a_parse_error(
         packet, inbound):
     """The order core.Agent parses an NFQUEUE packet in."""
@@ -153,9 +178,16 @@ def test_an_encoded_datagram_parses_to_the_same_datagram(src, sport, dst, dport,
     assert words == 0xFFFF
 
 
-@given(addresses, ports, addresses, headers(max_body=1400), st.booleans())
+@given(addresses6, ports, addresses6, ports, st.binary(max_size=300))
+def test_an_encoded_ipv6_datagram_parses_to_the_same_datagram(src, sport, dst, dport, payload):
+    dgram = Datagram(src, sport, dst, dport, payload)
+    assert parse_datagram(dgram.encode()) == dgram
+
+
+@given(st.one_of(addresses, addresses6), ports, headers(max_body=1400), st.booleans())
 def test_an_ike_message_in_an_encoded_datagram_reaches_the_header_parser_intact(
-        src, sport, dst, header_body, natt):
+        src, sport, header_body, natt):
+    dst = "2001:db8:0:1::1" if ":" in src else "203.0.113.1"
     header, body = header_body
     port = NATT_PORT if natt else 500
     ike = header.encode() + body
