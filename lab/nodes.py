@@ -82,7 +82,9 @@ class LabNode(Host):
             # With OVS's userspace datapath, veth TX checksum offload leaves UDP checksums
             # unfilled and receivers drop the packets silently.
             flags = {4: "", 6: " nodad" + (" noprefixroute" if intf.name in direct6 else "")}
-            commands.append(f"ip addr flush dev {dev}; "
+            # Global addresses only: an interface without its IPv6 link-local address does
+            # not answer neighbour solicitations (measured: p1 never resolved h1).
+            commands.append(f"ip addr flush dev {dev} scope global; "
                             + "".join(f"ip addr add {address} dev {dev}{flags[address.version]}; "
                                       for address in intf.addresses)
                             + f"ip link set {dev} up; ethtool -K {dev} tx off >/dev/null 2>&1")

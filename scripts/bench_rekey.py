@@ -18,6 +18,7 @@ way, lost each way, and each gap with the rekey it followed. Issue 19's target: 
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -128,6 +129,9 @@ def main() -> int:
         print(f"bench_rekey: --modes from {', '.join(OWNERSHIP_MODES)}; --rekeys 1-1000",
               file=sys.stderr)
         return 2
+    def interrupted(*_):
+        raise KeyboardInterrupt  # the lab tears down in its `with`, as after Ctrl-C
+    signal.signal(signal.SIGTERM, interrupted)
     results = {}
     for mode in modes:
         result = results[mode] = measure(mode, args)
