@@ -18,7 +18,7 @@ from pathlib import Path
 from mininet.log import setLogLevel
 
 from . import preflight, probes, strongswan
-from .agent.names import CHILD_NAME, CLUSTER_CONNECTION, NodeFiles
+from .agent.names import NodeFiles
 from .captures import Captures
 from .cluster import ClusterNet
 from .mntopo import IkeClusterTopo, root_interfaces
@@ -217,21 +217,37 @@ class Lab:
 
     def rekey(self, peer: str, by: str, what: str, timeout: float = REKEY_TIMEOUT) -> float:
         """Have `by` ("peer", or "holder": the member holding its tunnel) rekey `peer`'s
-        `what` ("ike" or "child") SA, and wait until the peer holds one IKE SA again with a
-        new SPI there (an IKEv1 IKE SA reauthenticates: the old one lingers 10 s); seconds
-        it took from the request. Raises RekeyError when it did not happen in `timeout` s."""
+        `what` ("ike" or "child") SA, once the peer and the holder each hold exactly one IKE
+        SA with each other (an IKEv1 IKE SA reauthenticates: the old one lingers 10 s, and a
+        rekey of both would be two reauthentications at once); wait until the peer holds one
+        IKE SA again with a new SPI there. Seconds it took from the request; RekeyError when
+        it did not happen within `timeout` s."""
         peer_sock = self.node(peer).files.vici_socket
+        address = str(self.plan.peer(peer).seen_as)
         deadline = time.monotonic() + timeout
-        while ((before := strongswan.tunnel_spis(peer_sock)) is None
-               or (holder := probes.tunnel_holder(self, peer)) is None):
+        while True:
+            before = strongswan.tunnel_spis(peer_sock)
+            holder = probes.tunnel_holder(self, peer)
+            ours = [sa for sa in strongswan.list_sas(self.node(holder).files.vici_socket).values()
+                    if sa.get("remote-host") == address] if holder else []
+            theirs = list(strongswan.list_sas(peer_sock).values())
+            if before and len(ours) == 1 and len(theirs) == 1:
+                break
             if time.monotonic() > deadline:
                 raise RekeyError(f"{peer}: no one tunnel to rekey within {timeout:g} s")
             time.sleep(0.02)
+        sa = theirs[0] if by == "peer" else ours[0]
         sock = peer_sock if by == "peer" else self.node(holder).files.vici_socket
-        connection = CLUSTER_CONNECTION if by == "peer" else peer
+        children = [c for c in sa.get("child-sas", {}).values() if c.get("state") == "INSTALLED"]
+        if what == "ike":
+            request = {"ike-id": str(sa["uniqueid"])}
+        elif children:
+            request = {"child-id": str(children[0]["uniqueid"])}
+        else:
+            raise RekeyError(f"{peer}: {by} holds no installed CHILD SA to rekey")
         started = time.monotonic()
         with strongswan.session(sock) as session:
-            session.rekey({"ike": connection} if what == "ike" else {"child": CHILD_NAME})
+            session.rekey(request)
         index = 0 if what == "ike" else 1
         while time.monotonic() < deadline:
             now = strongswan.tunnel_spis(peer_sock)
