@@ -3,7 +3,7 @@
 cluster takes to be consistent again (median and 95th percentile of REPEAT runs per scenario).
 
     .venv/bin/python scripts/bench_failover.py [--repeat 10] [--only NAME ...] [--busy SECONDS]
-                                               [--plots DIR]
+                                               [--plots DIR] [--ip 4|6|dual]
 
 The scenarios are `lab.scenarios.SCENARIOS`, the same the failover and takeover tests run:
 owner-death (3 members), owner-death-5, mid-negotiation, rejoin, rehash, partition,
@@ -32,6 +32,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,14 +61,14 @@ def spread(values, unit: str = "s") -> str:
     return f"median {median(values):.2f} {unit}, p95 {p95(values):.2f} {unit}"
 
 
-def runs_of(scenario, repeat: int, plots: Path) -> tuple[list[list], list[str]]:
+def runs_of(scenario, repeat: int, plots: Path, ip: str = "4") -> tuple[list[list], list[str]]:
     """Each run's step results (complete runs only), and why the others failed; the first
     run's timeline drawn in `plots`."""
     complete, failures = [], []
     for n in range(repeat):
         with tempfile.TemporaryDirectory() as directory:
             try:
-                with staged(scenario, Path(directory)) as run:
+                with staged(scenario, Path(directory), replace(scenario.spec, ip=ip)) as run:
                     results = run.run(scenario.steps)
                     if n == 0:
                         path = run.draw(plots / f"failover-{scenario.name}.png",
@@ -118,7 +119,12 @@ def main() -> None:
                         help="only the long run under load, for this many seconds")
     parser.add_argument("--plots", type=Path, default=Path("."), metavar="DIR",
                         help="where the PNGs go (the current directory)")
+    parser.add_argument("--ip", choices=("4", "6", "dual"), default="4",
+                        help="the labs' IP versions (`ikelab run --ip`; 4)")
     args = parser.parse_args()
+    if not args.plots.is_dir():
+        print(f"bench_failover: no directory {args.plots}", file=sys.stderr)
+        sys.exit(2)
     if args.busy:
         busy(args.busy)
         return
@@ -127,7 +133,7 @@ def main() -> None:
     outages = {}
     for name in args.only:
         scenario = SCENARIOS[name]
-        complete, failures = runs_of(scenario, args.repeat, args.plots)
+        complete, failures = runs_of(scenario, args.repeat, args.plots, args.ip)
         print(f"{name} ({scenario.description}): {len(complete)}/{args.repeat} runs recovered"
               + (f"; failures: {failures}" if failures else ""), flush=True)
         for index in range(len(scenario.steps) if complete else 0):

@@ -2,6 +2,7 @@
 with traffic in each family, in every ownership mode; owner death; an IPv6 IKE_SA_INIT flood;
 an IKE_AUTH that crosses as IPv6 fragments. The reports are built from the daemons."""
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -15,6 +16,7 @@ from lab.topology import LabSpec
 from .helpers import ikelab_json, poll
 from .test_failover import GIVE_UP, assert_forgotten, assert_recovered
 from .test_flood import RATE, SECONDS, agents, terminate, two_owners, up_after
+from .test_takeover import no_ping_lost_or_doubled, one_sa_per_peer
 
 pytestmark = pytest.mark.root
 
@@ -114,3 +116,26 @@ def test_nat_with_ipv6_only_is_refused_in_one_line():
     result = ikelab("run", "--ip", "6", "--nat")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "NAT66" in result.stderr, result.stderr
+
+
+def test_a_dual_stack_drain_moves_tunnels_of_both_versions_without_losing_a_ping(tmp_path):
+    # p2 and p4 reach the cluster over IPv6, p1 and p3 over IPv4; the LANs ping over IPv6.
+    scenario = SCENARIOS["drain"]
+    with staged(scenario, tmp_path, replace(scenario.spec, ip="dual")) as run:
+        start = time.time()
+        drained, returned = run.run(scenario.steps)
+        assert drained.recovered and returned.recovered, (drained.problem, returned.problem)
+        no_ping_lost_or_doubled(run, start, time.time())
+        one_sa_per_peer(run, scenario.tunnels)
+
+
+def test_chaos_and_ha_mode_over_ipv6():
+    code, report = ikelab_json("--ip", "dual", "--members", "3", "--peers", "4", "--hash",
+                               "split", "--ike", "mixed", "--chaos", timeout=600)
+    assert code == 0 and report["ok"], [t["problems"] for t in report["tunnels"]]
+    assert report["chaos"] and all(step["consistent_after_s"] is not None
+                                   for step in report["chaos"]), report["chaos"]
+    code, report = ikelab_json("--ip", "6", "--mode", "ha", "--peers", "3")
+    assert code == 0
+    assert_both_families(report, "6")
+    assert {t["ike_sa_holders"][0] for t in report["tunnels"]} == {"m1"}
