@@ -23,6 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
+from .agent.names import Ownership
 from .topology import (AUTH_METHODS, CLUSTER_MODES, DEFAULT_CROWD_RATE, HASH_MODES, IKE_CHOICES,
                        IP_CHOICES, OWNERSHIP_MODES, LabSpec, TopologyError, build_plan)
 
@@ -134,7 +135,7 @@ def parser() -> Parser:
     run.add_argument("--no-agent", dest="agent", action="store_false",
                      help="run the members without the forwarding agent (the reference's "
                      "problem, unsolved)")
-    run.add_argument("--ownership", choices=OWNERSHIP_MODES, default="table",
+    run.add_argument("--ownership", choices=OWNERSHIP_MODES, default=Ownership.TABLE,
                      help="table: the reference's table; table+label: read the owner from "
                      "SPI labels when it can; stateless: no state for a first packet, the "
                      "member it reaches answers it (table)")

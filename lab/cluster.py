@@ -16,6 +16,7 @@ from mininet.log import error
 from mininet.net import Mininet
 
 from .agent.control import query
+from .agent.names import MemberState
 from .daemons import READY_POLL, Daemon, DaemonConfigError
 from .flood import Flood
 from .nodes import ClusterMember, LabNode, PeerGateway, SyncBridge
@@ -74,11 +75,12 @@ class ClusterNet(Mininet):
                                               timeout=1.0)["state"]
                 except (OSError, ValueError) as exc:
                     states[node.name] = f"no answer ({exc.__class__.__name__})"
-            if (all(s == "serving" for s in states.values())
+            if (all(s == MemberState.SERVING for s in states.values())
                     and all(names <= set(s.buckets) for s in self.hashing_switches())):
                 return
             if time.monotonic() > end:
-                late = ", ".join(f"{m} {s}" for m, s in sorted(states.items()) if s != "serving")
+                late = ", ".join(f"{m} {s}" for m, s in sorted(states.items())
+                                 if s != MemberState.SERVING)
                 message = (f"not every member served within {timeout:g} s: "
                            f"{late or 'the switches did not follow'}")
                 if all(getattr(n, "strict", True) for n in members):
@@ -184,7 +186,7 @@ class ClusterNet(Mininet):
         serving; return once it holds none (the switches give it no traffic then)."""
         self._ask(name, "drain")
         end = time.monotonic() + timeout
-        while (state := self._ask(name, "state"))["state"] != "drained":
+        while (state := self._ask(name, "state"))["state"] != MemberState.DRAINED:
             if time.monotonic() > end:
                 raise FailoverError(f"{name} still holds {state.get('holds')} tunnels after "
                                     f"{timeout:g} s of draining ({state['state']})")
@@ -243,7 +245,8 @@ class ClusterNet(Mininet):
                 continue
             if members and node.name not in members:
                 self.drain(node.name)
-            elif self._ask(node.name, "state")["state"] in ("draining", "drained"):
+            elif self._ask(node.name, "state")["state"] in (MemberState.DRAINING,
+                                                            MemberState.DRAINED):
                 self.undrain(node.name)
         try:
             for switch in self.hashing_switches():

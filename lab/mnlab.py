@@ -12,6 +12,7 @@ from inspect import signature
 
 from mininet.log import error, info
 
+from .agent.names import Ownership
 from .lab import LabError, prepare
 from .mntopo import IkeClusterTopo
 from .preflight import NotReady
@@ -30,7 +31,7 @@ class IkeClusterMnTopo(IkeClusterTopo):
     agent=0,ownership=stateless,dead_after=0.6,chain=3,ike_fragmentation=0,rebalance=0`."""
 
     def __init__(self, members=3, peers=2, hash="l4", mode="ls", ike="2", auth="psk", nat=False,
-                 keep=False, agent=True, ownership="table", dead_after=0.6, chain=0,
+                 keep=False, agent=True, ownership=Ownership.TABLE, dead_after=0.6, chain=0,
                  ike_fragmentation=True, rebalance=True, **unknown):
         if unknown:
             # mn would answer Python's TypeError with a traceback banner and its cleanup.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import daemons, strongswan
 from .agent.control import query
+from .agent.names import MemberState
 from .outage import duplicates, longest_outage, lost, reply_times
 from .report import holder_states
 
@@ -181,7 +182,7 @@ def consistency(lab, expected_serving: set[str]) -> str | None:
         except (OSError, ValueError):
             return f"{member}'s agent does not answer"
     for member, state in states.items():
-        if state["state"] != "serving" or set(state["serving"]) != expected_serving:
+        if state["state"] != MemberState.SERVING or set(state["serving"]) != expected_serving:
             return f"{member} is {state['state']}, sees {state['serving']} serving"
     first = next(iter(tables.values()), {})
     if any(t != first for t in tables.values()):

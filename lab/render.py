@@ -19,11 +19,10 @@ import jinja2
 
 from .agent.config import AgentConfig, WitnessConfig
 from .agent.names import (CHILD6_NAME, CHILD_NAME, CLUSTER_CONNECTION, CROWD_CONNECTION,
-                          IKE_SPI_LABEL_MASK, NodeFiles, esp_spi_range, handover_connection, ike_spi_label,
-                          natt_connection)
+                          IKE_SPI_LABEL_MASK, LABELLED_OWNERSHIP, NodeFiles, esp_spi_range,
+                          handover_connection, ike_spi_label, natt_connection)
 from .topology import (CLUSTER_ID, CLUSTER_LAN, CROWD_DOMAIN, CROWD_LANS, CROWD_OUTER,
-                       EXTERNAL_VIP, LABELLED_OWNERSHIP, SYNC_WITNESS, CrowdNode, Member, Peer,
-                       Plan)
+                       EXTERNAL_VIP, SYNC_WITNESS, CrowdNode, Member, Peer, Plan)
 
 
 def _template_dir() -> Path:

@@ -28,11 +28,10 @@ from mininet.node import OVSSwitch
 
 from . import hashing
 from .agent.control import query
-from .agent.names import NodeFiles
+from .agent.names import SERVING_STATES, NodeFiles
 from .topology import HASH_MODES, LabSpec, Switch
 
 HEALTH_INTERVAL = 0.1
-SERVING_STATES = ("serving", "draining")  # what an agent says while it should get traffic
 HEALTH_TIMEOUT = 0.3
 HEALTH_MISSES = 3
 BRIDGE_STALL = 15.0  # seconds without a newly attached port before the bridge counts dead

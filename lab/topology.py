@@ -52,13 +52,14 @@ from dataclasses import dataclass, field
 from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface,
                        IPv6Network)
 
+from .agent.names import Ownership
+
 HASH_MODES = ("l3", "l4", "split")
 CLUSTER_MODES = ("ls", "ha")
 IKE_CHOICES = ("1", "2", "mixed")
 AUTH_METHODS = ("psk", "pubkey")
-OWNERSHIP_MODES = ("table", "table+label", "stateless")
+OWNERSHIP_MODES = tuple(Ownership)
 IP_CHOICES = ("4", "6", "dual")
-LABELLED_OWNERSHIP = ("table+label", "stateless")  # members stamp their index into IKE SPIs
 MAX_MEMBERS = 8
 MAX_PEERS = 128
 MAX_CHAIN = 4

@@ -19,6 +19,7 @@ scripts/bench_agent.py.
 """
 
 import argparse
+import os
 import json
 import statistics
 import subprocess
@@ -114,6 +115,11 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, default=Path("."), metavar="DIR",
                         help="where the PNGs go (the current directory)")
     args = parser.parse_args()
+    # Before minutes of measuring, not after: the picture must have somewhere to go.
+    if not args.plots.is_dir() or not os.access(args.plots, os.W_OK):
+        print(f"bench_flood: {args.plots} is not a directory this process can write",
+              file=sys.stderr)
+        sys.exit(2)
     if "doubling" in args.only:
         series = {}
         for mode in OWNERSHIP_MODES:

@@ -1,6 +1,7 @@
 """Shared test setup: root-only tests are skipped with a reason when not root, and the suite
 keeps its runs in a state directory of its own, so a user's kept or running labs never fail it
-(and it never touches them).
+(and it never touches them). When the suite ends, interrupted or not, whatever its labs left
+is torn down from their records first, and only then does the state directory go.
 
 The fuzz tests (hypothesis) run under the "ci" profile: derandomized, so every run tries the
 same inputs and a failure is a failure of the code, not of the draw; a fixed budget that keeps
@@ -46,11 +47,27 @@ def pytest_configure(config):
     os.environ["IKELAB_STATE"] = ours = tempfile.mkdtemp(prefix="ikelab-tests-")
 
     def restore():
-        shutil.rmtree(ours, ignore_errors=True)
-        os.environ.pop("IKELAB_STATE")
-        if users is not None:
-            os.environ["IKELAB_STATE"] = users
+        try:
+            tear_down_what_is_left()
+        finally:
+            shutil.rmtree(ours, ignore_errors=True)
+            os.environ.pop("IKELAB_STATE")
+            if users is not None:
+                os.environ["IKELAB_STATE"] = users
     config.add_cleanup(restore)
+
+
+def tear_down_what_is_left() -> None:
+    """Before the suite's state directory goes, and with it the records of what its labs
+    created: remove what an interrupted test left (its processes, bridges, interfaces), as
+    `ikelab clean --kept` would. A lab's own teardown runs first when a test is interrupted;
+    this is for a lab whose process was killed before it could."""
+    if os.geteuid() != 0:
+        return
+    from lab.rundir import clean_run, kept_runs, live_runs, stale_runs
+
+    for run in stale_runs() + kept_runs() + live_runs():
+        clean_run(run, say=lambda _message: None, remove_kept=True)
 
 
 def pytest_report_header(config):

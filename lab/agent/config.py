@@ -4,7 +4,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .names import member_index, member_name
+from .names import Ownership, member_index, member_name
 
 
 @dataclass
@@ -14,7 +14,7 @@ class AgentConfig:
     members: dict[str, str]  # member name -> sync address
     key: str  # hex cluster key: HMAC of every sync message
     mode: str = "ls"  # ls: load sharing; ha: the lowest serving member directs every key
-    ownership: str = "table"
+    ownership: str = Ownership.TABLE
     expiry: float = 30.0  # seconds a half-open (still negotiating) entry lives
     cap: int = 10000  # established entries at most
     half_open_cap: int = 2048  # half-open entries at most (the oldest makes room)

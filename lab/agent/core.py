@@ -107,12 +107,13 @@ from .resync import ResyncRole
 from .sa_events import SaEventsRole
 from .membership import (DRAINED, DRAINING, SERVING, SERVING_STATES,
                          Membership)
+from .names import LABELLED_OWNERSHIP, Ownership
 from .pacing import Pacer
 from .ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable, director_for, ike_sa_key
 
 TICK = 0.05
-STATELESS = "stateless"
-LABELLED = ("table+label", STATELESS)
+STATELESS = Ownership.STATELESS
+LABELLED = LABELLED_OWNERSHIP
 LATENCY_SAMPLES = 20000
 MAX_FORWARDED_SPIS = 4096
 LOGGED_PER_KIND = 3  # malformed packets logged in full, per kind of fault

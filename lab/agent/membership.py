@@ -48,11 +48,12 @@ Pure logic: time is passed in, nothing here touches a socket.
 
 from dataclasses import dataclass, field
 
-JOINING, SERVING, ISOLATED = "joining", "serving", "isolated"
-DRAINING, DRAINED = "draining", "drained"
-STATES = (JOINING, SERVING, ISOLATED, DRAINING, DRAINED)
+from .names import SERVING_STATES, MemberState  # noqa: F401 - the roles import it from here
+
+JOINING, SERVING, ISOLATED = MemberState.JOINING, MemberState.SERVING, MemberState.ISOLATED
+DRAINING, DRAINED = MemberState.DRAINING, MemberState.DRAINED
+STATES = tuple(MemberState)  # in this order their codes travel in heartbeats
 STATE_CODES = {state: code for code, state in enumerate(STATES)}
-SERVING_STATES = (SERVING, DRAINING)  # the members that take traffic and direct keys
 
 REJOIN_SILENCE = 5.0  # seconds a member back from isolation waits to hear anyone serving
 BACKING_MARGIN = 0.05  # a tick of the loop (core.TICK)

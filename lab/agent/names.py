@@ -1,6 +1,6 @@
 """Names both sides of the agent's narrow door agree on: where a node's files live, the sync
-port, members' names, the SPI ranges and labels that say which member allocated an SPI, and
-the lab's connection names.
+port, members' names and membership states, the ownership modes, the SPI ranges and labels
+that say which member allocated an SPI, and the lab's connection names.
 
 The lab renders configs and starts daemons with these; the agent finds the same names in its
 config. Standard library only: the agent imports nothing from the rest of `lab`, and the lab
@@ -8,9 +8,37 @@ imports from the agent only this, `config`, `control`, `steering` and `trace`.
 """
 
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 SYNC_PORT = 4600  # UDP, on the sync network: every message between agents
+
+
+class MemberState(StrEnum):
+    """What a member's agent says it is (`lab.agent.membership` has the rules): the switch
+    follows it, the CLI shows it, the tests wait for it."""
+
+    JOINING = "joining"
+    SERVING = "serving"
+    ISOLATED = "isolated"
+    DRAINING = "draining"
+    DRAINED = "drained"
+
+
+# The members that take traffic and direct keys (the hashing switch gives them buckets).
+SERVING_STATES = (MemberState.SERVING, MemberState.DRAINING)
+
+
+class Ownership(StrEnum):
+    """`--ownership`: how the cluster decides which member owns a negotiation."""
+
+    TABLE = "table"
+    TABLE_LABEL = "table+label"
+    STATELESS = "stateless"
+
+
+# Members stamp their index into the IKE SPIs they make (`charon.spi_label`).
+LABELLED_OWNERSHIP = (Ownership.TABLE_LABEL, Ownership.STATELESS)
 CLUSTER_CONNECTION = "cluster"  # a peer's one connection to the cluster
 CHILD_NAME = "lan"  # the CHILD SA of every connection
 CHILD6_NAME = "lan6"  # an IKEv1 connection's second, for IPv6 when it carries both versions

@@ -15,6 +15,8 @@ import json
 import sys
 import time
 
+from lab.agent.names import Ownership
+
 from . import bugs
 from .runner import DEFAULT_EVENTS, run_seed, run_seeds, self_test, shrink
 
@@ -68,7 +70,7 @@ def parser() -> Parser:
                    help="leave these faults out (numbers as a failure lists them)")
     for name, kind in (("members", int), ("peers", int), ("flood", float)):
         p.add_argument(f"--{name}", type=kind, help=f"override the seed's {name}")
-    p.add_argument("--ownership", choices=("table", "table+label", "stateless"))
+    p.add_argument("--ownership", choices=tuple(Ownership))
     return p
 
 

@@ -40,6 +40,7 @@ from lab.agent.director import MAX_ANNOUNCING, MAX_WAITERS
 from lab.agent.events import Inject, Send, SyncArrived, Tick
 from lab.agent.handover import ESP_HELD_PER_PEER
 from lab.agent.membership import SERVING_STATES
+from lab.agent.names import MemberState, Ownership
 from lab.agent.ownership import ESTABLISHED as ENTRY_ESTABLISHED
 from lab.agent.ownership import Key
 
@@ -49,7 +50,7 @@ from .world import CLUSTER_KEY, SimMember, SimPeer, World
 DETECTION_SLACK = 0.2  # beyond dead_after and a heartbeat interval: ticks, network delays
 LIVENESS_BOUND = 60.0  # simulated seconds from the heal until every tunnel is up once
 STABLE_FOR = 3.0  # ... and stays so, with nothing moving, this long
-MEMBER_STATES_IN = SERVING_STATES + ("drained",)
+MEMBER_STATES_IN = SERVING_STATES + (MemberState.DRAINED,)
 TYPE_OFFSET = 5  # the sync header's type byte
 
 
@@ -86,7 +87,7 @@ class Checker:
         self.forwarded: dict[bytes, float] = {}  # arrival + packet -> when
         self.injected: dict[tuple, float] = {}  # (member, arrival + packet) -> when
         self.next_sweep = 0.0
-        self.stateless = world.spec.ownership == "stateless"
+        self.stateless = world.spec.ownership == Ownership.STATELESS
 
     # ---- one owner ------------------------------------------------------------------------------
     def on_sa(self, owner, sa, event: str, detail: dict) -> None:
@@ -148,7 +149,7 @@ class Checker:
         if agent is not None and (type(event) is Tick or self.last_restarts.get(
                 member.index) != agent.counters["restarts_seen"]):
             self._left_since(member)  # first: a grant in these actions may follow from it
-        if agent is not None and agent.membership.state == "isolated":
+        if agent is not None and agent.membership.state == MemberState.ISOLATED:
             # Cut off, a director gives up what it announced (`director_isolated`).
             for key in [k for k in self.announced if k[0] == member.index]:
                 del self.announced[key]
@@ -319,7 +320,7 @@ class Checker:
             agent = m.agent
             if m.stalled_until is not None:
                 problems.append(f"{m.name} is stalled")  # its state is from before
-            elif agent.membership.state not in ("serving",):
+            elif agent.membership.state != MemberState.SERVING:
                 problems.append(f"{m.name} is {agent.membership.state}")
             elif agent.moving or agent.releasing or agent.ending:
                 problems.append(f"{m.name} is still moving tunnels")

@@ -13,6 +13,8 @@ recover.
 import random
 from dataclasses import dataclass, field
 
+from lab.agent.names import MemberState
+
 from .network import LinkWeather
 
 KINDS = ("crash", "stall", "links", "cut", "half", "pairs", "split", "weather", "rehash",
@@ -200,5 +202,5 @@ class FaultPlan:
             if not member.up:
                 w.restart(member)
             elif member.agent is not None and member.agent.membership.state in (
-                    "draining", "drained"):
+                    MemberState.DRAINING, MemberState.DRAINED):
                 w.drain(member, False)

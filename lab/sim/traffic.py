@@ -9,7 +9,7 @@ send ESP through their tunnels, and floods of unauthenticated first messages com
 from ipaddress import IPv4Address
 
 from lab.agent import ike
-from lab.agent.names import esp_label
+from lab.agent.names import Ownership, esp_label
 
 from .charon import IkeDaemon
 from .sa import (CONNECTING, ESTABLISHED, FLOOD, IKE_PORT, INIT, MAIN_MODE, NATT_PORT, Body,
@@ -98,7 +98,7 @@ class Traffic:
         """A member changed state: for a moment the members' views of who serves differ, so
         first messages now, each reaching two members, make claims race at two directors
         (FoundationDB's "buggify": what reality makes rare, the simulator makes often)."""
-        if self.quiet or self.spec.ownership == "stateless":
+        if self.quiet or self.spec.ownership == Ownership.STATELESS:
             return
         for _ in range(STORM):
             packet = self._first_message()

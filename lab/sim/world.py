@@ -27,7 +27,8 @@ from lab.agent.core import TICK, Agent
 from lab.agent.events import (Accept, CharonSaid, DrainAsked, Drop, EndSa, EndStaleSas, HoldEsp,
                               HoldingsRead, Initiate, Inject, Log, PacketQueued, Send,
                               StaleSasEnded, SteerRoutes, SyncArrived, Tick, Trace)
-from lab.agent.names import HANDOVER_SUFFIX, NATT_SUFFIX, member_name
+from lab.agent.names import (HANDOVER_SUFFIX, NATT_SUFFIX, SERVING_STATES, MemberState,
+                            Ownership, member_name)
 from lab.agent.witness import Witness
 
 from .charon import IkeDaemon
@@ -51,7 +52,7 @@ class SimSpec:
 
     members: int = 3
     peers: int = 4
-    ownership: str = "table"
+    ownership: str = Ownership.TABLE
     mode: str = "ls"
     hash: str = "l4"
     versions: tuple = (2, 2, 2, 2)  # each peer's IKE version
@@ -75,7 +76,7 @@ class SimSpec:
         # leaves the others as they were.
         values = dict(
             members=rng.choice((2, 3, 3, 4, 5)), peers=rng.randint(1, 6),
-            ownership=rng.choice(("table", "table+label", "stateless")),
+            ownership=rng.choice(tuple(Ownership)),
             mode="ha" if rng.random() < 0.15 else "ls", hash=rng.choice(("l3", "l4", "split")),
             dead_after=rng.choice((0.6, 0.6, 1.0, 2.0)), rebalance=rng.random() < 0.8,
             half_open_cap=rng.choice((2048, 64, 16)), half_open_per_peer=rng.choice((64, 4)),
@@ -106,7 +107,7 @@ class SimMember:
     held: dict = field(default_factory=dict)  # NFQUEUE: ref -> (packet, inbound)
     esp_hold: frozenset = frozenset()
     holdings_due: bool = False
-    published: str = "serving"  # the state the switches last read from its agent
+    published: str = MemberState.SERVING  # the state the switches last read from its agent
     last_clock: float = 0.0
     crashed_at: float | None = None
     resumed_at: float = 0.0  # when its last stall ended
@@ -217,7 +218,7 @@ class World(Traffic):
         self.after(DUTIES, self.duties)
 
     def _boot(self, member: SimMember, join: bool) -> None:
-        label = member.index if self.spec.ownership != "table" else None
+        label = member.index if self.spec.ownership != Ownership.TABLE else None
         member.charon = IkeDaemon(member.name, VIP, ChannelHost(self, member), Retransmit(),
                                   MEMBER_DPD_DELAY, label=label,
                                   cookie_threshold=self.spec.cookie_threshold)
@@ -320,7 +321,7 @@ class World(Traffic):
 
     def poll_switch(self) -> None:
         self.switch.follow([m.name for m in self.members.values()
-                            if m.up and m.links_up and m.published in ("serving", "draining")])
+                            if m.up and m.links_up and m.published in SERVING_STATES])
         self.after(SWITCH_POLL, self.poll_switch)
 
     # ---- the sync network ---------------------------------------------------------------------

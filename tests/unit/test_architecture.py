@@ -77,3 +77,27 @@ def test_no_module_of_the_lab_is_over_600_lines():
     long = {str(p.relative_to(ROOT)): n for p in LAB.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long
+
+
+# Spelled once, in lab/agent/names.py (`MemberState`, `Ownership`); "table" alone is too
+# common a word (nft tables, routing tables) to look for.
+NAMED_ONCE = ("joining", "serving", "isolated", "draining", "drained", "table+label",
+              "stateless")
+
+
+def test_member_states_and_ownership_modes_are_spelled_only_in_names():
+    found = []
+    for path in sorted(LAB.rglob("*.py")):
+        if path == AGENT / "names.py":
+            continue
+        tree = ast.parse(path.read_text())
+        # A report's or a status's keys ("serving": the members that serve) are not states.
+        keys = {id(k) for n in ast.walk(tree) if isinstance(n, ast.Dict) for k in n.keys}
+        keys |= {id(n.slice) for n in ast.walk(tree) if isinstance(n, ast.Subscript)}
+        keys |= {id(n.args[0]) for n in ast.walk(tree) if isinstance(n, ast.Call) and n.args
+                 and isinstance(n.func, ast.Attribute) and n.func.attr == "get"}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and node.value in NAMED_ONCE
+                    and id(node) not in keys):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not found, found
