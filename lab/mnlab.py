@@ -28,11 +28,11 @@ def _flag(value) -> bool:
 
 class IkeClusterMnTopo(IkeClusterTopo):
     """`--topo ikecluster,members=3,peers=2,hash=split,mode=ls,ike=2,auth=psk,nat=1,keep=1,
-    agent=0,ownership=stateless,dead_after=0.6,chain=3,ike_fragmentation=0,rebalance=0`."""
+    agent=0,ownership=stateless,dead_after=0.6,chain=3,ike_fragmentation=0,rebalance=0,ip=dual`."""
 
     def __init__(self, members=3, peers=2, hash="l4", mode="ls", ike="2", auth="psk", nat=False,
                  keep=False, agent=True, ownership=Ownership.TABLE, dead_after=0.6, chain=0,
-                 ike_fragmentation=True, rebalance=True, **unknown):
+                 ike_fragmentation=True, rebalance=True, ip="4", **unknown):
         if unknown:
             # mn would answer Python's TypeError with a traceback banner and its cleanup.
             known = [name for name in signature(IkeClusterMnTopo).parameters if name != "unknown"]
@@ -47,7 +47,8 @@ class IkeClusterMnTopo(IkeClusterTopo):
             raise SystemExit(2) from None
         spec = LabSpec(members, peers, str(hash), str(mode), str(ike), str(auth), _flag(nat),
                        _flag(agent), str(ownership), dead_after=dead_after, chain=chain,
-                       ike_fragmentation=_flag(ike_fragmentation), rebalance=_flag(rebalance))
+                       ike_fragmentation=_flag(ike_fragmentation), rebalance=_flag(rebalance),
+                       ip=str(ip))
         try:
             plan, run = prepare(spec, _flag(keep), say=lambda m: info(f"*** ikelab: {m}\n"))
         except (TopologyError, LabError, NotReady) as exc:

@@ -210,7 +210,9 @@ def draw_topology(plan, path: Path) -> Path:
         if host is None:
             return intf
         found = next((i for i in host.interfaces if i.name == intf), None)
-        return f"{intf} {found.address}" if found and found.address else intf
+        if not found or not found.addresses:
+            return intf
+        return f"{intf} " + " ".join(str(a) for a in found.addresses)
 
     def cable(a: str, b: str, a_text: str, b_text: str, colour: str = "#555555") -> None:
         (xa, ya), (xb, yb) = pos[a], pos[b]

@@ -248,7 +248,7 @@ def under_load(lab, seconds: float, flood_rate: int = 1000) -> dict:
     each way) between the first two peers' LANs and the cluster's LAN host, and an unspoofed
     IKEv2 IKE_SA_INIT flood of `flood_rate` packets/s from p1. Returns the bytes each transfer
     delivered (`received`) and each agent's counters afterwards (`counters`)."""
-    hc, target = lab.node("hc"), str(lab.plan.lan_host.interfaces[0].address.ip)
+    hc, target = lab.node("hc"), str(lab.plan.lan_host.interfaces[0].addresses[0].ip)
     hosts = [f"h{p.name[1:]}" for p in lab.plan.peers[:2]] * 2
     ports = [5201 + n for n in range(len(hosts))]
     # Their output goes to files, not pipes: ten minutes of it would fill a pipe nobody reads

@@ -346,8 +346,8 @@ class ScenarioRun:
     def __init__(self, lab: Lab, peers, directory: Path, name: str = "scenario",
                  say=lambda message: None):
         self.lab, self.name, self.say = lab, name, say
-        # The cluster LAN host's IPv6 address where the lab has one (dual stack: IPv4 has the
-        # rest of the lab's scenarios).
+        # The cluster LAN host's IPv6 address where it has one: a dual-stack lab's scenarios
+        # ping over IPv6 (every IPv4 lab's ping over IPv4).
         target = str(lab.plan.lan_host.interfaces[0].addresses[-1].ip)
         self.pingers = {p: Pinger(lab.node(lab.plan.peer(p).lan_host), target,
                                   Path(directory) / f"{name}_ping_{p}.txt") for p in peers}

@@ -4,7 +4,7 @@
 
 Options (all optional): members, peers, hash (l3|l4|split), mode (ls|ha), ike (1|2|mixed),
 auth (psk|pubkey), nat=1, keep=1, agent=0, ownership=table+label|stateless,
-dead_after=SECONDS, chain=N, ike_fragmentation=0, rebalance=0. Every node starts its own
+dead_after=SECONDS, chain=N, ike_fragmentation=0, rebalance=0, ip=6|dual. Every node starts its own
 daemons; the CLI gains the lab's commands (`help` lists them: sas, up, ownership, steering,
 hashing, sites, members, fail, restore, drain, undrain, stop, partition, heal, rehash, flood
 and capture), and

@@ -23,7 +23,7 @@ before the queue.
 
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 
 HEADER = struct.Struct("!8s8sBBBBII")
 HEADER_LEN = HEADER.size  # 28
@@ -265,8 +265,3 @@ def _parse6(packet: bytes) -> Datagram:
         raise ParseError("bad UDP length")
     return Datagram(str(IPv6Address(packet[8:24])), sport, str(IPv6Address(packet[24:40])),
                     dport, packet[offset + 8:offset + ulen])
-
-
-def address_version(address: str) -> int:
-    """4 or 6: the IP version of `address`."""
-    return ip_address(address).version

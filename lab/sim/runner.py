@@ -85,12 +85,13 @@ def describe_spec(spec: SimSpec) -> str:
             f"--mode {spec.mode}, --hash {spec.hash}, dead_after {spec.dead_after}, "
             f"flood {spec.flood:g}/s, half-open cap {spec.half_open_cap}"
             f"/{spec.half_open_per_peer}, external loss {spec.external_loss:g}, faults "
-            f"{spec.fault_rate:g}/s, rekeys {spec.rekey_rate:g}/s")
+            f"{spec.fault_rate:g}/s, rekeys {spec.rekey_rate:g}/s"
+            + (", IPv6" if spec.ip6 else ""))
 
 
 def spec_for(seed: int, options: dict) -> SimSpec:
     overrides = {k: v for k, v in options.items() if k in (
-        "members", "peers", "ownership", "mode", "hash", "flood", "fault_rate")}
+        "members", "peers", "ownership", "mode", "hash", "flood", "fault_rate", "ip6")}
     return SimSpec.draw(random.Random(seed ^ 0xC1A5), **overrides)
 
 

@@ -67,7 +67,8 @@ class Body:
 
 def ike_packet(src: str, sport: int, dst: str, dport: int, ispi: bytes, rspi: bytes,
                major: int, flags: int, msgid: int, body: Body) -> bytes:
-    """An IPv4/UDP packet carrying an IKE message (with the non-ESP marker on 4500)."""
+    """A UDP packet (IPv4 or IPv6, as the addresses are) carrying an IKE message (with the
+    non-ESP marker on 4500)."""
     exchange, first_payload = EXCHANGE[body.kind]
     payload = body.encode()
     header = ike.IkeHeader(ispi, rspi, major, exchange, flags, msgid,

@@ -6,7 +6,7 @@ send ESP through their tunnels, and floods of unauthenticated first messages com
 `Traffic` is mixed into `world.World`, whose clock, queue and random generator it uses.
 """
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from lab.agent import ike
 from lab.agent.names import Ownership, esp_label
@@ -15,11 +15,18 @@ from .charon import IkeDaemon
 from .sa import (CONNECTING, ESTABLISHED, FLOOD, IKE_PORT, INIT, MAIN_MODE, NATT_PORT, Body,
                  ike_packet)
 
-VIP = "203.0.113.1"
+VIP, VIP6 = "203.0.113.1", "2001:db8:0:1::1"  # lab.topology's, per IP version
 PEER_DPD_DELAY, MEMBER_DPD_DELAY = 3.0, 5.0  # lab.render
 DUTIES = 0.5  # how often charons look at their SAs (DPD, rekeys, traffic)
 FLOOD_SPRAY = 0.5  # share of flood packets that also reach a second member
 STORM = 12  # first messages when a member's state changes
+
+
+def peer_addresses(index: int, ip6: bool) -> tuple[str, str]:
+    """Peer `index`'s address and protected LAN, as the lab's plan gives them."""
+    if ip6:
+        return f"2001:db8:0:1::{10 + index}", f"2001:db8:2:{index}::/64"
+    return f"203.0.113.{10 + index}", f"10.2.{index}.0/24"
 
 
 class Traffic:
@@ -30,7 +37,7 @@ class Traffic:
                for sa in peer.daemon.sas.values()):
             return
         mine = [sa for sa in peer.daemon.sas.values()]
-        peer.daemon.initiate(VIP, "cluster", peer.version, initial_contact=not mine)
+        peer.daemon.initiate(self.vip, "cluster", peer.version, initial_contact=not mine)
 
     def duties(self) -> None:
         """Every charon looks at its SAs: liveness checks after silence, rekeys now and
@@ -41,8 +48,8 @@ class Traffic:
                 if sa.state == ESTABLISHED and sa.child and self.rng.random() < 0.5:
                     esp = (esp_label(self.rng.randint(1, self.spec.members)) << 24
                            | self.rng.getrandbits(24)).to_bytes(4, "big")
-                    self.peer_sends(ike.Datagram(peer.address, NATT_PORT, VIP, NATT_PORT,
-                                                 esp + bytes(40)).encode())
+                    self.peer_sends(ike.Datagram(peer.address, NATT_PORT, self.vip,
+                                                 NATT_PORT, esp + bytes(40)).encode())
         for member in self.members.values():
             if member.up:
                 self._daemon_duties(member.charon, MEMBER_DPD_DELAY)
@@ -70,12 +77,14 @@ class Traffic:
         fresh SPI from a made-up address, on 500 or 4500; now and then junk behind its
         header."""
         version = self.rng.choice((1, 2))
-        source = str(IPv4Address("198.51.100.0") + self.rng.randint(1, 254))
+        made_up = self.rng.randint(1, 254)
+        source = str(IPv6Address("2001:db8:0:f::") + made_up if self.spec.ip6
+                     else IPv4Address("198.51.100.0") + made_up)
         port = self.rng.choice((IKE_PORT, IKE_PORT, NATT_PORT))
         body = Body(INIT if version == 2 else MAIN_MODE, step=0 if version == 2 else 1)
         if self.rng.random() < 0.05:
             body = Body(FLOOD)
-        return ike_packet(source, port, VIP, port, self.rng.getrandbits(64).to_bytes(
+        return ike_packet(source, port, self.vip, port, self.rng.getrandbits(64).to_bytes(
             8, "big") or b"\1" * 8, bytes(8), version, ike.FLAG_INITIATOR if version == 2
             else 0, 0, body)
 

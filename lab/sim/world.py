@@ -34,7 +34,8 @@ from lab.agent.witness import Witness
 from .charon import IkeDaemon
 from .network import HashingSwitch, SyncNetwork
 from .sa import ESTABLISHED, NATT_PORT, Retransmit
-from .traffic import DUTIES, MEMBER_DPD_DELAY, PEER_DPD_DELAY, VIP, Traffic
+from .traffic import (DUTIES, MEMBER_DPD_DELAY, PEER_DPD_DELAY, VIP, VIP6, Traffic,
+                      peer_addresses)
 
 WITNESS = "10.255.0.254"
 CLUSTER_KEY = "5a" * 32
@@ -67,6 +68,7 @@ class SimSpec:
     fault_rate: float = 0.3  # faults per simulated second
     rekey_rate: float = 0.05  # rekeys per SA per second, either side
     cookie_threshold: int = 10
+    ip6: bool = False  # the peers, the virtual IP and the floods' sources are IPv6
 
     @classmethod
     def draw(cls, rng: random.Random, **overrides) -> "SimSpec":
@@ -86,8 +88,10 @@ class SimSpec:
             cookie_threshold=rng.choice((10, 10, 2)), spray=rng.choice((0.0, 0.02, 0.2)),
             background_flood=rng.choice((0.0, 0.0, 10.0, 40.0)))
         versions = tuple(rng.choice((2, 2, 1)) for _ in range(MAX_PEERS))
+        ip6 = rng.random() < 0.3  # drawn last: the seeds drawn before it keep their worlds
         values.update(overrides)
         values.setdefault("versions", versions[:values["peers"]])
+        values.setdefault("ip6", ip6)
         return cls(**values)
 
 
@@ -179,8 +183,9 @@ class World(Traffic):
         self.external_loss = spec.external_loss
         names = [member_name(i) for i in range(1, spec.members + 1)]
         self.switch = HashingSwitch(names, spec.hash, spec.mode == "ha")
-        self.peers = [SimPeer(f"p{i}", f"203.0.113.{10 + i}", f"10.2.{i}.0/24",
-                              spec.versions[i - 1]) for i in range(1, spec.peers + 1)]
+        self.vip = VIP6 if spec.ip6 else VIP
+        self.peers = [SimPeer(f"p{i}", *peer_addresses(i, spec.ip6), spec.versions[i - 1])
+                      for i in range(1, spec.peers + 1)]
         self.peer_at = {p.address: p for p in self.peers}
         self.lan_of = {p.address: p.lan for p in self.peers}
         self.members = {i: SimMember(i, member_name(i), self._config(i),
@@ -219,7 +224,7 @@ class World(Traffic):
 
     def _boot(self, member: SimMember, join: bool) -> None:
         label = member.index if self.spec.ownership != Ownership.TABLE else None
-        member.charon = IkeDaemon(member.name, VIP, ChannelHost(self, member), Retransmit(),
+        member.charon = IkeDaemon(member.name, self.vip, ChannelHost(self, member), Retransmit(),
                                   MEMBER_DPD_DELAY, label=label,
                                   cookie_threshold=self.spec.cookie_threshold)
         # Sequence numbers from the boot time in ns, as the shell does: never reused.

@@ -333,7 +333,7 @@ def test_mininet_options_that_crashed_or_are_common_mistakes_are_one_line(ikeclu
 def test_the_documented_mininet_options_give_their_lab(ikecluster):
     kind, spec = build(ikecluster, "members=3,peers=2,hash=split,mode=ls,ike=2,auth=pubkey,"
                                    "nat=1,agent=0,ownership=stateless,dead_after=0.6,chain=3,"
-                                   "ike_fragmentation=0,rebalance=0")
+                                   "ike_fragmentation=0,rebalance=0,ip=dual")
     assert spec == LabSpec(3, 2, "split", "ls", "2", "pubkey", nat=True, agent=False,
                            ownership="stateless", dead_after=0.6, chain=3,
-                           ike_fragmentation=False, rebalance=False)
+                           ike_fragmentation=False, rebalance=False, ip="dual")

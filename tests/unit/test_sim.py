@@ -43,7 +43,8 @@ def test_every_planted_bug_is_caught_within_sixty_seeds():
 
 @pytest.mark.parametrize("seed, events", FOUND)
 def test_a_seed_that_once_found_a_bug_runs_clean(seed, events):
-    outcome = run_seed(seed, events)
+    # In the IPv4 world it was found in: the draw learned IPv6 later (`SimSpec.ip6`).
+    outcome = run_seed(seed, events, {"ip6": False})
     assert not outcome.failed, outcome.report()
 
 
