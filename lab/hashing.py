@@ -19,8 +19,8 @@ IPv6 (`--ip 6|dual`): the same three groups again for IPv6 (``IKE6_GROUP``, ``NA
 ``FRAGMENT6_GROUP``), hashing ``ipv6_src``/``ipv6_dst`` where IPv4 hashes ``ip_src``/``ip_dst``
 (the ports alike), with the same bucket ids: ``l3``, ``l4`` and ``split`` mean what they mean
 for IPv4. IPv6 fragments (a Fragment header) take the fragment group by their addresses. The
-flow label is not hashed: a peer's IKE and ESP carry none (Linux sets one per socket, and
-IKE moves sockets between 500 and 4500), so it would only split a peer's traffic further.
+flow label is not hashed: Linux labels each socket's flow on its own (auto_flowlabels), and a
+peer's IKE moves between sockets (500, 4500), so it would only split a peer's traffic further.
 No neighbour discovery crosses the switch: the nodes know each other's MACs from the plan
 (`topology`), and what a member sends to the upstream "router" goes to the sink MAC.
 
