@@ -164,6 +164,25 @@ def data_path_complete(lab, peers) -> set[str]:
     return complete
 
 
+def lans_steered(lab, lans) -> set[str]:
+    """The prefixes (of `lans`, as the kernel spells them) whose path through the cluster is
+    complete in the members' kernels: exactly one member routes the prefix into its tunnel,
+    and every other member the LAN switch hands traffic to steers it to that member (a crowd
+    site's LAN: `data_path_complete` checks a peer's, its own routes too)."""
+    plan = lab.plan
+    tunnels = {m.name: kernel_routes(lab.node(m.name), TUNNEL_TABLE) for m in plan.members}
+    steering = {m.name: kernel_routes(lab.node(m.name), STEERING_TABLE) for m in plan.members}
+    sync_of = {m.name: str(m.sync_address) for m in plan.members}
+    serving = lab.switch("internal").buckets
+    done = set()
+    for lan in lans:
+        holders = [m for m, routes in tunnels.items() if lan in routes]
+        if len(holders) == 1 and all(
+                m == holders[0] or steering[m].get(lan) == sync_of[holders[0]] for m in serving):
+            done.add(lan)
+    return done
+
+
 def peers_up(lab) -> bool:
     """Every peer holds a tunnel to the cluster."""
     return all(any(strongswan.tunnel_up(sa) for sa in strongswan.list_sas(

@@ -38,10 +38,12 @@ def test_the_hashing_switch_spreads_flows_by_its_hash_fields(hash_mode, spread):
 
 
 def test_the_root_namespace_carries_no_lab_address_or_route_while_the_lab_runs():
-    before = sorted(host_networks())
-    with Lab(LabSpec(members=2, peers=2, nat=True)) as lab:
+    # Both IP versions: sorted by text (an IPv4 and an IPv6 network do not compare).
+    before = sorted(host_networks(), key=str)
+    with Lab(LabSpec(members=2, peers=2, nat=True, ip="dual")) as lab:
         assert lab.node("m1").cmd("ip -4 -o addr show m1-eth0").count("203.0.113.1/24") == 1
-        during = sorted(host_networks())
+        assert lab.node("m1").cmd("ip -6 -o addr show m1-eth0").count("2001:db8:0:1::1/64") == 1
+        during = sorted(host_networks(), key=str)
         assert during == before
         assert overlaps_host(lab.plan, during) == []
 
