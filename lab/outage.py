@@ -1,4 +1,5 @@
-"""Outages as LAN-to-LAN traffic saw them, from `ping -D` output. Pure: text in, numbers out.
+"""Outages and lost pings as LAN-to-LAN traffic saw them, from ping's output: text in,
+numbers out (`ping_counts` alone waits for the ping processes).
 
 The lab pings every 100 ms (`ping -i 0.1 -D -O`): each reply line starts with its Unix time in
 brackets. An outage is the longest stretch without a reply, less the one interval that separates
@@ -6,6 +7,7 @@ replies anyway.
 """
 
 import re
+import subprocess
 
 INTERVAL = 0.1
 _REPLY = re.compile(r"^\[(\d+(?:\.\d+)?)\] \d+ bytes from .*icmp_seq=(\d+)")
@@ -59,17 +61,38 @@ def duplicates(text: str) -> int:
 
 
 PING_COUNT = 3
-# A traffic test's pings: three, 0.2 s apart, each answer awaited 2 s; -q: the summary only.
-PING = ["ping", "-n", "-q", "-c", str(PING_COUNT), "-i", "0.2", "-W", "2"]
+# A traffic test's pings: three, 0.5 s apart. iputils' ping waits for outstanding answers only
+# max(2 x the slowest answer so far, the interval) after its last echo request once one answer
+# came (-W counts only while none has): so a first answer later than (count - 1) x interval +
+# that wait is counted lost. Measured: a reply 0.7 s late with -i 0.2 read "2/3". At 0.5 s the
+# first request's answer has 1.5 s; its round trip is kept (`first_ms`) so a slow first
+# packet shows as what it is.
+PING = ["ping", "-n", "-c", str(PING_COUNT), "-i", "0.5", "-W", "2"]
+_SUMMARY = re.compile(rb"(\d+) packets transmitted, (\d+) received")
+_ANSWER = re.compile(rb"icmp_seq=(\d+) .*time=([\d.]+) ms")
+
+
+def ping_summary(out: bytes) -> dict:
+    """{"sent", "received", "unanswered", "first_ms", "slowest_ms"} from one `PING` process's
+    output: the echo requests (sequence numbers) that got no answer, the round trips (ms) of
+    the first one's answer (None if it got none) and of the slowest answer; a ping that
+    printed no summary counts PING_COUNT sent and none received."""
+    match = _SUMMARY.search(out)
+    sent, received = (int(match.group(1)), int(match.group(2))) if match else (PING_COUNT, 0)
+    times = {int(seq): float(ms) for seq, ms in _ANSWER.findall(out)}
+    return {"sent": sent, "received": received,
+            "unanswered": [seq for seq in range(1, sent + 1) if seq not in times],
+            "first_ms": times.get(1), "slowest_ms": max(times.values()) if times else None}
 
 
 def ping_counts(pings: dict) -> dict:
-    """key -> {"sent", "received"} from each `PING` process's summary (waited for here, 30 s
-    at most); a ping that printed none counts PING_COUNT sent and none received."""
+    """key -> `ping_summary` of each `PING` process (waited for here, 30 s at most)."""
     result = {}
     for key, process in pings.items():
-        out, _ = process.communicate(timeout=30)
-        match = re.search(rb"(\d+) packets transmitted, (\d+) received", out)
-        sent, received = (int(match.group(1)), int(match.group(2))) if match else (PING_COUNT, 0)
-        result[key] = {"sent": sent, "received": received}
+        try:
+            out, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, _ = process.communicate()
+        result[key] = ping_summary(out or b"")
     return result

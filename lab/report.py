@@ -118,8 +118,10 @@ def tunnel_report(peer: str, ike_version: int, peer_sas: dict[str, dict],
         elif counts["received"] < counts.get("sent", 0):
             # Each tunnel is pinged from the moment its data path is complete in every kernel
             # on the way: a ping lost then is the cluster's fault.
+            unanswered = ", ".join(map(str, counts.get("unanswered", [])))
             problems.append(f"pings lost {label} after the tunnel was up "
-                            f"({counts['received']}/{counts['sent']} answered)")
+                            f"({counts['received']}/{counts['sent']} answered"
+                            + (f"; none to echo {unanswered}" if unanswered else "") + ")")
         tcp = traffic.get(f"tcp_{direction}", {})
         if not direction.endswith("6") and tcp.get("bytes", 0) == 0:
             problems.append(f"no TCP {label} ({tcp.get('error') or 'nothing received'})")

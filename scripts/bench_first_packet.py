@@ -9,9 +9,10 @@ runs.
 A tunnel counts as up once charon says so and every kernel on its data path routes it (the
 peer's, its holder's, and every serving member's steering route: `probes.data_path_complete`);
 the report's traffic test pings both ways through every tunnel from that moment (3 pings each
-way, in each IP version the LANs carry). Each
-line: the lab, runs, runs whose exit status was not 0, pings sent, pings lost, and the tunnels
-that lost any (run:peer:direction). Issue 19's target: 0 lost.
+way, in each IP version the LANs carry; a late answer counts as an answer, up to 1.5 s for
+the first: `outage.PING`). Each line: the lab, runs, runs whose exit status was not 0, pings
+sent, pings lost, the tunnels that lost any (run:peer:direction), and the first echo's round
+trip over all tunnels (median and slowest, ms). Issue 19's target: 0 lost.
 """
 
 import argparse
@@ -40,7 +41,7 @@ def main() -> int:
     results = {}
     for name, options in LABS.items():
         sent = lost = failed = 0
-        where = []
+        where, firsts = [], []
         for run in range(1, args.runs + 1):
             result = subprocess.run([sys.executable, "-m", "lab", "run", "--json", *options],
                                     cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -54,14 +55,21 @@ def main() -> int:
                 for direction in ("to_peer", "from_peer", "to_peer6", "from_peer6"):
                     counts = tunnel["traffic"].get(direction, {})
                     sent += counts.get("sent", 0)
+                    if counts.get("first_ms") is not None:
+                        firsts.append(counts["first_ms"])
                     gone = counts.get("sent", 0) - counts.get("received", 0)
                     lost += gone
                     if gone:
                         where.append(f"{run}:{tunnel['peer']}:{direction}")
+        firsts.sort()
+        first = ({"median_ms": firsts[len(firsts) // 2], "slowest_ms": firsts[-1]}
+                 if firsts else None)
         results[name] = {"runs": args.runs, "failed_runs": failed, "pings_sent": sent,
-                         "pings_lost": lost, "lost_in": where}
+                         "pings_lost": lost, "lost_in": where, "first_echo": first}
         print(f"{name}: {args.runs} runs, {failed} not OK, {sent} pings, {lost} lost"
-              + (f" ({', '.join(where)})" if where else ""), flush=True)
+              + (f" ({', '.join(where)})" if where else "")
+              + (f"; first echo {first['median_ms']:g} ms median, {first['slowest_ms']:g} ms "
+                 f"slowest" if first else ""), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

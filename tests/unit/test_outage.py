@@ -40,3 +40,29 @@ def test_lost_pings_are_those_never_answered_and_duplicates_are_counted():
     assert lost(text, 100.0, 101.0) == 1
     assert lost(text, 100.35, 101.0) == 0  # seq 2 was overdue before the window
     assert duplicates(text) == 1
+
+
+def test_a_ping_summary_names_the_unanswered_requests_and_the_first_round_trip():
+    from lab.outage import ping_summary
+    out = b"""PING 10.2.1.10 (10.2.1.10) 56(84) bytes of data.
+64 bytes from 10.2.1.10: icmp_seq=2 ttl=62 time=1.71 ms
+64 bytes from 10.2.1.10: icmp_seq=3 ttl=62 time=0.987 ms
+
+--- 10.2.1.10 ping statistics ---
+3 packets transmitted, 2 received, 33.3333% packet loss, time 1002ms
+"""
+    assert ping_summary(out) == {"sent": 3, "received": 2, "unanswered": [1],
+                                 "first_ms": None, "slowest_ms": 1.71}
+    late = out.replace(b"\n64 bytes from 10.2.1.10: icmp_seq=2",
+                       b"\n64 bytes from 10.2.1.10: icmp_seq=1 ttl=62 time=712 ms"
+                       b"\n64 bytes from 10.2.1.10: icmp_seq=2")
+    late = late.replace(b"2 received", b"3 received")
+    assert ping_summary(late) == {"sent": 3, "received": 3, "unanswered": [],
+                                  "first_ms": 712.0, "slowest_ms": 712.0}
+
+
+def test_a_ping_that_printed_nothing_counts_every_request_unanswered():
+    from lab.outage import PING_COUNT, ping_summary
+    assert ping_summary(b"") == {"sent": PING_COUNT, "received": 0,
+                                 "unanswered": list(range(1, PING_COUNT + 1)),
+                                 "first_ms": None, "slowest_ms": None}
