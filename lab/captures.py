@@ -12,12 +12,14 @@ The tcpdumps are the run's processes like any other: recorded, so `ikelab clean`
 after a crash; `stop` ends them (and the lab's teardown does) so the files are complete.
 """
 
+import shlex
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 SYNC = "sync"
+KEYS_DIR = "keys"  # Wireshark's key tables of a --capture run (`lab.keytables`)
 STOP_GRACE = 3.0
 
 
@@ -120,3 +122,27 @@ class Captures:
         if waiting:
             raise CaptureError(f"tcpdump did not start within {deadline:.0f} s for "
                                f"{', '.join(waiting)}")
+
+
+def capture_file(run_path: Path, target: str) -> Path:
+    """Where a run's capture at `target` (a member, or `sync`) is."""
+    name = f"{SYNC}.pcap" if target == SYNC else f"external-{target}.pcap"
+    return Path(run_path) / "captures" / name
+
+
+def wireshark_commands(run_path: Path, targets: list[str], program: str = "tshark") -> list[str]:
+    """The shell commands that show a kept run's captures at `targets` decrypted: `program`
+    (tshark or wireshark) with the run's key tables as its configuration directory. A run
+    without key tables, or a target never captured, is a CaptureError (one line)."""
+    keys = Path(run_path) / KEYS_DIR
+    if not (keys / "esp_sa").exists():
+        raise CaptureError(f"{run_path} has no key tables: only `ikelab run --capture` "
+                           "writes them")
+    commands = []
+    for target in targets:
+        pcap = capture_file(run_path, target)
+        if not pcap.exists():
+            raise CaptureError(f"{run_path} has no capture at {target} ({pcap.name} missing)")
+        commands.append(f"WIRESHARK_CONFIG_DIR={shlex.quote(str(keys))} {program} -r "
+                        f"{shlex.quote(str(pcap))}")
+    return commands

@@ -16,8 +16,9 @@ this module reads them, pure, text in and tables out.
 
 - IKEv2: `Sk_d` opens each derivation (the IKE SA's own, then one per rekey, logged in the
   SA being rekeyed); `Sk_ai`, `Sk_ar`, `Sk_ei`, `Sk_er` follow. The SPIs are not in those
-  lines, but the AUTH octets charon dumps at level 3 begin with the IKE_SA_INIT message, whose
-  header holds both. A rekey's SPIs come from vici (`alive`: the SAs charon still holds).
+  lines, but the AUTH octets charon dumps at level 3 begin with an IKE_SA_INIT message, whose
+  header holds both once it is the response. A rekey's SPIs come from vici (`alive`: the SAs
+  charon still holds).
 - IKEv1: `encryption key Ka`; Wireshark wants it with the initiator's cookie (its SPI), which
   comes from vici.
 - A CHILD SA's "initiator key" protects what its initiator sends (RFC 7296 2.17; IKEv1 derives
@@ -29,7 +30,9 @@ this module reads them, pure, text in and tables out.
 import re
 from dataclasses import dataclass, field
 
-LINE = re.compile(r"^\S+ \d+\[(?P<group>\w+)\] (?:<(?P<conn>[^|>]*)\|(?P<sa>\d+)> )?"
+# `<conn|unique id>`, or `<unique id>` before the IKE SA has its config (its keys are derived
+# while IKE_SA_INIT is processed: seen so in charon 5.9.8's log)
+LINE = re.compile(r"^\S+ \d+\[(?P<group>\w+)\] (?:<(?:(?P<conn>[^|>]*)\|)?(?P<sa>\d+)> )?"
                   r"(?P<text>.*)$")
 OCTETS = "octets = message + nonce + prf(Sk_px, IDx')"
 KA = "encryption key Ka"
@@ -135,8 +138,11 @@ def read_log(text: str) -> tuple[list[IkeKeys], list[ChildKeys]]:
 
 def _store(ike: dict, pending: dict, sa: str, name: str, data: bytes) -> None:
     if name == OCTETS:
+        # Each side dumps the octets it signs and those it verifies: one begins with the
+        # IKE_SA_INIT request, whose responder SPI is still zero; the response has both.
         first = ike.get(sa, [None])[0]
-        if first is not None and first.version == 2 and first.spis is None:
+        if (first is not None and first.version == 2 and first.spis is None
+                and any(data[8:16])):
             first.spis = (data[:8].hex(), data[8:16].hex())
     elif name == KA:
         generations = ike.setdefault(sa, [])
@@ -213,6 +219,9 @@ def tables(logs: dict[str, tuple[str, dict[str, tuple[int, str, str]]]]) -> dict
         ikev2 += ikev2_rows(keys)
         ikev1 += ikev1_rows(keys)
         esp += esp_rows(children)
-    unique = lambda rows: "".join(f"{row}\n" for row in dict.fromkeys(rows))  # noqa: E731
-    return {"ikev2_decryption_table": unique(ikev2), "ikev1_decryption_table": unique(ikev1),
-            "esp_sa": unique(esp), "preferences": PREFERENCES}
+    return {"ikev2_decryption_table": _unique(ikev2), "ikev1_decryption_table": _unique(ikev1),
+            "esp_sa": _unique(esp), "preferences": PREFERENCES}
+
+
+def _unique(rows: list[str]) -> str:
+    return "".join(f"{row}\n" for row in dict.fromkeys(rows))

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from mininet.log import setLogLevel
 
-from . import preflight, probes, strongswan
+from . import keytables, preflight, probes, strongswan
 from .agent.names import NodeFiles
-from .captures import Captures
+from .captures import KEYS_DIR, Captures
 from .cluster import ClusterNet
 from .mntopo import IkeClusterTopo, root_interfaces
 from .preflight import NotReady
@@ -74,9 +74,10 @@ def _private_files():
 
 
 def prepare(spec: LabSpec, keep: bool = False, template_dir: Path = TEMPLATE_DIR,
-            say=print) -> tuple[Plan, RunDirectory]:
+            say=print, keys: bool = False) -> tuple[Plan, RunDirectory]:
     """Check the machine, take it, create the run directory, make credentials and render every
-    config; the run holds the machine's lock until it is cleaned."""
+    config; the run holds the machine's lock until it is cleaned. `keys`: the charons log
+    their keys (--capture), into logs only root can read."""
     plan = build_plan(spec)
     preflight.check_machine(plan)
     lock = claim_machine(plan, say)
@@ -89,7 +90,7 @@ def prepare(spec: LabSpec, keep: bool = False, template_dir: Path = TEMPLATE_DIR
                               lock, spec=asdict(spec))
     try:
         with _private_files():
-            _render(plan, spec, run, template_dir)
+            _render(plan, spec, run, template_dir, keys)
         misses = preflight.missing_plugins(_loaded_plugins(plan, run))
     except Exception as exc:
         clean_run(run, say=lambda _: None)
@@ -100,15 +101,20 @@ def prepare(spec: LabSpec, keep: bool = False, template_dir: Path = TEMPLATE_DIR
     return plan, run
 
 
-def _render(plan: Plan, spec: LabSpec, run: RunDirectory, template_dir: Path) -> None:
+def _render(plan: Plan, spec: LabSpec, run: RunDirectory, template_dir: Path,
+            keys: bool = False) -> None:
     creds = make_credentials(plan, run.path, secrets.token_bytes(32))
     for name in plan.strongswan_nodes():
         files = NodeFiles(name, run.path)
         files.swanctl_dir.mkdir()
         for identity in identities_of(plan, name):
             creds.install(identity, files.swanctl_dir)
-        for path, text in render_node(plan, name, files, creds, template_dir).items():
+        for path, text in render_node(plan, name, files, creds, template_dir, keys).items():
             path.write_text(text)
+        if keys:
+            # charon appends to the log it finds: made here, it is root's alone (0600)
+            files.log.touch(mode=0o600)
+            files.log.chmod(0o600)
     if spec.agent:
         for member in plan.members:
             files = NodeFiles(member.name, run.path)
@@ -153,7 +159,8 @@ class Lab:
     def start(self) -> None:
         """Build and start everything; on any failure tear down and raise LabError."""
         setLogLevel("error")
-        self.plan, self.run = prepare(self.spec, self.keep, self.template_dir, self.say)
+        self.plan, self.run = prepare(self.spec, self.keep, self.template_dir, self.say,
+                                      keys=self.capture)
         self.say(f"run directory {self.run.path}")
         try:
             topo = IkeClusterTopo(plan=self.plan, rundir=self.run.path, strict=True)
@@ -184,6 +191,7 @@ class Lab:
         try:
             if self.net is not None or self.run is not None:
                 self.say("tearing down")
+            alive = self._sas_alive() if self.capture and self.net is not None else None
             if self.net is not None:
                 try:
                     self.net.stop()
@@ -191,14 +199,52 @@ class Lab:
                     self.say(f"mininet stop: {exc}")
                 self.net = None
             if self.run is not None:
-                clean_run(self.run, say=lambda _: None)
-                self.run = None
+                try:
+                    if alive is not None:
+                        self._write_key_tables(alive)
+                finally:
+                    clean_run(self.run, say=lambda _: None)
+                    self.run = None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
     def node(self, name: str):
         return self.net[name]
+
+    def _key_nodes(self) -> list[str]:
+        """The nodes whose charon logs its keys in a --capture run: members and peers."""
+        return [m.name for m in self.plan.members] + [p.name for p in self.plan.peers]
+
+    def _sas_alive(self) -> dict[str, dict[str, tuple[int, str, str]]]:
+        """node -> unique id -> (IKE version, initiator SPI, responder SPI) of the IKE SAs its
+        charon holds now (read before the charons stop: a rekey's SPIs are nowhere in the log);
+        a charon that does not answer holds none."""
+        alive = {}
+        for name in self._key_nodes():
+            try:
+                sas = strongswan.list_sas(self.node(name).files.vici_socket)
+            except (KeyError, *strongswan.VICI_ERRORS):  # a node never built, a charon gone
+                sas = {}
+            alive[name] = {uid: (1 if sa.get("version") == "IKEv1" else 2,
+                                 sa.get("initiator-spi", ""), sa.get("responder-spi", ""))
+                           for uid, sa in sas.items()}
+        return alive
+
+    def _write_key_tables(self, alive: dict) -> None:
+        """Wireshark's key tables from the charons' logs into `<run dir>/keys/`, root's alone."""
+        logs = {}
+        for name in self._key_nodes():
+            log = NodeFiles(name, self.run.path).log
+            text = log.read_text(errors="replace") if log.exists() else ""
+            logs[name] = (text, alive.get(name, {}))
+        directory = Path(self.run.path) / KEYS_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
+        for file, text in keytables.tables(logs).items():
+            path = directory / file
+            path.touch(mode=0o600)
+            path.write_text(text)
+        self.say(f"key tables for Wireshark in {directory} (`ikelab wireshark`)")
 
     def bring_up(self, peers=None, timeout: float = 20.0, say=lambda message: None,
                  on_up=None) -> strongswan.TunnelWatch:

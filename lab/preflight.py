@@ -32,6 +32,10 @@ COMMANDS = {
     "ethtool": "ethtool", "tcpdump": "tcpdump", "iperf3": "iperf3", "ping": "iputils-ping",
     "sysctl": "procps", "stdbuf": "coreutils",
 }
+# What shows a run afterwards, with its package: a run needs none of them, so none is checked
+# before one (`ikelab wireshark` names the package when it is missing; the tests check a
+# run's page in a headless chromium).
+VIEWERS = {"tshark": "tshark", "chromium": "chromium"}
 CHARON = Path("/usr/lib/ipsec/charon")
 CHARON_PACKAGE = "strongswan-charon"
 PLUGIN_DIR = Path("/usr/lib/ipsec/plugins")
@@ -70,7 +74,8 @@ def plugin_package(plugin: str) -> str:
 
 def packages() -> set[str]:
     """Every Debian package a check here may name (setup.sh must install them all)."""
-    return ({*COMMANDS.values(), CHARON_PACKAGE, CORE_PLUGIN_PACKAGE, *PLUGIN_PACKAGES.values()})
+    return ({*COMMANDS.values(), *VIEWERS.values(), CHARON_PACKAGE, CORE_PLUGIN_PACKAGE,
+             *PLUGIN_PACKAGES.values()})
 
 
 def loaded_plugins(strongswan_conf: str) -> list[str]:

@@ -42,6 +42,10 @@ PLUGINS = ("random", "nonce", "openssl", "aes", "sha1", "sha2", "hmac", "kdf", "
            "pkcs8", "x509", "pubkey", "revocation", "constraints", "kernel-libipsec",
            "kernel-netlink", "socket-default", "vici")
 SWANCTL_PLUGINS = ("random", "nonce", "openssl", "pem", "pkcs1", "pkcs8", "x509", "pubkey")
+# charon's filelog levels: IKE at 2 (the exchanges, for a reader); in --capture runs IKE and
+# CHILD SA at 4, where charon dumps every key it derives (lab.keytables; lab use only).
+LOG_LEVELS = {"ike": 2}
+KEY_LOG_LEVELS = {"ike": 4, "chd": 4}
 IKE_PROPOSALS = "aes128-sha256-ecp256"
 ESP_PROPOSALS = "aes128-sha256"
 
@@ -153,10 +157,11 @@ def ikesa_table_size(plan: Plan, node: str) -> int | None:
 def strongswan_conf_data(files: NodeFiles, label: int | None = None,
                          esp: tuple[str, str] | None = None,
                          retransmit: Retransmit = Retransmit(),
-                         table_size: int | None = None) -> dict:
+                         table_size: int | None = None, keys: bool = False) -> dict:
+    """`keys`: log every key charon derives (`lab.keytables` reads them; --capture runs)."""
     return {"node": files.node, "plugins": PLUGINS, "retransmit": retransmit, "esp_range": esp,
-            "ikesa_table_size": table_size,
-            "log": files.log, "vici_socket": files.vici_socket, "log_levels": {"ike": 2},
+            "ikesa_table_size": table_size, "log": files.log, "vici_socket": files.vici_socket,
+            "log_levels": KEY_LOG_LEVELS if keys else LOG_LEVELS,
             "swanctl_plugins": SWANCTL_PLUGINS,
             "spi_label": f"{label:#018x}" if label is not None else None,
             "spi_mask": f"{IKE_SPI_LABEL_MASK:#018x}"}
@@ -349,8 +354,10 @@ def identities_of(plan: Plan, node: str) -> list[str]:
 
 
 def render_node(plan: Plan, node: str, files: NodeFiles, creds: Credentials,
-                template_dir: Path = TEMPLATE_DIR) -> dict[Path, str]:
-    """The text of both files of a strongSwan node (member or peer), keyed by their path."""
+                template_dir: Path = TEMPLATE_DIR, keys: bool = False) -> dict[Path, str]:
+    """The text of both files of a strongSwan node (member, peer or crowd node), keyed by
+    their path; `keys`: its charon logs the keys it derives (never a crowd node's: thousands
+    of negotiations at level 4 would slow it down more than anyone could read)."""
     env = environment(template_dir)
     crowd = next((c for c in plan.crowd if c.name == node), None)
     if any(m.name == node for m in plan.members):
@@ -361,7 +368,8 @@ def render_node(plan: Plan, node: str, files: NodeFiles, creds: Credentials,
         swanctl = peer_swanctl_data(plan, plan.peer(node), creds)
     return {files.strongswan_conf: env.get_template("strongswan.conf.j2").render(
                 strongswan_conf_data(files, spi_label(plan, node), esp_range(plan, node),
-                                     table_size=ikesa_table_size(plan, node))),
+                                     table_size=ikesa_table_size(plan, node),
+                                     keys=keys and crowd is None)),
             files.swanctl_conf: env.get_template("swanctl.conf.j2").render(swanctl)}
 
 

@@ -20,6 +20,11 @@ from .agent.names import CLUSTER_CONNECTION
 from .daemons import DaemonConfigError
 
 
+# What a vici request to a charon that is gone, dying or mid-restart raises.
+VICI_ERRORS = (OSError, vici.exception.SessionException, vici.exception.CommandException,
+               vici.exception.DeserializationException)
+
+
 def decode(value):
     """vici messages carry bytes; return the same structure with str."""
     if isinstance(value, bytes):

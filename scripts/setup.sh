@@ -11,11 +11,13 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # What the lab runs (lab/preflight.py names each one's package when it is missing, and a unit
-# test keeps the two lists in step), then what building the venv needs.
+# test keeps the two lists in step), what shows a run (tshark: `ikelab wireshark`;
+# chromium: the tests open a run's page in it), then what building the venv needs.
 packages=(mininet openvswitch-switch
           strongswan-charon strongswan-libcharon strongswan-swanctl strongswan-pki
           libstrongswan libstrongswan-standard-plugins libcharon-extra-plugins
           iproute2 iptables nftables ethtool tcpdump iperf3 iputils-ping procps coreutils
+          tshark chromium
           python3-venv python3-dev gcc libnetfilter-queue-dev)
 missing=()
 for p in "${packages[@]}"; do

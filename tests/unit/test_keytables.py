@@ -35,8 +35,10 @@ def child_keys(time, thread, tag, base: int) -> list[str]:
 def responder_log() -> str:
     tag = "<p1|2>"
     lines = ["10:00:00.001 09[IKE] <p1|2> 203.0.113.11 is initiating an IKE_SA"]
-    lines += ike_keys("10:00:00.002", 9, tag, 0)
-    # the AUTH octets begin with the IKE_SA_INIT message: its SPIs
+    lines += ike_keys("10:00:00.002", 9, "<2>", 0)  # no config yet: the unique id alone
+    # the AUTH octets begin with an IKE_SA_INIT message: the request's has no responder SPI
+    # yet, the response's both
+    lines += dump("10:00:00.003", 11, "IKE", tag, OCTETS, ISPI + bytes(8) + b"\x21" * 80, "")
     lines += dump("10:00:00.003", 11, "IKE", tag, OCTETS, ISPI + RSPI + b"\x21\x20" * 40, "")
     lines += ["10:00:00.003 11[IKE] <p1|2> IKE_SA p1[2] established between "
               "203.0.113.1[cluster.ikelab.test]...203.0.113.11[p1.ikelab.test]"]
