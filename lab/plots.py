@@ -10,7 +10,8 @@ from pathlib import Path
 FORMATS = (".svg", ".png")
 MAX_ARROWS = 300  # a long run's ladder is cut here (the title says so)
 COLOURS = {"request": "#1f5fbf", "response": "#2a8f3a", "message": "#1f5fbf",
-           "forward": "#e07b00", "void": "#c62828", "dropped": "#777777"}
+           "forward": "#e07b00", "void": "#c62828", "dropped": "#777777",
+           "protocol": "#6a3d9a"}
 
 
 class PlotError(ValueError):
@@ -39,16 +40,29 @@ def _save(fig, path: Path) -> Path:
 
 
 def draw_ladder(ladder, path: Path, title: str = "") -> Path:
-    """The ladder (`lab.ladder.Ladder`) as a sequence diagram in `path`."""
+    """The ladder (`lab.ladder.Ladder`) as a sequence diagram in `path`: a row per message (and
+    per CHILD SA installed), the sync network's lanes shaded beside the members', a claim's wait
+    as a bar on its member's lane. In an SVG every arrow and label has a hover title (SPIs,
+    Message ID, what the agent decided)."""
     check_format(path)
     if not ladder.arrows:
         raise PlotError(f"no IKE message of {ladder.peer} in this run")
     plt = _pyplot()
-    arrows = ladder.arrows[:MAX_ARROWS]
-    x = {lane: 2.4 * i for i, lane in enumerate(ladder.lanes)}
-    rows = len(arrows)
-    fig, ax = plt.subplots(figsize=(max(8.0, 2.4 * len(ladder.lanes) + 2.5), 1.8 + 0.34 * rows))
+    events = sorted([(a.t, 0, n, a) for n, a in enumerate(ladder.arrows)]
+                    + [(m.t, 1, n, m) for n, m in enumerate(ladder.marks)])[:MAX_ARROWS]
+    x, gap = {}, 0.0
+    for i, lane in enumerate(ladder.lanes):
+        if lane.startswith("sync:") and not any(k.startswith("sync:") for k in x):
+            gap = 0.8  # the sync network stands apart from the members
+        x[lane] = 2.4 * i + gap
+    rows = len(events)
+    fig, ax = plt.subplots(figsize=(max(8.0, 2.4 * len(ladder.lanes) + 3.3), 1.8 + 0.34 * rows))
     top, bottom = 1.0, -rows
+    sync = [lx for lane, lx in x.items() if lane.startswith("sync:")]
+    if sync:
+        ax.axvspan(min(sync) - 1.0, max(sync) + 1.0, color="#f1ebf7", zorder=0)
+        ax.text((min(sync) + max(sync)) / 2, top + 1.05, "sync network", ha="center",
+                va="bottom", fontsize=10, color="#6a3d9a", fontweight="bold")
     for lane, lx in x.items():
         held = lane == ladder.holder
         if held:
@@ -56,49 +70,94 @@ def draw_ladder(ladder, path: Path, title: str = "") -> Path:
         ax.plot([lx, lx], [bottom - 0.5, top], color="#444444" if lane != "switch" else "#999999",
                 linewidth=1.6 if held else 1.0, linestyle="-" if lane != "switch" else ":",
                 zorder=1)
-        name = {"switch": "hashing switch"}.get(lane, lane)
+        name = {"switch": "hashing switch"}.get(lane, lane.removeprefix("sync:"))
         ax.text(lx, top + 0.3, name + ("\n(holds the IKE SA)" if held else ""), ha="center",
                 va="bottom", fontsize=10, fontweight="bold" if held else "normal",
-                bbox={"boxstyle": "round", "facecolor": "#ffe28a" if held else "#eeeeee",
+                bbox={"boxstyle": "round", "facecolor": "#ffe28a" if held else (
+                    "#e4d7f0" if lane.startswith("sync:") else "#eeeeee"),
                       "edgecolor": "#444444"})
-    t0 = arrows[0].t
-    for row, arrow in enumerate(arrows):
+    t0 = events[0][0]
+    row_at = [t for t, *_ in events]
+    titles = {}
+    for row, (t, is_mark, n, item) in enumerate(events):
         y = -row
-        colour = COLOURS[arrow.kind]
-        x0, x1 = x[arrow.src], x[arrow.dst]
-        style = "--" if arrow.kind == "forward" else "-"
-        ax.annotate("", xy=(x1, y), xytext=(x0, y), zorder=3,
-                    arrowprops={"arrowstyle": "-|>", "color": colour, "linestyle": style,
-                                "linewidth": 1.4, "shrinkA": 0, "shrinkB": 2})
-        if arrow.kind != "forward" and "switch" in x:
-            ax.plot([x["switch"]], [y], marker="o", markersize=4, color=colour, zorder=4)
-        ax.text((x0 + x1) / 2, y + 0.08, arrow.label, ha="center", va="bottom", fontsize=7.5,
-                color=colour, zorder=5)
-        if arrow.kind in ("void", "dropped"):
-            ax.text(x1 + (0.15 if x1 >= x0 else -0.15), y, f"x {arrow.note}",
-                    ha="left" if x1 >= x0 else "right", va="center", fontsize=7.5,
-                    color=colour, fontweight="bold")
-        elif arrow.note:
-            ax.text(x1 + 0.15, y - 0.1, arrow.note, ha="left", va="top", fontsize=6.5,
-                    color="#555555")
-        ax.text(-1.2, y, f"{arrow.t - t0:8.3f} s", ha="right", va="center", fontsize=7,
+        if is_mark:
+            ax.plot([x[item.lane]], [y], marker="s", markersize=7, color="#2a8f3a", zorder=4,
+                    gid=f"ladder-mark-{n}")
+            ax.text(x[item.lane] + 0.15, y, item.text, ha="left", va="center", fontsize=7,
+                    color="#2a8f3a", gid=f"ladder-marktext-{n}")
+            titles[f"ladder-mark-{n}"] = titles[f"ladder-marktext-{n}"] = item.title
+        else:
+            _draw_arrow(ax, x, item, y, n, titles)
+        ax.text(-1.2, y, f"{t - t0:8.3f} s", ha="right", va="center", fontsize=7,
                 family="monospace", color="#555555")
-    cut = f" (first {MAX_ARROWS} of {len(ladder.arrows)} messages)" if len(
-        ladder.arrows) > MAX_ARROWS else ""
+    for span in ladder.spans:
+        if span.lane not in x:
+            continue
+        first = next((r for r, t in enumerate(row_at) if t >= span.t0), rows - 1)
+        last = next((r for r, t in enumerate(row_at) if t >= span.t1), rows - 1)
+        ax.plot([x[span.lane] - 0.18] * 2, [-first, -last], color="#d4a017", linewidth=5,
+                alpha=0.6, solid_capstyle="butt", zorder=2)
+        ax.text(x[span.lane] - 0.3, -(first + last) / 2, f"{span.text}\n"
+                f"{(span.t1 - span.t0) * 1000:.1f} ms", ha="right", va="center", fontsize=6.5,
+                color="#8a6d00")
+    cut = f" (first {MAX_ARROWS} of {len(ladder.arrows) + len(ladder.marks)} rows)" if len(
+        ladder.arrows) + len(ladder.marks) > MAX_ARROWS else ""
     ax.set_title((title or f"IKE of {ladder.peer} across the cluster") + cut, fontsize=11,
-                 pad=40)
-    handles = [plt.Line2D([], [], color=COLOURS[k], linestyle="--" if k == "forward" else "-",
+                 pad=52 if sync else 40)
+    handles = [plt.Line2D([], [], color=COLOURS[k], linestyle=LINESTYLES.get(k, "-"),
                           label=text)
                for k, text in (("request", "request (peer or member)"), ("response", "response"),
-                               ("forward", "forwarded over the sync network"),
+                               ("forward", "IKE forwarded over the sync network"),
+                               ("protocol", "ownership protocol (CLAIM, ANNOUNCE, ...)"),
                                ("void", "reached a member without the IKE SA"),
                                ("dropped", "dropped by the agent"))]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3,
               fontsize=8, frameon=False)
     ax.set_xlim(-2.6, x[ladder.lanes[-1]] + 2.2)
-    ax.set_ylim(bottom - 0.8, top + 1.4)
+    ax.set_ylim(bottom - 0.8, top + 1.6)
     ax.axis("off")
-    return _save(fig, path)
+    saved = _save(fig, path)
+    if saved.suffix.lower() == ".svg":
+        _add_titles(saved, titles)
+    return saved
+
+
+LINESTYLES = {"forward": "--", "protocol": ":"}
+
+
+def _draw_arrow(ax, x: dict, arrow, y: float, n: int, titles: dict) -> None:
+    colour = COLOURS[arrow.kind]
+    x0, x1 = x[arrow.src], x[arrow.dst]
+    drawn = ax.annotate("", xy=(x1, y), xytext=(x0, y), zorder=3,
+                        arrowprops={"arrowstyle": "-|>", "color": colour,
+                                    "linestyle": LINESTYLES.get(arrow.kind, "-"),
+                                    "linewidth": 1.4, "shrinkA": 0, "shrinkB": 2})
+    drawn.arrow_patch.set_gid(f"ladder-arrow-{n}")
+    if arrow.kind not in ("forward", "protocol") and "switch" in x:
+        ax.plot([x["switch"]], [y], marker="o", markersize=4, color=colour, zorder=4)
+    ax.text((x0 + x1) / 2, y + 0.08, arrow.label, ha="center", va="bottom", fontsize=7.5,
+            color=colour, zorder=5, gid=f"ladder-label-{n}")
+    titles[f"ladder-arrow-{n}"] = titles[f"ladder-label-{n}"] = arrow.title
+    if arrow.kind in ("void", "dropped"):
+        ax.text(x1 + (0.15 if x1 >= x0 else -0.15), y, f"x {arrow.note}",
+                ha="left" if x1 >= x0 else "right", va="center", fontsize=7.5,
+                color=colour, fontweight="bold")
+    elif arrow.note:
+        ax.text(x1 + 0.15, y - 0.1, arrow.note, ha="left", va="top", fontsize=6.5,
+                color="#555555")
+
+
+def _add_titles(path: Path, titles: dict) -> None:
+    """Give the SVG's groups of these ids a <title>: a browser shows it on hover."""
+    from xml.sax.saxutils import escape
+
+    text = path.read_text()
+    for gid, title in titles.items():
+        if title:
+            text = text.replace(f'<g id="{gid}">', f'<g id="{gid}"><title>{escape(title)}</title>',
+                                1)
+    path.write_text(text)
 
 
 def draw_lines(series: dict, marks: list, path: Path, title: str, ylabel: str,

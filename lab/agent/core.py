@@ -111,6 +111,12 @@ from .names import LABELLED_OWNERSHIP, Ownership
 from .pacing import Pacer
 from .ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable, director_for, ike_sa_key
 
+# The sync messages a trace shows (`ikelab ladder` draws them member to member): those of one
+# IKE SA's ownership. FORWARD has a trace line of its own; heartbeats, routes, snapshots and
+# the witness's are periodic or bulk, and say nothing of one negotiation.
+TRACED_SYNC = frozenset((sync.CLAIM, sync.GRANT, sync.ANNOUNCE, sync.ACK, sync.LOOKUP,
+                         sync.ANSWER, sync.ESTABLISHED, sync.REKEY, sync.DELETE))
+
 TICK = 0.05
 STATELESS = Ownership.STATELESS
 LABELLED = LABELLED_OWNERSHIP
@@ -251,6 +257,10 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
             return
         self.counters[counter] += 1
         self.sent_by_type[msg.type_name] = self.sent_by_type.get(msg.type_name, 0) + 1
+        if msg.type in TRACED_SYNC and self.tracing:
+            self.trace("sync", type=msg.type_name, to=self.config.name_of(to),
+                       key=f"{msg.ispi.hex()}/{msg.msgid}/{msg.requester}",
+                       owner=self.config.name_of(msg.owner) if msg.owner else None)
         self.emit(Send(to, self.codec.encode(msg, self.now + self.wall_offset)))
 
     def broadcast(self, msg: sync.Message, counter: str = "sync_sent") -> None:

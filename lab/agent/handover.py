@@ -138,6 +138,8 @@ class HandoverRole:
         self.counters["handovers" if handover else "takeovers"] += 1
         self.esp_until[peer] = self.now + ESP_HOLD_LIMIT
         self.emit(HoldEsp(self._esp_held_from()))
+        self.trace("handover" if handover else "takeover", peer=self.config.peers[peer][0],
+                   name=peer)
         self.emit(Initiate(connection, peer))
 
     def _esp_held_from(self) -> frozenset:

@@ -116,6 +116,7 @@ class LivenessRole:
         """`name` left the live set (or restarted): nothing here may point at it any more."""
         index = self.config.index_of(name)
         self.log(f"{name} {why}")
+        self.trace("member-died", who=name, why=why)
         self.counters["members_died"] += 1
         self.departed.add(name)
         orphans = self.table.established(name)

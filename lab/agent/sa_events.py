@@ -33,6 +33,11 @@ class SaEventsRole:
                 self.release_waiting(new[0])
             return
         spis = _spis(sa)
+        if event.name == "child-updown" and spis and event.message.get("up") == "yes":
+            for child in sa.get("child-sas", {}).values():  # a mark on the ladder
+                self.trace("installed", peer=sa.get("remote-host"), ispi=spis[0].hex(),
+                           child=child.get("name"), spi_in=child.get("spi-in"),
+                           spi_out=child.get("spi-out"))
         if event.name != "ike-updown" or not spis:
             return
         if event.message.get("up") == "yes":

@@ -13,6 +13,14 @@ line up), `member` and `decision`:
     announced   as a key's director: who owns it (`key`, `owner`)
     granted     as a key's director: a claimant learns the owner (`key`, `owner`, `to`)
     expired     a half-open or rekeyed entry's time ran out (`key`, `owner`)
+    installed   our charon installed a CHILD SA (`peer`, `ispi` of its IKE SA, `child`,
+                `spi_in`, `spi_out`)
+    member-died another member left the live set (`who`, `why`)
+    takeover    we re-initiate a dead owner's tunnel to a peer (`peer`: its address, `name`)
+    handover    we initiate a draining or overloaded member's tunnel to a peer (the same)
+    sync        a sync message of one IKE SA's ownership went out (`type`: claim, grant,
+                announce, ack, lookup, answer, established, rekey, delete; `to`, `key`,
+                `owner`): with the other members' lines, the cluster's own protocol
 
 A line about a packet also has `dir` ("in" from the peer, "out" from our charon), `peer` (its
 address as the cluster sees it), `port`, and, when it is IKE: `version`, `exchange`, `msgid`,

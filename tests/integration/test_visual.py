@@ -60,6 +60,36 @@ def test_a_captured_split_hash_run_has_pcaps_traces_and_a_ladder_of_the_forward(
     assert "bucket 3" in graph.read_text() and "203.0.113.11" in graph.read_text()
 
 
+def test_the_ladders_of_a_split_run_draw_the_clusters_protocol_and_the_payloads(kept, tmp_path):
+    # Eight peers: a claim goes to another member (CLAIM, GRANT) unless the member the switch
+    # chose directs that SPI itself (then it only ANNOUNCEs): a third of the time each.
+    code, report = ikelab_json("--hash", "split", "--peers", "8", "--keep")
+    assert code == 0, [t["problems"] for t in report["tunnels"]]
+    svgs = {}
+    for tunnel in report["tunnels"]:
+        path = tmp_path / f"{tunnel['peer']}.svg"
+        result = ikelab("ladder", report["run_dir"], "--peer", tunnel["peer"], "-o", str(path))
+        assert result.returncode == 0, result.stderr
+        svgs[tunnel["peer"]] = path.read_text()
+    # (">NAME<": an arrow's label, not the legend's words)
+    for peer, svg in svgs.items():
+        for word in ("sync network", ">ANNOUNCE<", ">ACK<", ">FORWARD IKE_AUTH request #1<",
+                     "[IDi", "AUTH SA TSi TSr]", "CHILD SA installed",
+                     "<title>IKE_AUTH request #1; SPIs "):
+            assert word in svg, (peer, word)
+        if ">CLAIM<" in svg:
+            assert ">GRANT<" in svg and "waits for GRANT" in svg, peer
+        else:  # the member the switch chose directs the SPI: it waits for the ACKs
+            assert "waits for ACKs" in svg, peer
+    assert any(">CLAIM<" in svg for svg in svgs.values())
+    # one member's lanes and the first second only
+    path = tmp_path / "part.svg"
+    result = ikelab("ladder", report["run_dir"], "--members", "m2", "--window", ":1", "-o",
+                    str(path))
+    assert result.returncode == 0, result.stderr
+    assert ">m1<" not in path.read_text() and ">m2<" in path.read_text()
+
+
 def test_without_the_agent_the_ladder_shows_ike_auth_at_a_member_without_the_ike_sa(
         kept, tmp_path):
     code, report = ikelab_json("--hash", "split", "--peers", "1", "--no-agent", "--capture",

@@ -9,8 +9,9 @@ import pytest
 
 from lab.agent.events import Trace
 from lab.agent.trace import TraceFile, packet_fields, read_trace, trace_line
-from lab.ladder import (DROPPED, FORWARD, REQUEST, RESPONSE, SWITCH, VOID, LadderError, Seen,
-                        build, read_pcap, seen_in_capture, seen_in_trace)
+from lab.ladder import (DROPPED, FORWARD, PROTOCOL, REQUEST, RESPONSE, SWITCH, VOID, LadderError,
+                        Seen, build, payloads_in_log, protocol_in_trace, read_pcap,
+                        seen_in_capture, seen_in_trace, select)
 from lab.plots import draw_ladder
 
 from .agents import Cluster, capture
@@ -75,16 +76,77 @@ def test_no_trace_configured_means_no_trace_actions():
 
 def test_a_split_negotiation_with_the_agent_is_a_ladder_with_a_forward_to_the_holder():
     ladder = build("p1", PEER, MEMBERS, seen_in_trace(split_hash_negotiation().lines))
-    assert ladder.lanes == ["p1", SWITCH, "m1", "m2", "m3"]
-    assert ladder.holder == "m1"
+    assert ladder.lanes == ["p1", SWITCH, "m1", "m2", "m3", "sync:m1", "sync:m2", "sync:m3"]
+    assert ladder.members == MEMBERS and ladder.holder == "m1"
     assert [(a.src, a.dst, a.kind, a.label) for a in ladder.arrows] == [
         ("p1", "m1", REQUEST, "IKE_SA_INIT request #0"),
         ("m1", "p1", RESPONSE, "IKE_SA_INIT response #0"),
         ("p1", "m2", REQUEST, "IKE_AUTH request #1"),
-        ("m2", "m1", FORWARD, "FORWARD IKE_AUTH request #1"),
+        ("sync:m2", "sync:m1", FORWARD, "FORWARD IKE_AUTH request #1"),
         ("m1", "p1", RESPONSE, "IKE_AUTH response #1"),
     ]
     assert ladder.arrows[0].note.startswith("claimed from m")  # one packet, not two arrows
+    assert "SPIs" in ladder.arrows[2].title and "forwarded to m1" in ladder.arrows[2].title
+
+
+def test_the_claims_round_is_drawn_member_to_member_on_the_sync_lanes_with_its_wait():
+    lines = split_hash_negotiation().lines
+    ladder = build("p1", PEER, MEMBERS, seen_in_trace(lines), protocol_in_trace(lines))
+    protocol = [(a.src, a.dst, a.label, a.note) for a in ladder.arrows if a.kind == PROTOCOL]
+    # m1 directs its own claim here: it announces the owner to the others, who acknowledge
+    assert protocol == [("sync:m1", "sync:m2", "ANNOUNCE", "owner m1"),
+                        ("sync:m1", "sync:m3", "ANNOUNCE", "owner m1"),
+                        ("sync:m2", "sync:m1", "ACK", "owner m1"),
+                        ("sync:m3", "sync:m1", "ACK", "owner m1")]
+    [span] = ladder.spans
+    assert (span.lane, span.text) == ("m1", "waits for ACKs") and span.t1 > span.t0
+    # another peer's claims stay off p1's ladder
+    assert not [a for a in build("p2", "203.0.113.12", MEMBERS, seen_in_trace(lines),
+                                 protocol_in_trace(lines)).arrows]
+
+
+def test_a_child_sa_installed_is_a_mark_on_its_members_lane():
+    line = {"t": 1001.5, "member": "m1", "decision": "installed", "peer": PEER,
+            "ispi": "0b90528146a9a791", "child": "lan", "spi_in": "c1000001",
+            "spi_out": "0aaaaaaa"}
+    lines = split_hash_negotiation().lines + [line, dict(line, peer="203.0.113.12")]
+    ladder = build("p1", PEER, MEMBERS, seen_in_trace(lines), protocol_in_trace(lines))
+    [mark] = ladder.marks
+    assert (mark.lane, mark.text) == ("m1", "CHILD SA installed")
+    assert "c1000001" in mark.title
+
+
+def test_payload_names_come_from_the_peers_charon_log_retransmissions_alike():
+    log = """10:00:00.001 05[ENC] <cluster|1> generating IKE_SA_INIT request 0 [ SA KE No N(NATD_S_IP) N(NATD_D_IP) ]
+10:00:00.003 06[ENC] <cluster|1> parsed IKE_SA_INIT response 0 [ SA KE No N(MULT_AUTH) ]
+10:00:00.004 06[ENC] <cluster|1> generating IKE_AUTH request 1 [ IDi N(INIT_CONTACT) IDr AUTH SA TSi TSr N(MOBIKE_SUP) ]
+10:00:00.010 07[ENC] <cluster|1> parsed IKE_AUTH response 1 [ IDr AUTH SA TSi TSr N(AUTH_LFT) ]
+"""
+    payloads = payloads_in_log(log)
+    assert payloads[2] == ("in", "IKE_AUTH", False, 1, ["IDi", "N(INIT_CONTACT)", "IDr",
+                                                         "AUTH", "SA", "TSi", "TSr",
+                                                         "N(MOBIKE_SUP)"])
+    c = split_hash_negotiation()
+    c.now += 1.0
+    c.packet(2, AUTH)  # the peer retransmits its IKE_AUTH: the same payloads
+    ladder = build("p1", PEER, MEMBERS, seen_in_trace(c.lines), payloads=payloads)
+    labels = [a.label for a in ladder.arrows if a.kind in (REQUEST, RESPONSE, DROPPED)]
+    assert labels == ["IKE_SA_INIT request #0 [SA KE No]", "IKE_SA_INIT response #0 [SA KE No]",
+                      "IKE_AUTH request #1 [IDi N(INIT_CONTACT) IDr AUTH SA TSi TSr]",
+                      "IKE_AUTH response #1 [IDr AUTH SA TSi TSr]",
+                      "IKE_AUTH request #1 [IDi N(INIT_CONTACT) IDr AUTH SA TSi TSr]"]
+    assert "N(MOBIKE_SUP)" in ladder.arrows[2].title  # the routine ones: in the title only
+
+
+def test_a_selection_keeps_some_members_and_a_time_window():
+    lines = split_hash_negotiation().lines
+    ladder = build("p1", PEER, MEMBERS, seen_in_trace(lines), protocol_in_trace(lines))
+    part = select(ladder, members=["m1", "m3"])
+    assert part.lanes == ["p1", SWITCH, "m1", "m3", "sync:m1", "sync:m3"]
+    assert all("m2" not in a.src + a.dst for a in part.arrows) and part.holder == "m1"
+    late = select(ladder, since=0.005)
+    assert [a.label for a in late.arrows][0].startswith("IKE_AUTH request")
+    assert select(ladder, members=["m2"]).holder is None
 
 
 def test_without_the_agent_ike_auth_at_a_member_without_the_ike_sa_goes_into_the_void():
@@ -112,10 +174,15 @@ def test_a_packet_the_agent_dropped_is_drawn_as_dropped_with_why():
 
 
 def test_the_drawings_name_every_member_and_ike_auth(tmp_path):
-    ladder = build("p1", PEER, MEMBERS, seen_in_trace(split_hash_negotiation().lines))
+    lines = split_hash_negotiation().lines
+    ladder = build("p1", PEER, MEMBERS, seen_in_trace(lines), protocol_in_trace(lines))
     svg = draw_ladder(ladder, tmp_path / "l.svg").read_text()
-    for text in MEMBERS + ["IKE_AUTH request #1", "FORWARD", "holds the IKE SA"]:
+    for text in MEMBERS + ["IKE_AUTH request #1", "FORWARD", "holds the IKE SA", "ANNOUNCE",
+                           "ACK", "sync network", "waits for ACKs"]:
         assert text in svg
+    # every arrow has a hover title, SPIs and the agent's decision in it
+    assert svg.count("<title>") >= 2 * len(ladder.arrows)
+    assert "<title>IKE_AUTH request #1; SPIs " in svg and "forwarded to m1" in svg
     png = draw_ladder(ladder, tmp_path / "l.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10000
 
