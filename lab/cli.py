@@ -4,6 +4,9 @@
     ikelab status          the running lab's ownership table and agent counters (--watch)
     ikelab runs            the recorded runs: running, kept or crashed
     ikelab ladder          one peer's IKE across the members, as a sequence diagram
+    ikelab wireshark       the command that shows a --capture run's pcaps decrypted
+    ikelab open            a kept run's page: report.html, everything the run made
+    ikelab gallery DIR     named runs (the failure, the agent's modes, NAT, ...) and an index
     ikelab graph           the lab's nodes, links, addresses and switch ports, as a picture
     ikelab clean [--kept]  remove what crashed runs left behind (and kept runs), from records
 
@@ -56,6 +59,18 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _window(text: str) -> tuple[float | None, float | None]:
+    """FROM:TO seconds, either side empty: a ladder's time window."""
+    try:
+        since, until = (float(part) if part.strip() else None for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be FROM:TO in seconds, e.g. 2.5:10 or :3, "
+                                         f"not {text!r}") from None
+    if since is not None and until is not None and until < since:
+        raise argparse.ArgumentTypeError(f"TO must not come before FROM: {text!r}")
+    return since, until
+
+
 BIG_CROWD = 1000  # sites; above it, --dead-after defaults to CROWD_DEAD_AFTER
 CROWD_DEAD_AFTER = 2.0
 
@@ -84,7 +99,20 @@ EXAMPLES = {
     "ladder": """examples:
   ikelab ladder -o ladder.svg                       the latest run, peer p1
   ikelab ladder 20261128-101500-4242 --peer p2 -o p2.png
+  ikelab ladder --members m1,m4 --window 0:2 -o first-2s.svg   8 members: two lanes, 2 s
   ikelab ladder /var/lib/ikelab/runs/20261128-101500-4242 -o l.svg""",
+    "wireshark": """examples:
+  ikelab wireshark                                  the latest run, every capture
+  ikelab wireshark m2                               the latest run, member m2's switch port
+  ikelab wireshark 20261128-101500-4242 sync        that run, the sync network
+  eval "$(ikelab wireshark m1) -Y 'esp && icmp'"    the LAN pings inside ESP""",
+    "open": """examples:
+  ikelab open                                       the latest run's page
+  ikelab open 20261128-101500-4242""",
+    "gallery": """examples:
+  ikelab gallery /tmp/gallery                       every exhibit (README: how long it takes)
+  ikelab gallery /tmp/g --only split-without-agent,agent-table
+  ikelab gallery /tmp/g --list""",
     "graph": """examples:
   ikelab graph -o lab.svg                           the default lab (3 members, 2 peers)
   ikelab graph --members 5 --peers 4 --nat -o lab.png
@@ -182,8 +210,29 @@ def parser() -> Parser:
     ladder.add_argument("run", nargs="?", metavar="RUN",
                         help="a run's name or directory (default: the latest run)")
     ladder.add_argument("--peer", default="p1", help="the peer to draw (p1)")
+    ladder.add_argument("--members", metavar="M1,M2",
+                        help="draw only these members' lanes (default: every member)")
+    ladder.add_argument("--window", type=_window, default=(None, None), metavar="FROM:TO",
+                        help="draw only seconds FROM to TO after the first message (either "
+                        "may be left out: 2.5: or :10)")
     ladder.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
                         help="the picture: FILE.svg or FILE.png")
+    wireshark = _add(sub, "wireshark", "print the tshark command that shows a --capture "
+                     "run's captures decrypted (runs wireshark where a display exists)")
+    wireshark.add_argument("where", nargs="*", metavar="RUN NODE",
+                           help="a run's name or directory (default: the latest run) and a "
+                           "capture point: a member, or sync (default: every one)")
+    page = _add(sub, "open", "print the path of a kept run's page, report.html (and open it "
+                "where a display exists)")
+    page.add_argument("run", nargs="?", metavar="RUN",
+                      help="a run's name or directory (default: the latest run)")
+    gallery = _add(sub, "gallery", "run the gallery's named scenarios, each kept with its "
+                   "page, and write DIR/index.html linking them")
+    gallery.add_argument("directory", type=Path, nargs="?", metavar="DIR",
+                         help="where the runs and index.html go (made if missing)")
+    gallery.add_argument("--only", metavar="NAME,NAME",
+                         help="only these exhibits (default: every one; --list names them)")
+    gallery.add_argument("--list", action="store_true", help="list the exhibits and stop")
     graph = _add(sub, "graph", "draw the lab: nodes, links, addresses, and which switch port "
                  "feeds which member")
     graph.add_argument("run", nargs="?", metavar="RUN",
@@ -299,6 +348,12 @@ def cmd_run(args) -> int:
         print("ikelab: that is a bug in the lab (the traceback above); the lab was torn down",
               file=sys.stderr)
         return 1
+    if report.get("run_dir"):
+        from .page import write_page
+        try:
+            say(f"the run's page: {write_page(Path(report['run_dir']), lab.plan, report)}")
+        except (OSError, PlotError) as exc:
+            print(f"ikelab: the run's page was not written: {exc}", file=sys.stderr)
     return 0 if report["ok"] else 1
 
 
@@ -392,64 +447,6 @@ def _run_plan(name: str | None):
     return run, build_plan(spec)
 
 
-def cmd_ladder(args) -> int:
-    from .ladder import LadderError, build, load
-    from .plots import PlotError, check_format, draw_ladder
-    from .topology import EXTERNAL_VIP, EXTERNAL_VIP6
-
-    try:
-        check_format(args.output)
-    except PlotError as exc:
-        raise UsageError(str(exc)) from None
-    run, plan = _run_plan(args.run)
-    try:
-        peer = plan.peer(args.peer)
-    except StopIteration:
-        raise UsageError(f"run {run.name} has no peer {args.peer!r}: it has "
-                         f"{', '.join(p.name for p in plan.peers)}") from None
-    members = [m.name for m in plan.members]
-    try:
-        seen = load(run.path, members, (str(EXTERNAL_VIP), str(EXTERNAL_VIP6)))
-    except LadderError as exc:
-        print(f"ikelab: {exc}", file=sys.stderr)
-        return 1
-    if not seen:
-        print(f"ikelab: run {run.name} has neither agent traces nor captures to draw from "
-              "(ikelab run --keep keeps traces; --capture adds pcaps)", file=sys.stderr)
-        return 1
-    ladder = build(peer.name, str(peer.seen_as), members, seen)
-    try:
-        draw_ladder(ladder, args.output, f"IKE of {peer.name} ({peer.seen_as}) across the "
-                    f"cluster, run {run.name}: {run.read().get('description', '')}")
-    except (PlotError, OSError) as exc:
-        print(f"ikelab: {exc}", file=sys.stderr)
-        return 1
-    print(f"{args.output}: {len(ladder.arrows)} IKE messages of {peer.name}; "
-          f"the IKE SA is held by {ladder.holder or 'no member'}")
-    return 0
-
-
-def cmd_graph(args) -> int:
-    from .plots import PlotError, check_format, draw_topology
-
-    try:
-        check_format(args.output)
-    except PlotError as exc:
-        raise UsageError(str(exc)) from None
-    if args.run:
-        _, plan = _run_plan(args.run)
-    else:
-        plan = build_plan(LabSpec(args.members, args.peers, args.hash, args.mode,
-                                  nat=args.nat, ip=args.ip).validate())
-    try:
-        draw_topology(plan, args.output)
-    except OSError as exc:
-        print(f"ikelab: {exc}", file=sys.stderr)
-        return 1
-    print(f"{args.output}: {len(plan.members)} members, {len(plan.peers)} peers")
-    return 0
-
-
 def cmd_clean(args) -> int:
     from .rundir import clean_run, kept_runs, live_runs, stale_runs
 
@@ -468,8 +465,17 @@ def cmd_clean(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "runs": cmd_runs, "ladder": cmd_ladder,
-            "graph": cmd_graph, "clean": cmd_clean}
+def _showing(name: str):
+    """A command of `lab.showing`, imported when it runs (it imports this module)."""
+    def command(args) -> int:
+        from . import showing
+        return getattr(showing, f"cmd_{name}")(args)
+    return command
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "runs": cmd_runs, "clean": cmd_clean,
+            **{name: _showing(name) for name in ("ladder", "wireshark", "open", "gallery",
+                                                 "graph")}}
 
 
 def main(argv=None) -> int:
@@ -483,8 +489,8 @@ def main(argv=None) -> int:
         args = top.parse_args(argv)
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
-        raise UsageError("a command is required: run, status, runs, ladder, graph or clean "
-                         "(see ikelab --help)")
+        raise UsageError("a command is required: run, status, runs, ladder, wireshark, open, "
+                         "gallery, graph or clean (see ikelab --help)")
     except (UsageError, TopologyError) as exc:
         # One line even when a typed argument holds a line break (argparse quotes some raw).
         message = str(exc).replace("\r", "\\r").replace("\n", "\\n")

@@ -11,6 +11,7 @@ import time
 from . import crowd, hashing
 from .lab import Lab
 from .outage import PING, ping_counts
+from .page import AGENTS
 from .probes import ask_agent, member_sas
 from .report import lab_report, tunnel_report
 from .topology import Plan
@@ -173,6 +174,8 @@ def run_main_job(lab: Lab, timeout: float, lab_up_s: float, say, quiet: bool = F
     timings = {"lab_up_s": round(lab_up_s, 2),
                "tunnels_up_s": round(max(watch.up_after.values()), 2) if all_up else None}
     run_dir = str(lab.run.path) if lab.keep else None
+    if run_dir and agents:  # for the run's page (`lab.page`), once the lab is gone
+        (lab.run.path / AGENTS).write_text(json.dumps(agents, indent=1, default=str))
     summary = None
     if plan.crowd:
         summary = crowd.summarise(plan, crowd_watch, crowd.site_states(lab),
