@@ -118,6 +118,7 @@ def run_exhibit(exhibit: Exhibit, directory: Path, say) -> dict:
         shutil.move(report["run_dir"], target)
         if (target / "report.html").exists():
             row["page"] = f"{exhibit.name}/report.html"
+            say(f"kept as {target}, its page {target / 'report.html'}")
     return row
 
 
