@@ -93,7 +93,7 @@ routes); `daemon` carries them out. No socket, clock, thread or subprocess in he
 
 from collections import deque
 
-from . import ike, steering, sync
+from . import ike, steering, sync, synctrace
 from .config import AgentConfig
 from .claimant import ClaimantRole
 from .director import DirectorRole
@@ -111,11 +111,6 @@ from .names import LABELLED_OWNERSHIP, Ownership
 from .pacing import Pacer
 from .ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable, director_for, ike_sa_key
 
-# The sync messages a trace shows (`ikelab ladder` draws them member to member): those of one
-# IKE SA's ownership. FORWARD has a trace line of its own; heartbeats, routes, snapshots and
-# the witness's are periodic or bulk, and say nothing of one negotiation.
-TRACED_SYNC = frozenset((sync.CLAIM, sync.GRANT, sync.ANNOUNCE, sync.ACK, sync.LOOKUP,
-                         sync.ANSWER, sync.ESTABLISHED, sync.REKEY, sync.DELETE))
 
 TICK = 0.05
 STATELESS = Ownership.STATELESS
@@ -138,7 +133,7 @@ COUNTERS = ("seen_in", "seen_out", "delivered_local", "forwarded", "received_for
             "dead_owner_entries_dropped", "isolations", "snapshots_sent", "snapshots_applied",
             "stale_sas_dropped", "takeovers", "handovers", "esp_held", "esp_held_full",
             "restarts_seen", "resyncs", "witness_pings", "stalls", "routes_truncated",
-            "takeovers_queued")
+            "takeovers_queued", "sync_trace_skipped")
 # Messages that change the table: a joining member replays them over the snapshot it applies.
 TABLE_CHANGES = (sync.ANNOUNCE, sync.ANSWER, sync.DELETE, sync.REKEY, sync.ESTABLISHED)
 
@@ -168,6 +163,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
         self.wall_offset = wall_offset
         self.started_ms = self.wall_ms()
         self.tracing = bool(config.trace)
+        self.sync_trace = synctrace.Budget()
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.latencies_us: deque = deque(maxlen=LATENCY_SAMPLES)
         self.inbox: deque = deque()  # messages this member sends itself
@@ -257,11 +253,17 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
             return
         self.counters[counter] += 1
         self.sent_by_type[msg.type_name] = self.sent_by_type.get(msg.type_name, 0) + 1
-        if msg.type in TRACED_SYNC and self.tracing:
-            self.trace("sync", type=msg.type_name, to=self.config.name_of(to),
-                       key=f"{msg.ispi.hex()}/{msg.msgid}/{msg.requester}",
-                       owner=self.config.name_of(msg.owner) if msg.owner else None)
+        if msg.type in synctrace.TRACED and self.tracing:
+            self._trace_sync(to, msg)
         self.emit(Send(to, self.codec.encode(msg, self.now + self.wall_offset)))
+
+    def _trace_sync(self, to: int, msg: sync.Message) -> None:
+        if not self.sync_trace.allows(self.now):
+            self.counters["sync_trace_skipped"] += 1
+            return
+        self.trace("sync", type=msg.type_name, to=self.config.name_of(to),
+                   key=f"{msg.ispi.hex()}/{msg.msgid}/{msg.requester}",
+                   owner=self.config.name_of(msg.owner) if msg.owner else None)
 
     def broadcast(self, msg: sync.Message, counter: str = "sync_sent") -> None:
         """Send `msg` to every other configured member, live or not: UDP to a dead one costs

@@ -60,7 +60,7 @@ def test_a_wheel_installs_an_ikelab_that_runs_the_lab_from_anywhere(tmp_path):
     result = subprocess.run([str(venv / "bin" / "ikelab"), "run", "--members", "2", "--peers",
                              "1", "--hash", "split"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr  # the report says what failed
     assert "OK: every tunnel is up" in result.stdout
 
 

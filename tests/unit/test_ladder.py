@@ -233,3 +233,16 @@ def test_a_trace_line_says_of_a_packet_exactly_what_packet_fields_says():
             line = json.loads(trace_line("x", packet, inbound, (("why", 'a "b"'),), "m1", 1.5))
             assert line == {"t": 1.5, "member": "m1", "decision": "x",
                             **packet_fields(packet, inbound), "why": 'a "b"'}
+
+
+def test_a_flood_of_sync_messages_is_traced_up_to_a_budget_a_second_and_the_rest_counted():
+    from lab.agent import sync
+    from lab.agent.synctrace import PER_SECOND as SYNC_TRACE_PER_SECOND
+    c = TracedCluster().start()
+    agent = c.agents[1]
+    before = len([a for a in agent.actions if isinstance(a, Trace)])
+    for n in range(SYNC_TRACE_PER_SECOND + 50):
+        agent.send(2, sync.Message(sync.ANNOUNCE, 1, ispi=n.to_bytes(8, "big"), owner=1))
+    traced = [a for a in agent.actions if isinstance(a, Trace)][before:]
+    assert len(traced) == SYNC_TRACE_PER_SECOND
+    assert agent.counters["sync_trace_skipped"] == 50
