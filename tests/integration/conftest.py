@@ -2,7 +2,7 @@
 
 import pytest
 
-from .helpers import charon_pids, lab_bridges, leftovers
+from .helpers import charon_pids, ikelab, lab_bridges, leftovers
 
 
 @pytest.fixture(autouse=True)
@@ -12,3 +12,11 @@ def leaves_nothing_behind():
     assert not lab_bridges(), "a lab is already running on this machine"
     yield before
     assert leftovers(before) == {}
+
+
+@pytest.fixture
+def kept():
+    """The kept runs a test makes are removed after it, with `ikelab clean --kept`."""
+    yield
+    result = ikelab("clean", "--kept")
+    assert result.returncode == 0, result.stderr

@@ -21,14 +21,6 @@ PAYLOADS = {"2": ["Payload: Identification - Initiator", "Payload: Identificatio
             "1": ["Payload: Identification", "Payload: Hash", "Payload: Nonce"]}
 
 
-@pytest.fixture
-def kept():
-    """The kept runs a test makes are removed after it, with `ikelab clean --kept`."""
-    yield
-    result = ikelab("clean", "--kept")
-    assert result.returncode == 0, result.stderr
-
-
 def tshark(command: str, *options: str) -> str:
     result = subprocess.run(f"{command} {' '.join(options)}", shell=True, capture_output=True,
                             text=True, timeout=120)

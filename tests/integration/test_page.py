@@ -15,14 +15,6 @@ from .helpers import ikelab, ikelab_json
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def kept():
-    """The kept runs a test makes are removed after it, with `ikelab clean --kept`."""
-    yield
-    result = ikelab("clean", "--kept")
-    assert result.returncode == 0, result.stderr
-
-
 def test_a_captured_runs_page_loads_in_headless_chromium_and_everything_in_it_resolves(
         kept, tmp_path):
     code, report = ikelab_json("--hash", "split", "--peers", "2", "--capture")

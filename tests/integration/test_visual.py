@@ -17,14 +17,6 @@ pytestmark = pytest.mark.root
 ENDPOINT = re.compile(r"IP (\d+\.\d+\.\d+\.\d+)\.(\d+) > (\d+\.\d+\.\d+\.\d+)\.(\d+): ")
 
 
-@pytest.fixture
-def kept():
-    """The kept runs a test makes are removed after it, with `ikelab clean --kept`."""
-    yield
-    result = ikelab("clean", "--kept")
-    assert result.returncode == 0, result.stderr
-
-
 def ike_ports_to_the_cluster(pcap) -> set[int]:
     """The UDP ports on which the capture saw p1 send to the cluster's virtual IP."""
     out = subprocess.run(["tcpdump", "-n", "-r", str(pcap), "udp"], capture_output=True,
