@@ -157,7 +157,8 @@ def data_path_complete(lab, peers) -> set[str]:
         theirs = kernel_routes(lab.node(peer.name), TUNNEL_TABLE)
         if not all(lan in theirs for lan in cluster_lans):
             continue
-        if not plan.spec.agent or all(
+        # An empty LAN switch hands the traffic to nobody: no data path, however the routes.
+        if not plan.spec.agent or serving and all(
                 m == holder or steering[m].get(str(lan)) == sync_of[(holder, lan.version)]
                 for m in serving for lan in peer.lans):
             complete.add(peer.name)
@@ -177,7 +178,7 @@ def lans_steered(lab, lans) -> set[str]:
     done = set()
     for lan in lans:
         holders = [m for m, routes in tunnels.items() if lan in routes]
-        if len(holders) == 1 and all(
+        if len(holders) == 1 and serving and all(
                 m == holders[0] or steering[m].get(lan) == sync_of[holders[0]] for m in serving):
             done.add(lan)
     return done
