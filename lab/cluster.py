@@ -118,9 +118,11 @@ class ClusterNet(Mininet):
         super().stop()
 
     def flood(self, peer: str, rate: float = 1000.0, seconds: float = 30.0, ike: int = 2,
-              port: int = 500, spoof: bool = False) -> Flood:
+              port: int = 500, spoof: bool = False, impersonating: bool = True) -> Flood:
         """Have `peer` flood the cluster with IKE first messages (lab.flood), in the
-        background; with `spoof`, from random addresses of the lab's internet."""
+        background; with `spoof`, from random addresses of the lab's internet, the peers' own
+        among them unless not `impersonating` (IKEv1 has no cookies: a flood that spoofs a
+        peer's address fills charon's per-IP half-open limit, and that peer is locked out)."""
         node = self.nameToNode.get(peer)
         if not isinstance(node, PeerGateway):
             peers = ", ".join(n.name for n in self.hosts if isinstance(n, PeerGateway))
@@ -131,7 +133,10 @@ class ClusterNet(Mininet):
                                 "500|4500")
         vip = self.topo.plan.peer(peer).vip  # the virtual IP of the peer's family
         internet = INTERNET6 if vip.version == 6 else INTERNET
-        flood = Flood(node, rate, seconds, ike, port, str(internet) if spoof else None, str(vip))
+        peers = () if impersonating else tuple(
+            sorted({str(a) for p in self.topo.plan.peers for a in (p.address, p.seen_as)}))
+        flood = Flood(node, rate, seconds, ike, port, str(internet) if spoof else None, str(vip),
+                      spare=peers)
         self.floods = [f for f in self.floods if f.running()] + [flood]
         return flood
 

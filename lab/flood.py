@@ -1,7 +1,7 @@
 """An IKE_SA_INIT flood, run inside a lab node: the lab's own hostile load.
 
     python -m lab.flood --rate 1000 --seconds 30 [--ike 1|2] [--port 500|4500] [--spoof PREFIX]
-                        [--vip 203.0.113.1 | --vip 2001:db8:0:1::1]
+                        [--spare ADDRESS ...] [--vip 203.0.113.1 | --vip 2001:db8:0:1::1]
 
 (`Flood` starts one in a node; the CLI's `flood` and the flood tests and benchmark use it.)
 
@@ -9,7 +9,8 @@ Each packet is a real first message captured in the lab (IKEv2 IKE_SA_INIT, or I
 Mode message 1) with a fresh random initiator SPI and a fresh source port, sent to the
 cluster's virtual IP (IPv4 or IPv6): unspoofed from the node's own address, or with `--spoof`
 from random addresses of a prefix of the same family (the lab's internet, say: legitimate
-peers' addresses included). On UDP 4500 it carries the RFC 3948 non-ESP marker. It never
+peers' addresses included, unless `--spare` names them). On UDP 4500 it carries the RFC 3948
+non-ESP marker. It never
 targets anything but one of the lab's virtual IPs, and it prints one JSON line when done:
 packets sent and the rate achieved.
 """
@@ -94,22 +95,27 @@ def own_address(vip: str = VIP) -> str:
         probe.close()
 
 
-def random_sources(prefix, vip: str):
-    """A function that returns a random address of `prefix` (never the virtual IP): a /64 has
-    too many hosts to list."""
+def random_sources(prefix, vip: str, spare=()):
+    """A function that returns a random address of `prefix`, never the virtual IP nor one of
+    `spare` (addresses, as strings): a /64 has too many hosts to list."""
     base, size = int(prefix.network_address), prefix.num_addresses
+    avoid = {str(ipaddress.ip_address(a)) for a in spare} | {vip}
+    if size - 2 <= sum(base < int(ipaddress.ip_address(a)) < base + size - 1 for a in avoid):
+        raise ValueError(f"{prefix} has no source address left to spoof")
     def pick() -> str:
-        while (address := str(ipaddress.ip_address(base + random.randrange(1, size - 1)))) == vip:
+        while (address := str(ipaddress.ip_address(base + random.randrange(1, size - 1)))) in avoid:
             pass
         return address
     return pick
 
 
 def flood(rate: float, seconds: float, ike: int, port: int,
-          spoof: ipaddress.IPv4Network | ipaddress.IPv6Network | None, vip: str = VIP) -> dict:
-    """Send at `rate` packets/s for `seconds`; the packets sent and the rate achieved."""
+          spoof: ipaddress.IPv4Network | ipaddress.IPv6Network | None, vip: str = VIP,
+          spare=()) -> dict:
+    """Send at `rate` packets/s for `seconds` (spoofed: never from `spare`); the packets
+    sent and the rate achieved."""
     own = own_address(vip)
-    source = random_sources(spoof, vip) if spoof else lambda: own
+    source = random_sources(spoof, vip, spare) if spoof else lambda: own
     six = ":" in vip
     build = (lambda *a: spoofed6(*a, vip)) if six else spoofed
     sock = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_RAW,
@@ -133,16 +139,17 @@ class Flood:
     """A flood running in a lab node (its own process, recorded with the run like any other)."""
 
     def __init__(self, node, rate: float = 1000.0, seconds: float = 30.0, ike: int = 2,
-                 port: int = 500, spoof: str | None = None, vip: str = VIP):
+                 port: int = 500, spoof: str | None = None, vip: str = VIP, spare=()):
         self.node, self.rate, self.seconds = node, rate, seconds
         command = [sys.executable, "-m", "lab.flood", "--rate", str(rate), "--seconds",
                    str(seconds), "--ike", str(ike), "--port", str(port), "--vip", vip]
         if spoof:
-            command += ["--spoof", spoof]
+            command += ["--spoof", spoof] + [f"--spare={a}" for a in spare]
         self.description = (f"{node.name}: IKEv{ike} first messages to {vip} UDP {port} at "
                             f"{rate:g}/s "
                             f"for {seconds:g} s" + (f", sources spoofed from {spoof}"
-                                                    if spoof else ""))
+                                                    if spoof else "")
+                            + (f" but {', '.join(spare)}" if spoof and spare else ""))
         self.process = node.popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(
                                       p for p in sys.path if p)))
@@ -172,6 +179,8 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, choices=(500, 4500), default=500)
     parser.add_argument("--spoof", type=ipaddress.ip_network, default=None,
                         help="random source addresses from this prefix (default: this node's)")
+    parser.add_argument("--spare", type=ipaddress.ip_address, action="append", default=[],
+                        metavar="ADDRESS", help="with --spoof: never this source (repeatable)")
     parser.add_argument("--vip", choices=VIPS, default=VIP,
                         help=f"the virtual IP to flood ({VIP})")
     args = parser.parse_args(argv)
@@ -181,8 +190,14 @@ def main(argv=None) -> int:
     if args.spoof is not None and (args.spoof.version == 6) != (":" in args.vip):
         print("flood: --spoof must be of the virtual IP's family", file=sys.stderr)
         return 2
+    if args.spoof is not None:
+        try:
+            random_sources(args.spoof, args.vip, [str(a) for a in args.spare])
+        except ValueError as exc:
+            print(f"flood: {exc}", file=sys.stderr)
+            return 2
     print(json.dumps(flood(args.rate, args.seconds, args.ike, args.port, args.spoof,
-                           args.vip)), flush=True)
+                           args.vip, [str(a) for a in args.spare])), flush=True)
     return 0
 
 
