@@ -27,8 +27,9 @@ import traceback
 from pathlib import Path
 
 from .agent.names import Ownership
-from .topology import (AUTH_METHODS, CLUSTER_MODES, DEFAULT_CROWD_RATE, HASH_MODES, IKE_CHOICES,
-                       IP_CHOICES, OWNERSHIP_MODES, LabSpec, TopologyError, build_plan)
+from .topology import (AUTH_METHODS, CHAOS_PLAYS, CLUSTER_MODES, DEFAULT_CROWD_RATE, HASH_MODES,
+                       IKE_CHOICES, IP_CHOICES, OWNERSHIP_MODES, LabSpec, TopologyError,
+                       build_plan)
 
 
 class UsageError(Exception):
@@ -196,9 +197,12 @@ def parser() -> Parser:
     run.add_argument("--no-rebalance", dest="rebalance", action="store_false",
                      help="do not even the tunnels out over the members after a member returns "
                      "(drains still move tunnels, make-before-break)")
-    run.add_argument("--chaos", action="store_true",
-                     help="after the traffic test, fail, restore, rehash and partition members "
-                     "while the LANs ping each other, and report each outage")
+    run.add_argument("--chaos", nargs="?", const="chaos", choices=CHAOS_PLAYS,
+                     metavar="PLAY",
+                     help="after the traffic test, act on the running cluster while the LANs "
+                     "ping each other, and report each outage: chaos (default: fail, restore, "
+                     "rehash and partition members), owner-death, drain, flood, or "
+                     "rehash-mid-negotiation")
     status = _add(sub, "status", "the running lab's ownership table and agent counters")
     status.add_argument("--json", action="store_true", help="print what the agents said as JSON")
     status.add_argument("--watch", action="store_true",
@@ -320,7 +324,7 @@ def cmd_run(args) -> int:
             if args.chaos and report["ok"]:
                 from .report import with_chaos
                 from .scenarios import run_chaos
-                report = with_chaos(report, run_chaos(lab, say))
+                report = with_chaos(report, *run_chaos(lab, say, args.chaos), args.chaos)
             print(json.dumps(report, indent=2) if args.json else format_text(report), flush=True)
             if args.cli:
                 from mininet.log import setLogLevel

@@ -50,6 +50,22 @@ EXHIBITS = (
             "like any flow.", ("--hash", "split", "--nat", "--capture"), True),
     Exhibit("ikev1", "IKEv1: Main Mode and Quick Mode, all Message ID 0 in Main Mode, through "
             "the same split.", ("--hash", "split", "--ike", "1", "--capture"), True),
+    Exhibit("owner-death", "The member holding p1's tunnel dies: the others count it dead "
+            "within 0.6 s and one takes its tunnels over (member-died and takeover on the "
+            "ladder's sync lanes); p1's LAN keeps pinging (owner-death.png).",
+            ("--hash", "split", "--peers", "2", "--chaos", "owner-death", "--capture"), True),
+    Exhibit("drain", "The member holding p1's tunnel is drained: each of its tunnels is handed "
+            "over make-before-break (handover on the ladder), then it takes its share back.",
+            ("--peers", "4", "--chaos", "drain", "--capture"), True),
+    Exhibit("flood", "p1 floods the virtual IP with 1000 spoofed IKE_SA_INIT a second for 10 s: "
+            "the cookies and the agents' bounded tables keep every tunnel and its traffic "
+            "(flood.png; the agents' counters on the page).",
+            ("--peers", "3", "--chaos", "flood", "--keep"), True),
+    Exhibit("rehash-mid-negotiation", "The switches rehash between a negotiation's "
+            "IKE_SA_INIT and its IKE_AUTH: the IKE_AUTH reaches another member, which forwards "
+            "it to the owner the table names (the last peer's ladder).",
+            ("--hash", "l4", "--peers", "2", "--chaos", "rehash-mid-negotiation", "--capture"),
+            True),
     Exhibit("chaos", "Owner death (its tunnels taken over, INITIAL_CONTACT), a live rehash of "
             "the switches, a rehash with an owner drained (make-before-break handover), a "
             "partition and links cut: every step recovers (chaos.png).",

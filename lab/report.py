@@ -211,19 +211,21 @@ def format_text(report: dict) -> str:
                      f"{c['claims_lost']}, lookups {c['lookups']}, parse errors "
                      f"{c['parse_errors']}, table {agent['table_size']}")
     lines += describe_crowd(report.get("crowd"))
-    lines += describe_chaos(report.get("chaos"))
+    lines += describe_chaos(report.get("chaos"), report.get("play_steps"),
+                            report.get("play", "chaos"))
     bad = [t for t in report["tunnels"] if t["problems"]]
     if report["ok"]:
         lines.append("OK: every tunnel is up on exactly one member and carries traffic both ways"
                      + (" (the crowd's on a sample)" if report.get("crowd") else "")
-                     + (", and the cluster came back whole after every chaos step"
-                        if report.get("chaos") else ""))
+                     + (f", and the cluster came back whole after every "
+                        f"{report.get('play', 'chaos')} step" if report.get("chaos") else ""))
     elif bad:
         lines.append(f"FAIL: {len(bad)} of {len(report['tunnels'])} tunnels have problems")
     elif report.get("crowd") and not report["crowd"]["ok"]:
         lines.append("FAIL: not every crowd site is up on exactly one member with traffic")
     else:
-        lines.append("FAIL: the cluster did not come back whole after a chaos step")
+        lines.append(f"FAIL: the cluster did not come back whole after a "
+                     f"{report.get('play', 'chaos')} step")
     if report.get("run_dir"):
         lines.append(f"configs and logs kept in {report['run_dir']}")
     for plot in (report.get("crowd") or {}).get("plots", []):
@@ -231,15 +233,12 @@ def format_text(report: dict) -> str:
     return "\n".join(lines)
 
 
-def with_chaos(report: dict, steps: list[dict]) -> dict:
-    """The report with the chaos steps added; `ok` also needs every step to have recovered."""
-    ran_all = len(steps) == CHAOS_STEPS
-    return dict(report, chaos=steps,
-                ok=report["ok"] and ran_all and all(s["consistent_after_s"] is not None
-                                                    for s in steps))
-
-
-CHAOS_STEPS = 8
+def with_chaos(report: dict, steps: list[dict], planned: int, play: str = "chaos") -> dict:
+    """The report with the steps of a chaos play added (`planned`: how many it has); `ok` also
+    needs every step taken, each recovered."""
+    return dict(report, chaos=steps, play=play, play_steps=planned,
+                ok=report["ok"] and len(steps) == planned and all(
+                    s["consistent_after_s"] is not None for s in steps))
 
 
 def describe_crowd(crowd: dict | None) -> list[str]:
@@ -265,17 +264,19 @@ def describe_crowd(crowd: dict | None) -> list[str]:
 
 
 
-def describe_chaos(steps: list[dict] | None) -> list[str]:
-    """One line per chaos step: what was done, the worst LAN outage, when it was whole again."""
+def describe_chaos(steps: list[dict] | None, planned: int | None = None,
+                   play: str = "chaos") -> list[str]:
+    """One line per step of a chaos play (`planned` steps): what was done, the worst LAN
+    outage, when it was whole again."""
     if not steps:
         return []
-    lines = ["chaos (LAN-to-LAN pings every 100 ms from every peer's LAN):"]
+    lines = [f"{play} (LAN-to-LAN pings every 100 ms from the peers' LANs):"]
     for s in steps:
         after = (f"consistent again after {s['consistent_after_s']:.1f} s"
                  if s["consistent_after_s"] is not None else f"NOT consistent: {s['problem']}")
         lines.append(f"  {s['name']}: longest outage {s['outage_s']:.1f} s; {after}")
-    if len(steps) < CHAOS_STEPS:
-        lines.append(f"  stopped after {len(steps)} of {CHAOS_STEPS} steps")
+    if planned is not None and len(steps) < planned:
+        lines.append(f"  stopped after {len(steps)} of {planned} steps")
     return lines
 
 

@@ -205,7 +205,7 @@ RESTORED = Step("restore {member}", restore, same_member, RETURNS)
 
 
 def chaos(plan: Plan) -> list[Step]:
-    """`ikelab run --chaos` (report.CHAOS_STEPS steps): the first peer's owner dies and comes
+    """`ikelab run --chaos` (8 steps): the first peer's owner dies and comes
     back, the switches rehash to other fields, then back with that owner drained, then over
     every member; the last peer's owner is partitioned for 10 s; the first peer's owner loses
     its links and gets them back."""
@@ -215,6 +215,75 @@ def chaos(plan: Plan) -> list[Step]:
             rehashed(plan.spec.hash), partitioned(last),
             Step("fail {member} (links down)", take_links_down, TunnelHolder(first), LEAVES),
             RESTORED]
+
+
+FLOOD_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Flooded:
+    """`peer` floods the cluster with spoofed IKEv2 IKE_SA_INIT at `rate` a second (lab.flood)
+    for the step's hold; the undo stops it."""
+
+    peer: str
+    rate: float = 1000.0
+
+    def __call__(self, net: ClusterNet, member: str | None) -> None:
+        net.flood(self.peer, self.rate, FLOOD_SECONDS, 2, 500, spoof=True)
+
+    def stop(self, net: ClusterNet, member: str | None) -> None:
+        net.stop_floods()
+
+
+@dataclass(frozen=True)
+class RehashMidNegotiation:
+    """`peer` negotiates its tunnel afresh with its IKE_AUTH held back; once its IKE_SA_INIT
+    is answered, both switches hash on `mode`'s fields; the undo lets the IKE_AUTH go, to
+    whichever member the new hash picks, and the agents hand it to the negotiation's owner."""
+
+    peer: str
+    mode: str
+    RULE = "OUTPUT -p udp --dport 4500 -j DROP"
+    ANSWERED = 5.0  # seconds for the IKE_SA_INIT's answer
+
+    def __call__(self, net: ClusterNet, member: str | None) -> None:
+        node = net[self.peer]
+        sock = node.files.vici_socket
+        with strongswan.session(sock) as session:
+            for _ in session.terminate({"ike": CLUSTER_CONNECTION, "timeout": 3000}):
+                pass
+        node.cmd(f"iptables -A {self.RULE}")
+        strongswan.initiate(sock, CLUSTER_CONNECTION)
+        if not _poll(lambda: any(sa["state"] == "CONNECTING" and int(sa["responder-spi"], 16)
+                                 for sa in strongswan.list_sas(sock).values()), self.ANSWERED):
+            self.release(net, member)
+            raise FailoverError(f"{self.peer}'s IKE_SA_INIT got no answer within "
+                                f"{self.ANSWERED:g} s")
+        net.rehash(self.mode)
+
+    def release(self, net: ClusterNet, member: str | None) -> None:
+        net[self.peer].cmd(f"iptables -D {self.RULE}")
+
+
+def plays(plan: Plan) -> dict[str, tuple[list[Step], list[str]]]:
+    """What `ikelab run --chaos [PLAY]` can do to the running lab, by name: the steps, and the
+    peers whose LANs ping throughout (one renegotiating mid-step has an outage by design)."""
+    first, last = plan.peers[0].name, plan.peers[-1].name
+    everyone = [p.name for p in plan.peers]
+    other = "l3" if plan.spec.hash != "l3" else "l4"
+    return {
+        "chaos": (chaos(plan), everyone),
+        "owner-death": ([owner_dies(first), RESTORED], everyone),
+        "drain": ([owner_drained(first), UNDRAINED], everyone),
+        "flood": ([Step(f"{first} floods the virtual IP: 1000 spoofed IKE_SA_INIT a second for "
+                        f"{FLOOD_SECONDS:g} s", Flooded(first), hold=FLOOD_SECONDS,
+                        undo=Flooded(first).stop)], everyone),
+        "rehash-mid-negotiation": (
+            [Step(f"{last} renegotiates; after its IKE_SA_INIT the switches rehash {other}, "
+                  "then its IKE_AUTH goes", RehashMidNegotiation(last, other), hold=1.0,
+                  undo=RehashMidNegotiation(last, other).release),
+             rehashed(plan.spec.hash)], [p for p in everyone if p != last]),
+    }
 
 
 @dataclass(frozen=True)
@@ -319,7 +388,7 @@ class StepResult:
 
     def report(self) -> dict:
         """The step as the `chaos` list of the `--json` report gives it."""
-        return {"name": self.name, "outage_s": self.outage_s,
+        return {"name": self.name, "member": self.member, "outage_s": self.outage_s,
                 "takeover_s": self.takeover_s, "lost": self.lost,
                 "consistent_after_s": self.consistent_after_s, "problem": self.problem,
                 "outages": self.outages, "began": self.began}
@@ -477,15 +546,16 @@ def staged(scenario: Scenario, directory: Path, spec: LabSpec | None = None,
             yield run
 
 
-def run_chaos(lab: Lab, say=lambda message: None) -> list[dict]:
-    """`ikelab run --chaos` on the running lab, every peer's LAN pinging: one report item per
-    step taken (`StepResult.report`)."""
-    with ScenarioRun(lab, [p.name for p in lab.plan.peers], lab.run.path, "chaos", say) as run:
-        steps = [result.report() for result in run.run(chaos(lab.plan))]
+def run_chaos(lab: Lab, say=lambda message: None, play: str = "chaos") -> tuple[list[dict], int]:
+    """`ikelab run --chaos [PLAY]` on the running lab, its peers' LANs pinging: one report item
+    per step taken (`StepResult.report`), and how many steps the play has."""
+    steps, pinging = plays(lab.plan)[play]
+    with ScenarioRun(lab, pinging, lab.run.path, play, say) as run:
+        taken = [result.report() for result in run.run(steps)]
     if lab.keep:
-        path = run.draw(Path(lab.run.path) / "chaos.png", steps)
-        say(f"chaos timeline: {path}")
-    return steps
+        path = run.draw(Path(lab.run.path) / f"{play}.png", taken)
+        say(f"{play} timeline: {path}")
+    return taken, len(steps)
 
 
 def _poll(check, deadline: float, interval: float = 0.05):

@@ -55,6 +55,8 @@ from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv
 from .agent.names import Ownership
 
 HASH_MODES = ("l3", "l4", "split")
+# What `ikelab run --chaos PLAY` does to the running cluster (`lab.scenarios.plays`).
+CHAOS_PLAYS = ("chaos", "owner-death", "drain", "flood", "rehash-mid-negotiation")
 CLUSTER_MODES = ("ls", "ha")
 IKE_CHOICES = ("1", "2", "mixed")
 AUTH_METHODS = ("psk", "pubkey")

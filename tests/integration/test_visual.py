@@ -3,6 +3,7 @@ and topology pictures `ikelab` draws from a kept run, with the agent and without
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,31 @@ def test_the_clis_capture_starts_and_stops_one_member_while_the_lab_runs():
         assert lab.net.captures.stop("m2") == []  # stopped already: nothing to do
         # Split: one member gets p1's UDP 500, the other its UDP 4500.
         assert len(ike_ports_to_the_cluster(pcap)) == 1
+
+
+def test_an_owner_death_play_draws_the_takeover_on_the_ladder(kept, tmp_path):
+    code, report = ikelab_json("--hash", "split", "--peers", "2", "--chaos", "owner-death",
+                               "--capture")
+    assert code == 0, report.get("chaos") or [t["problems"] for t in report["tunnels"]]
+    assert report["play"] == "owner-death" and len(report["chaos"]) == 2
+    died = report["chaos"][0]["member"]
+    svg = tmp_path / "p1.svg"
+    result = ikelab("ladder", report["run_dir"], "--peer", "p1", "-o", str(svg))
+    assert result.returncode == 0, result.stderr
+    text = svg.read_text()
+    # the others count the owner dead, one of them initiates to p1 (INITIAL_CONTACT), and the
+    # new CHILD SA is installed on it
+    assert f">{died} dead<" in text, died
+    assert "takes the tunnel over (initiates, INITIAL_CONTACT)" in text
+    assert text.count("CHILD SA installed") >= 2
+    assert (Path(report["run_dir"]) / "owner-death.png").is_file()
+
+
+@pytest.mark.parametrize("play", ["flood", "rehash-mid-negotiation"])
+def test_the_flood_and_rehash_mid_negotiation_plays_leave_the_cluster_whole(kept, play):
+    code, report = ikelab_json("--hash", "l4", "--peers", "2", "--chaos", play, "--keep")
+    assert code == 0, report.get("chaos") or [t["problems"] for t in report["tunnels"]]
+    assert report["play"] == play
+    for step in report["chaos"]:
+        assert step["consistent_after_s"] is not None, step
+        assert step["outage_s"] is not None and step["outage_s"] < 1.0, step

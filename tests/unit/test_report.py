@@ -117,15 +117,18 @@ def chaos_step(name, outage, after, problem=None):
 
 def test_chaos_needs_every_step_to_recover():
     report = lab_report(LabSpec(), [good_tunnel()], {}, {"lab_up_s": 1.0}, None)
-    from lab.report import CHAOS_STEPS, with_chaos
-    steps = [chaos_step(f"step {i}", 0.0, 0.5) for i in range(CHAOS_STEPS)]
-    assert with_chaos(report, steps)["ok"]
+    from lab.report import with_chaos
+    steps = [chaos_step(f"step {i}", 0.0, 0.5) for i in range(8)]
+    assert with_chaos(report, steps, 8)["ok"]
     bad = steps[:-1] + [chaos_step("restore m1", 0.0, None, "m1 is joining")]
-    text = format_text(with_chaos(report, bad))
+    text = format_text(with_chaos(report, bad, 8))
     assert "restore m1: longest outage 0.0 s; NOT consistent: m1 is joining" in text
     assert "FAIL: the cluster did not come back whole after a chaos step" in text
-    short = with_chaos(report, steps[:2])
-    assert not short["ok"] and f"stopped after 2 of {CHAOS_STEPS} steps" in format_text(short)
+    short = with_chaos(report, steps[:2], 8)
+    assert not short["ok"] and "stopped after 2 of 8 steps" in format_text(short)
+    drain = with_chaos(report, steps[:2], 2, "drain")
+    assert drain["ok"] and drain["play"] == "drain"
+    assert "every drain step" in format_text(drain)
 
 
 def test_membership_lines_name_states_views_and_drained_members():

@@ -1,7 +1,7 @@
 """Scenarios as data: the chaos steps, what each step does to the serving set, how a step is
 named once its member is chosen, and the report item a step's result becomes."""
 
-from lab.report import CHAOS_STEPS, describe_chaos
+from lab.report import describe_chaos
 from lab.scenarios import (DRAINS, LEAVES, RETURNS, SCENARIOS, STAYS, UNDRAINS, Rehash,
                            StepResult, chaos, kill_daemons, owner_dies)
 from lab.topology import LabSpec, build_plan
@@ -9,7 +9,7 @@ from lab.topology import LabSpec, build_plan
 
 def test_chaos_has_the_reports_steps_in_order_over_the_labs_first_and_last_peer():
     steps = chaos(build_plan(LabSpec(members=3, peers=4, hash="split")))
-    assert len(steps) == CHAOS_STEPS
+    assert len(steps) == 8
     members = ["m1", "m2", "m3"]
     assert [s.describe("m2", members) for s in steps] == [
         "fail m2 (daemons killed, it owned p1's tunnel)",
@@ -50,8 +50,8 @@ def test_every_scenario_brings_up_the_tunnels_its_steps_need():
 
 def test_a_step_result_is_the_chaos_reports_item():
     result = StepResult("restore m2", "m2", 0.4, {"p1": 0.4, "p2": 0.0}, 0.51, None, None, True)
-    assert result.report() == {"name": "restore m2", "outage_s": 0.4, "takeover_s": None,
-                               "lost": 0,
+    assert result.report() == {"name": "restore m2", "member": "m2", "outage_s": 0.4,
+                               "takeover_s": None, "lost": 0,
                                "consistent_after_s": 0.51, "problem": None,
                                "outages": {"p1": 0.4, "p2": 0.0}, "began": None}
     assert describe_chaos([result.report()])[1] == (
@@ -60,3 +60,17 @@ def test_a_step_result_is_the_chaos_reports_item():
     assert not broken.recovered
     assert broken.summary() == ("fail ? (links down): no traffic watched, consistent after "
                                 "never (no one member holds p1's tunnel)")
+
+
+def test_every_play_the_cli_offers_exists_and_a_renegotiating_peer_is_not_pinged():
+    from lab.scenarios import plays
+    from lab.topology import CHAOS_PLAYS
+    plan = build_plan(LabSpec(members=3, peers=2, hash="split"))
+    offered = plays(plan)
+    assert tuple(offered) == CHAOS_PLAYS
+    steps, pinging = offered["rehash-mid-negotiation"]
+    assert pinging == ["p1"]  # p2 renegotiates during the step: its outage is by design
+    assert [s.describe(None, ["m1", "m2", "m3"]) for s in steps] == [
+        "p2 renegotiates; after its IKE_SA_INIT the switches rehash l3, then its IKE_AUTH goes",
+        "rehash split over every member (2 s watched)"]
+    assert [len(offered[p][0]) for p in CHAOS_PLAYS] == [8, 2, 2, 1, 2]
