@@ -19,20 +19,18 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-import vici
 from tqdm import tqdm
 
 from . import strongswan
+from .agent.names import CHILD_NAME
 from .outage import PING, ping_counts
 from .probes import lans_steered
-from .agent.names import CHILD_NAME
 from .topology import CROWD_OUTER, Plan, Site
 
 SAMPLE_SITES = 16  # sites the traffic test pings through, both ways
 WINDOW_SECONDS = 2.0  # sites initiated but not yet up: at most this many seconds of the rate
 MIN_WINDOW = 20
 SAMPLE_SEED = 1
-VICI_ERRORS = (OSError, vici.exception.SessionException, vici.exception.CommandException)
 
 
 def progress(total: int, what: str, quiet: bool) -> tqdm:
@@ -74,7 +72,7 @@ class CrowdWatch:
                         if name is None:  # the listen timeout: look at `stopping` again
                             continue
                         self._heard(strongswan.decode(name), strongswan.decode(dict(message)))
-            except VICI_ERRORS:
+            except strongswan.VICI_ERRORS:
                 self.stopping.wait(0.2)
 
     def _heard(self, event: str, message: dict) -> None:

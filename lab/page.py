@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 
 from . import ladder as ladders
-from .agent.names import NodeFiles
 from .plots import PlotError, draw_ladder, draw_topology
 from .report import format_text
 from .topology import EXTERNAL_VIP, EXTERNAL_VIP6, Plan

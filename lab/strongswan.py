@@ -8,7 +8,6 @@ from logs.
 """
 
 import signal
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -17,35 +16,8 @@ from pathlib import Path
 import vici
 
 from .agent.names import CLUSTER_CONNECTION
+from .agent.vicilink import VICI_ERRORS, decode, session  # noqa: F401 - the lab's vici client
 from .daemons import DaemonConfigError
-
-
-# What a vici request to a charon that is gone, dying or mid-restart raises.
-VICI_ERRORS = (OSError, vici.exception.SessionException, vici.exception.CommandException,
-               vici.exception.DeserializationException)
-
-
-def decode(value):
-    """vici messages carry bytes; return the same structure with str."""
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, dict):
-        return {decode(k): decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [decode(v) for v in value]
-    return value
-
-
-@contextmanager
-def session(socket_path: Path, timeout: float = 10.0):
-    """A vici session with the charon listening on `socket_path`, closed on leaving."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(str(socket_path))
-        yield vici.Session(sock)
-    finally:
-        sock.close()
 
 
 def tunnel_up(sa: dict) -> bool:

@@ -7,46 +7,18 @@ later". Anything else is a bug: it is logged with its traceback and counted (`er
 agent's status), never swallowed.
 """
 
-import socket
 import threading
 import time
 import traceback
-from contextlib import contextmanager
-
-import vici
-import vici.exception
 
 from .events import CharonSaid, HoldingsRead, StaleSasEnded
 from .holdings import Holdings
+from .vicilink import VICI_ERRORS, decode, session
 
-VICI_ERRORS = (OSError, vici.exception.SessionException, vici.exception.CommandException,
-               vici.exception.DeserializationException, vici.exception.EventUnknownException)
 EVENTS = ("ike-updown", "ike-rekey", "child-updown", "child-rekey")
 RETRY = 0.5
 HOLDINGS_SETTLE = 0.05  # events come in bursts while tunnels come up: one post per burst
 HOLDINGS_REFRESH = 30.0  # seconds between full reads of charon's CHILD SAs (a missed event)
-
-
-def decode(value):
-    """vici messages carry bytes; the same structure with str."""
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, dict):
-        return {decode(k): decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [decode(v) for v in value]
-    return value
-
-
-@contextmanager
-def session(path: str, timeout: float = 10.0):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        yield vici.Session(sock)
-    finally:
-        sock.close()
 
 
 def list_sas(path: str) -> list[dict]:
@@ -91,11 +63,9 @@ class Charon:
         """Hand every event to the loop; keep the holdings from the same stream, starting
         from a full read once listening (so no event falls between the read and the events)
         and reading all again every HOLDINGS_REFRESH seconds."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         holdings, dirty_since, refreshed = Holdings(), None, 0.0
-        try:
-            sock.connect(self.path)
-            for name, message in vici.Session(sock).listen(list(EVENTS), timeout=0.05):
+        with session(self.path, timeout=None) as sess:
+            for name, message in sess.listen(list(EVENTS), timeout=0.05):
                 if self.stopping.is_set():
                     return
                 now = time.monotonic()
@@ -115,8 +85,6 @@ class Charon:
                     installed = holdings.installed()
                     self.post(HoldingsRead(frozenset(ts for _spi, ts in installed), installed))
                     dirty_since = None
-        finally:
-            sock.close()
 
     def initiate(self, connection: str, child: str, load: dict | None = None) -> None:
         """In a thread: have charon initiate `connection` and its CHILD SAs (every one it has

@@ -26,7 +26,7 @@ This module is pure: it writes nftables scripts and plans route changes; `daemon
 """
 
 import functools
-from ipaddress import ip_address, ip_network
+from ipaddress import ip_network
 
 from .names import esp_label
 

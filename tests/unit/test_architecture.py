@@ -14,7 +14,7 @@ PURE = ("core", "claimant", "director", "joining", "handover", "liveness", "resy
         "names", "config")
 SIM = LAB / "sim"
 IO_MODULES = {"socket", "select", "selectors", "subprocess", "threading", "netfilterqueue"}
-DOOR = {"names", "config", "control", "steering", "trace"}
+DOOR = {"names", "config", "control", "steering", "trace", "vicilink"}  # vicilink: one vici client
 MAX_LINES = 600
 
 
