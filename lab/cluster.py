@@ -188,7 +188,12 @@ class ClusterNet(Mininet):
 
     def drain(self, name: str, timeout: float = DRAIN_TIMEOUT) -> None:
         """Have `name` hand every tunnel over to the others, make-before-break, and stop
-        serving; return once it holds none (the switches give it no traffic then)."""
+        serving; return once it holds none (the switches give it no traffic then). Only a
+        serving member drains: any other is refused at once, with its state (its agent
+        would ignore the request, and the wait would end in a misleading timeout)."""
+        state = self._ask(name, "state")["state"]
+        if state != MemberState.SERVING:
+            raise FailoverError(f"{name} cannot drain: it is {state}, not serving")
         self._ask(name, "drain")
         end = time.monotonic() + timeout
         while (state := self._ask(name, "state"))["state"] != MemberState.DRAINED:
@@ -199,7 +204,11 @@ class ClusterNet(Mininet):
 
     def undrain(self, name: str) -> None:
         """Have a drained (or draining) member serve again; the others even the tunnels out
-        over it unless the lab runs with --no-rebalance."""
+        over it unless the lab runs with --no-rebalance. Any other member is refused at once,
+        with its state."""
+        state = self._ask(name, "state")["state"]
+        if state not in (MemberState.DRAINING, MemberState.DRAINED):
+            raise FailoverError(f"{name} cannot undrain: it is {state}, not drained")
         self._ask(name, "undrain")
 
     def stop_member(self, name: str) -> None:
@@ -248,10 +257,11 @@ class ClusterNet(Mininet):
         for node in self.cluster_members():
             if node.failed or node.agent is None:
                 continue
+            state = self._ask(node.name, "state")["state"]
             if members and node.name not in members:
-                self.drain(node.name)
-            elif self._ask(node.name, "state")["state"] in (MemberState.DRAINING,
-                                                            MemberState.DRAINED):
+                if state == MemberState.SERVING:  # drained already, or serving nobody
+                    self.drain(node.name)
+            elif state in (MemberState.DRAINING, MemberState.DRAINED):
                 self.undrain(node.name)
         try:
             for switch in self.hashing_switches():

@@ -249,7 +249,8 @@ def test_cli_failover_commands_act_and_refuse_bad_input_in_one_line():
     from .helpers import ROOT
     commands = ["fail m9", "fail m2 --how sideways", "rehash l7", "restore m2", "heal",
                 "fail m2", "members", "fail m2", "restore m2", "rehash l3", "members",
-                "rehash l4 m1,m9", "rehash l4 m1,m2", "members", "rehash l4",
+                "rehash l4 m1,m9", "rehash l4 m1,m2", "members", "drain m3", "undrain m1",
+                "rehash l4",
                 "partition m3", "heal m3", "exit"]
     result = subprocess.run([sys.executable, "-m", "lab", "run", "--members", "3", "--peers",
                              "1", "--cli"], cwd=ROOT, input="\n".join(commands) + "\n",
@@ -266,5 +267,7 @@ def test_cli_failover_commands_act_and_refuse_bad_input_in_one_line():
     assert "switch ikex: hash l3" in out
     assert out.count("done; `members` shows") == 7  # fail, restore, 3 rehash, partition, heal
     assert out.count(", drained m3") == 2  # both switches, in the one `members` after it
+    assert "*** m3 cannot drain: it is drained, not serving" in out  # refused at once
+    assert "*** m1 cannot undrain: it is serving, not drained" in out
     assert "health check errors" not in out
     assert "Traceback" not in out + result.stderr
