@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 
+from .agent.ike import internet_checksum
+
 VIP = "203.0.113.1"
 VIPS = (VIP, "2001:db8:0:1::1")  # the only addresses it floods (`lab.topology`'s virtual IPs)
 # UDP payloads of the first packet of tests/data/ikev2.pcap and ikev1.pcap, SPI first.
@@ -53,15 +55,6 @@ def message(ike: int, port: int) -> bytes:
     return NON_ESP_MARKER + data if port == 4500 else data
 
 
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def spoofed(payload: bytes, source: str, sport: int, port: int) -> bytes:
     """IPv4 + UDP (RFC 791, 768) from `source` (this node's own address, or not), checksums
     filled: the switch and the members see what a real packet from that address would be."""
@@ -69,10 +62,10 @@ def spoofed(payload: bytes, source: str, sport: int, port: int) -> bytes:
     src, dst = socket.inet_aton(source), socket.inet_aton(VIP)
     pseudo = src + dst + struct.pack("!BBH", 0, 17, udp_len)
     udp = struct.pack("!HHHH", sport, port, udp_len, 0) + payload
-    udp = udp[:6] + struct.pack("!H", checksum(pseudo + udp) or 0xFFFF) + udp[8:]
+    udp = udp[:6] + struct.pack("!H", internet_checksum(pseudo + udp) or 0xFFFF) + udp[8:]
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, random.getrandbits(16), 0,
                          64, 17, 0, src, dst)
-    return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + udp
+    return header[:10] + struct.pack("!H", internet_checksum(header)) + header[12:] + udp
 
 
 def spoofed6(payload: bytes, source: str, sport: int, port: int, vip: str) -> bytes:
@@ -81,7 +74,7 @@ def spoofed6(payload: bytes, source: str, sport: int, port: int, vip: str) -> by
     udp_len = 8 + len(payload)
     pseudo = src + dst + struct.pack("!IxxxB", udp_len, 17)
     udp = struct.pack("!HHHH", sport, port, udp_len, 0) + payload
-    udp = udp[:6] + struct.pack("!H", checksum(pseudo + udp) or 0xFFFF) + udp[8:]
+    udp = udp[:6] + struct.pack("!H", internet_checksum(pseudo + udp) or 0xFFFF) + udp[8:]
     return struct.pack("!IHBB", 6 << 28, udp_len, 17, 64) + src + dst + udp
 
 

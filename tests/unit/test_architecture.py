@@ -14,7 +14,8 @@ PURE = ("core", "claimant", "director", "joining", "handover", "liveness", "resy
         "names", "config")
 SIM = LAB / "sim"
 IO_MODULES = {"socket", "select", "selectors", "subprocess", "threading", "netfilterqueue"}
-DOOR = {"names", "config", "control", "steering", "trace", "vicilink"}  # vicilink: one vici client
+# vicilink: the one vici client; ike: the one packet codec (the flood builds with it)
+DOOR = {"names", "config", "control", "steering", "trace", "vicilink", "ike"}
 MAX_LINES = 600
 
 
