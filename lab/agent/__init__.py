@@ -8,5 +8,5 @@ with its roles `claimant`, `director`, `joining`, `liveness`, `resync`, `handove
 and the control socket (`control`), and carries out its actions (`routes` among them), with
 the decision trace (`trace`) written beside. The package imports only the standard library,
 vici, netfilterqueue and itself; the lab imports from it only `names`, `config`, `control`,
-`steering` and `trace`.
+`steering`, `trace`, `vicilink` (the one vici client) and `ike` (the one packet codec).
 """

@@ -4,7 +4,7 @@ that say which member allocated an SPI, and the lab's connection names.
 
 The lab renders configs and starts daemons with these; the agent finds the same names in its
 config. Standard library only: the agent imports nothing from the rest of `lab`, and the lab
-imports from the agent only this, `config`, `control`, `steering` and `trace`.
+imports from the agent only this, `config`, `control`, `steering`, `trace`, `vicilink` and `ike`.
 """
 
 from dataclasses import dataclass
