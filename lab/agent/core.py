@@ -105,8 +105,7 @@ from .joining import JoiningRole
 from .liveness import LivenessRole
 from .resync import ResyncRole
 from .sa_events import SaEventsRole
-from .membership import (DRAINED, DRAINING, SERVING, SERVING_STATES,
-                         Membership)
+from .membership import SERVING, SERVING_STATES, Happening, IllegalTransition, Membership
 from .names import LABELLED_OWNERSHIP, Ownership
 from .pacing import Pacer
 from .ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable, director_for, ike_sa_key
@@ -499,16 +498,16 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
         self.steer_soon()
 
     def on_drain(self, event: DrainAsked) -> None:
-        """Hand every tunnel over and stop serving (the switches follow), or serve again."""
-        state = self.membership.state
-        if event.drain and state == SERVING:
-            self.membership.state = DRAINING
-        elif not event.drain and state in (DRAINING, DRAINED):
-            self.membership.state = SERVING
-            self.member_arrived()
-        else:
+        """Hand every tunnel over and stop serving (the switches follow), or serve again; a
+        request the member's state does not allow is refused and logged (TRANSITIONS)."""
+        try:
+            state = self.membership.become(Happening.DRAIN if event.drain else Happening.UNDRAIN)
+        except IllegalTransition as exc:
+            self.log(f"refused: {exc}")
             return
-        self.log(self.membership.state)
+        if state == SERVING:
+            self.member_arrived()
+        self.log(state)
 
     # ---- data plane steering (routes only: no data packet passes through here) ------------
     def steer(self) -> None:

@@ -43,7 +43,7 @@ import hashlib
 
 from .events import Accept, EndSa, HoldEsp, Initiate
 from .ike import NATT_PORT
-from .membership import DRAINED, DRAINING, SERVING
+from .membership import DRAINED, DRAINING, SERVING, Happening
 from .names import handover_connection, natt_connection
 
 TAKEOVER_TIMEOUT = 10.0  # an initiation not up by then may be tried again
@@ -298,8 +298,7 @@ class HandoverRole:
         self.forget_released()
         if (self.membership.state == DRAINING and not self.table.owned(me)[0]
                 and not self.moving):
-            self.membership.state = DRAINED
-            self.log(DRAINED)
+            self.log(self.membership.become(Happening.EMPTIED))
         if self.now < self.next_balance or self.membership.state != SERVING or self.moving:
             return
         self.next_balance = self.now + BALANCE_INTERVAL

@@ -47,6 +47,7 @@ Pure logic: time is passed in, nothing here touches a socket.
 """
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from .names import SERVING_STATES, MemberState  # noqa: F401 - the roles import it from here
 
@@ -54,6 +55,50 @@ JOINING, SERVING, ISOLATED = MemberState.JOINING, MemberState.SERVING, MemberSta
 DRAINING, DRAINED = MemberState.DRAINING, MemberState.DRAINED
 STATES = tuple(MemberState)  # in this order their codes travel in heartbeats
 STATE_CODES = {state: code for code, state in enumerate(STATES)}
+
+
+
+class Happening(StrEnum):
+    """What moves a member from one state to another (`TRANSITIONS`)."""
+
+    STARTED = "started"  # the agent (re)started
+    STALLED = "stalled"  # its own loop did not run for half of dead_after (`stalled_out`)
+    CUT_OFF = "cut off"  # the witness stopped backing it
+    BACKED = "backed again"  # the witness answers again after a cut
+    ACCEPTED = "accepted"  # synced, and every live member lists it live
+    DRAIN = "drain asked"  # the operator asks it to hand its tunnels over
+    UNDRAIN = "undrain asked"  # the operator asks it to serve again
+    EMPTIED = "handed everything over"  # draining, and it holds no tunnel any more
+
+
+# Every legal (state, happening) and the state it leads to, in one place, as h11 keeps its
+# protocol's (`_state.py`). Anything else raises IllegalTransition: a drain asked of a
+# joining, isolated or drained member is refused here, and a bug that would move a member
+# some other way is caught here (the simulator runs this very table).
+TRANSITIONS = {
+    **{(state, Happening.STARTED): JOINING for state in MemberState},
+    **{(state, Happening.STALLED): ISOLATED for state in (JOINING, SERVING, DRAINING, DRAINED)},
+    **{(state, Happening.CUT_OFF): ISOLATED for state in (JOINING, SERVING, DRAINING, DRAINED)},
+    (ISOLATED, Happening.BACKED): JOINING,
+    (JOINING, Happening.ACCEPTED): SERVING,
+    (SERVING, Happening.DRAIN): DRAINING,
+    (DRAINING, Happening.UNDRAIN): SERVING,
+    (DRAINED, Happening.UNDRAIN): SERVING,
+    (DRAINING, Happening.EMPTIED): DRAINED,
+}
+
+
+class IllegalTransition(ValueError):
+    """A happening that the member's state does not allow; the message names both."""
+
+
+def next_state(state: MemberState, happening: Happening) -> MemberState:
+    """The state `happening` leads to from `state` (TRANSITIONS), or IllegalTransition."""
+    try:
+        return TRANSITIONS[(state, happening)]
+    except KeyError:
+        raise IllegalTransition(f"{happening} is not possible while {state}") from None
+
 
 REJOIN_SILENCE = 5.0  # seconds a member back from isolation waits to hear anyone serving
 BACKING_MARGIN = 0.05  # a tick of the loop (core.TICK)
@@ -92,6 +137,12 @@ class Membership:
     joined_at: float = 0.0  # when it last began to join
     back_from_isolation: bool = False  # JOINING after a cut: the others were alive
 
+    def become(self, happening: Happening) -> MemberState:
+        """Move to the state `happening` leads to (TRANSITIONS) and return it; an illegal one
+        raises IllegalTransition and changes nothing."""
+        self.state = next_state(self.state, happening)
+        return self.state
+
     @property
     def heartbeat(self) -> float:
         """Seconds between heartbeats: several fit into one `dead_after`."""
@@ -102,7 +153,7 @@ class Membership:
         that comes back fetches the table first; a cluster that starts together has none to
         fetch (`synced`): its members serve as soon as the witness backs them and each is
         counted live by the others, a few heartbeats after they start."""
-        self.state = JOINING
+        self.become(Happening.STARTED)
         self.synced = not joining
         self.joined_at = now
         self.witness_at = None
@@ -172,7 +223,7 @@ class Membership:
         (ISOLATED; True if that changed our state) and rejoin once backed again."""
         if self.state == ISOLATED or self.last_update is None:
             return False
-        self.state = ISOLATED
+        self.become(Happening.STALLED)
         self.witness_at = None
         return True
 
@@ -236,9 +287,9 @@ class Membership:
             # waits as it is. One that was backed and lost it is cut off like the others.
             if self.state in (SERVING, DRAINING, DRAINED) or (
                     self.state == JOINING and self.witness_at is not None):
-                changes.state = self.state = ISOLATED
+                changes.state = self.become(Happening.CUT_OFF)
             if self.state == ISOLATED and self.connected(now):
-                changes.state = self.state = JOINING
+                changes.state = self.become(Happening.BACKED)
                 self.synced = False
                 self.back_from_isolation = True
                 self.joined_at = now
@@ -250,7 +301,7 @@ class Membership:
         changes.died = before - self.live_set
         changes.appeared = self.live_set - before
         if self.state == JOINING and self.synced and self.accepted():
-            changes.state = self.state = SERVING
+            changes.state = self.become(Happening.ACCEPTED)
             self.back_from_isolation = False
         return changes
 

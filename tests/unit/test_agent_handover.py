@@ -7,7 +7,7 @@ import socket
 import struct
 
 from lab.agent.events import (CharonSaid, DrainAsked, EndSa, HoldEsp, HoldingsRead, Initiate,
-                              SteerRoutes)
+                              Log, SteerRoutes)
 from lab.agent.handover import (BALANCE_INTERVAL, TAKEOVER_TIMEOUT, TAKEOVER_WINDOW, balance,
                                 takeover_initiator)
 
@@ -167,6 +167,19 @@ def test_a_drain_hands_every_tunnel_over_before_the_old_sas_end():
     c.run(0.3)
     assert c.agents[1].membership.state == "drained"
     assert c.agents[2].membership.serving() == ["m2", "m3"]  # m1 no longer serves
+
+
+def test_a_drain_asked_of_a_member_not_serving_is_refused_and_logged():
+    c = Cluster(n=2, peers=PEERS, rebalance=False).start()
+    c.handle(1, DrainAsked(True))
+    assert c.agents[1].membership.state == "draining"
+    c.handle(1, DrainAsked(True))  # again: draining is not serving
+    c.handle(2, DrainAsked(False))  # m2 serves: nothing to undrain
+    assert c.agents[1].membership.state == "draining"
+    assert c.agents[2].membership.state == "serving"
+    logged = [a.text for n in (1, 2) for a in c.done[n] if isinstance(a, Log)]
+    assert "agent m1: refused: drain asked is not possible while draining" in logged
+    assert "agent m2: refused: undrain asked is not possible while serving" in logged
 
 
 def handed_over_to_m2() -> Cluster:

@@ -1,5 +1,7 @@
 """Membership: the live set, dead-member detection, isolation by the witness, joining."""
 
+import pytest
+
 from lab.agent.membership import ISOLATED, JOINING, SERVING, Membership
 
 MEMBERS = ("m1", "m2", "m3")
@@ -113,3 +115,30 @@ def test_a_stall_does_not_bring_the_dead_back_or_reconnect_the_cut_off():
     assert m.state == ISOLATED
     m.update(9.7)  # stalled while cut off: still cut off
     assert not m.update(9.75).state and m.state == ISOLATED
+
+
+def test_the_transition_table_allows_its_pairs_and_refuses_every_other():
+    from lab.agent.membership import (TRANSITIONS, Happening, IllegalTransition, MemberState,
+                                      next_state)
+    for state in MemberState:
+        for happening in Happening:
+            if (state, happening) in TRANSITIONS:
+                assert next_state(state, happening) == TRANSITIONS[(state, happening)]
+            else:
+                with pytest.raises(IllegalTransition, match=f"{happening} is not possible "
+                                                            f"while {state}"):
+                    next_state(state, happening)
+    # what the issue named: a drain of a joining, isolated or drained member is refused
+    for state in (MemberState.JOINING, MemberState.ISOLATED, MemberState.DRAINED,
+                  MemberState.DRAINING):
+        assert (state, Happening.DRAIN) not in TRANSITIONS
+    assert next_state(MemberState.SERVING, Happening.DRAIN) == MemberState.DRAINING
+
+
+def test_an_illegal_happening_changes_nothing():
+    from lab.agent.membership import Happening, IllegalTransition
+    m = Membership("m1", MEMBERS)
+    m.start(0.0, joining=True)
+    with pytest.raises(IllegalTransition):
+        m.become(Happening.DRAIN)
+    assert m.state == JOINING
