@@ -116,7 +116,7 @@ class LabSpec:
     auth: str = "psk"
     nat: bool = False
     agent: bool = True
-    ownership: str = "table"
+    ownership: str = Ownership.TABLE
     expiry: float = 30.0  # seconds a half-open negotiation's table entry lives
     dead_after: float = 0.6  # seconds of silence after which members count one dead
     chain: int = 0  # with pubkey: intermediate CAs between the lab CA and every certificate
