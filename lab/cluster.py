@@ -192,9 +192,10 @@ class ClusterNet(Mininet):
         serving member drains: any other is refused at once, with its state (its agent
         would ignore the request, and the wait would end in a misleading timeout)."""
         state = self._ask(name, "state")["state"]
-        if state != MemberState.SERVING:
+        if state not in (MemberState.SERVING, MemberState.DRAINING):  # draining: wait for it
             raise FailoverError(f"{name} cannot drain: it is {state}, not serving")
-        self._ask(name, "drain")
+        if state == MemberState.SERVING:
+            self._ask(name, "drain")
         end = time.monotonic() + timeout
         while (state := self._ask(name, "state"))["state"] != MemberState.DRAINED:
             if time.monotonic() > end:
@@ -217,7 +218,8 @@ class ClusterNet(Mininet):
         member = self.member(name)
         if member.failed:
             raise FailoverError(f"{name} has already failed ({member.failed}); restore it first")
-        self.drain(name)
+        if self._ask(name, "state")["state"] != MemberState.DRAINED:  # `drain` first is fine
+            self.drain(name)
         member.fail("stopped")
 
     def _ask(self, name: str, request: str) -> dict:
@@ -259,7 +261,7 @@ class ClusterNet(Mininet):
                 continue
             state = self._ask(node.name, "state")["state"]
             if members and node.name not in members:
-                if state == MemberState.SERVING:  # drained already, or serving nobody
+                if state != MemberState.DRAINED:  # a joining or isolated one is refused
                     self.drain(node.name)
             elif state in (MemberState.DRAINING, MemberState.DRAINED):
                 self.undrain(node.name)

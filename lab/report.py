@@ -274,7 +274,9 @@ def describe_chaos(steps: list[dict] | None, planned: int | None = None,
     for s in steps:
         after = (f"consistent again after {s['consistent_after_s']:.1f} s"
                  if s["consistent_after_s"] is not None else f"NOT consistent: {s['problem']}")
-        lines.append(f"  {s['name']}: longest outage {s['outage_s']:.1f} s; {after}")
+        outage = ("no traffic watched" if s["outage_s"] is None
+                  else f"longest outage {s['outage_s']:.1f} s")
+        lines.append(f"  {s['name']}: {outage}; {after}")
     if planned is not None and len(steps) < planned:
         lines.append(f"  stopped after {len(steps)} of {planned} steps")
     return lines

@@ -10,7 +10,7 @@ whole again (`probes.consistency`), and measures what the step cost: the longest
 any peer saw, the time until consistent, and, when a member left, the time until the others
 forgot it.
 
-One definition serves everything: `ikelab run --chaos` runs `chaos()`; the failover
+One definition serves everything: `ikelab run --chaos [PLAY]` runs `plays()`; the failover
 integration tests and scripts/bench_failover.py run `SCENARIOS`, the tests asserting on the
 results and the benchmark printing their medians. The owner's death (`owner_dies`) is written
 here, once.
@@ -25,6 +25,7 @@ from pathlib import Path
 from . import strongswan
 from .agent.names import CLUSTER_CONNECTION
 from .cluster import ClusterNet, FailoverError
+from .daemons import DaemonConfigError
 from .lab import Lab
 from .probes import Pinger, ask_agent, tunnel_holder, tunnel_holders, wait_consistent
 from .topology import LabSpec, Plan
@@ -237,32 +238,39 @@ class Flooded:
 
 @dataclass(frozen=True)
 class RehashMidNegotiation:
-    """`peer` negotiates its tunnel afresh with its IKE_AUTH held back; once its IKE_SA_INIT
-    is answered, both switches hash on `mode`'s fields; the undo lets the IKE_AUTH go, to
-    whichever member the new hash picks, and the agents hand it to the negotiation's owner."""
+    """`peer` negotiates its tunnel afresh with everything it sends to UDP 4500 held back (its
+    IKE_AUTH; with IKEv1, Main Mode from message 5 on); once its IKE_SA_INIT (Main Mode 1) is
+    answered, both switches hash on `mode`'s fields; the undo lets the rest go, to whichever
+    member the new hash picks, and the agents hand it to the negotiation's owner."""
 
     peer: str
     mode: str
-    RULE = "OUTPUT -p udp --dport 4500 -j DROP"
+    RULES = ("iptables -{} OUTPUT -p udp --dport 4500 -j DROP",
+             "ip6tables -{} OUTPUT -p udp --dport 4500 -j DROP")
     ANSWERED = 5.0  # seconds for the IKE_SA_INIT's answer
 
     def __call__(self, net: ClusterNet, member: str | None) -> None:
         node = net[self.peer]
         sock = node.files.vici_socket
-        with strongswan.session(sock) as session:
-            for _ in session.terminate({"ike": CLUSTER_CONNECTION, "timeout": 3000}):
-                pass
-        node.cmd(f"iptables -A {self.RULE}")
-        strongswan.initiate(sock, CLUSTER_CONNECTION)
-        if not _poll(lambda: any(sa["state"] == "CONNECTING" and int(sa["responder-spi"], 16)
-                                 for sa in strongswan.list_sas(sock).values()), self.ANSWERED):
-            self.release(net, member)
-            raise FailoverError(f"{self.peer}'s IKE_SA_INIT got no answer within "
-                                f"{self.ANSWERED:g} s")
-        net.rehash(self.mode)
+        try:
+            strongswan.terminate(sock, CLUSTER_CONNECTION)
+            node.cmd("; ".join(rule.format("A") for rule in self.RULES))
+            try:
+                strongswan.initiate(sock, CLUSTER_CONNECTION)
+                if not _poll(lambda: any(
+                        sa["state"] == "CONNECTING" and int(sa["responder-spi"], 16)
+                        for sa in strongswan.list_sas(sock).values()), self.ANSWERED):
+                    raise FailoverError(f"{self.peer}'s first message got no answer within "
+                                        f"{self.ANSWERED:g} s")
+                net.rehash(self.mode)
+            except BaseException:
+                self.release(net, member)  # never a rule left behind
+                raise
+        except (DaemonConfigError, *strongswan.VICI_ERRORS) as exc:
+            raise FailoverError(f"{self.peer} could not renegotiate: {exc}") from None
 
     def release(self, net: ClusterNet, member: str | None) -> None:
-        net[self.peer].cmd(f"iptables -D {self.RULE}")
+        net[self.peer].cmd("; ".join(rule.format("D") for rule in self.RULES))
 
 
 def plays(plan: Plan) -> dict[str, tuple[list[Step], list[str]]]:

@@ -74,6 +74,17 @@ def initiate(socket_path: Path, ike: str, child: str | None = None) -> None:
         raise DaemonConfigError(f"initiate {ike}/{child or '*'}: {exc}") from None
 
 
+def terminate(socket_path: Path, ike: str, timeout_ms: int = 3000) -> None:
+    """End every IKE SA of connection `ike` the daemon holds, waiting up to `timeout_ms` for
+    each; holding none is not an error."""
+    try:
+        with _signals_deferred(), session(socket_path) as sess:
+            for _ in sess.terminate({"ike": ike, "timeout": timeout_ms}):
+                pass
+    except vici.exception.CommandException:
+        pass  # no IKE SA of that connection
+
+
 def children_of(sess, connection: str) -> list[str]:
     """The CHILD SA names of `connection` as charon has it loaded (`list-conns`): one, or
     with IKEv1 and both IP versions, one per version (IKEv1 negotiates only the first pair of

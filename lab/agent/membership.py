@@ -74,7 +74,7 @@ class Happening(StrEnum):
 # Every legal (state, happening) and the state it leads to, in one place, as h11 keeps its
 # protocol's (`_state.py`). Anything else raises IllegalTransition: a drain asked of a
 # joining, isolated or drained member is refused here, and a bug that would move a member
-# some other way is caught here (the simulator runs this very table).
+# some other way is caught here (the simulator runs the agents' core, so this table too).
 TRANSITIONS = {
     **{(state, Happening.STARTED): JOINING for state in MemberState},
     **{(state, Happening.STALLED): ISOLATED for state in (JOINING, SERVING, DRAINING, DRAINED)},

@@ -89,7 +89,7 @@ class HashingSwitch:
         self.hash_mode = hash_mode
         self.ha = ha
         self.salt = salt
-        self.serving: list[str] = list(members)  # what the agents say, polled
+        self.serving: list[str] = []  # what the agents say, polled: nobody until one serves
         self.allowed: set[str] | None = None  # what a rehash allows (None: all)
         self.ports_down: set[str] = set()  # crashed members: their buckets go at once
         self._cache: dict = {}

@@ -103,28 +103,3 @@ def test_member_states_and_ownership_modes_are_spelled_only_in_names():
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert not found, found
 
-
-def test_no_member_state_or_ownership_mode_is_spelt_outside_the_names_module():
-    # A state or mode as a string literal elsewhere drifts from lab.agent.names. Not counted:
-    # dict keys, subscripts and .get() keys (a status field called "drained" is a field name),
-    # and the word "table", which is also ip's and nft's.
-    from lab.agent.names import MemberState, Ownership
-    words = ({s.value for s in MemberState} | {o.value for o in Ownership}) - {"table"}
-    found = []
-    for path in sorted(LAB.rglob("*.py")):
-        if path == AGENT / "names.py":
-            continue
-        tree = ast.parse(path.read_text())
-        keys = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Dict):
-                keys |= {id(k) for k in node.keys if k is not None}
-            elif isinstance(node, ast.Subscript):
-                keys.add(id(node.slice))
-            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                  and node.func.attr == "get" and node.args):
-                keys.add(id(node.args[0]))
-        found += [f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}"
-                  for node in ast.walk(tree) if isinstance(node, ast.Constant)
-                  and node.value in words and id(node) not in keys]
-    assert not found, found

@@ -126,6 +126,9 @@ def test_chaos_needs_every_step_to_recover():
     assert "FAIL: the cluster did not come back whole after a chaos step" in text
     short = with_chaos(report, steps[:2], 8)
     assert not short["ok"] and "stopped after 2 of 8 steps" in format_text(short)
+    unwatched = dict(chaos_step("rehash l3", None, 0.2), outages={})  # nobody pinging
+    assert "rehash l3: no traffic watched; consistent again after 0.2 s" in format_text(
+        with_chaos(report, [unwatched], 1, "rehash-mid-negotiation"))
     drain = with_chaos(report, steps[:2], 2, "drain")
     assert drain["ok"] and drain["play"] == "drain"
     assert "every drain step" in format_text(drain)
