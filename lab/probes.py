@@ -157,12 +157,19 @@ def data_path_complete(lab, peers) -> set[str]:
         theirs = kernel_routes(lab.node(peer.name), TUNNEL_TABLE)
         if not all(lan in theirs for lan in cluster_lans):
             continue
-        # An empty LAN switch hands the traffic to nobody: no data path, however the routes.
-        if not plan.spec.agent or serving and all(
-                m == holder or steering[m].get(str(lan)) == sync_of[(holder, lan.version)]
-                for m in serving for lan in peer.lans):
+        if not plan.spec.agent or steered_to(holder, {
+                str(lan): sync_of[(holder, lan.version)] for lan in peer.lans}, serving, steering):
             complete.add(peer.name)
     return complete
+
+
+def steered_to(holder: str, routes: dict[str, str], serving: list[str],
+               steering: dict[str, dict[str, str | None]]) -> bool:
+    """The LAN switch feeds someone (`serving`), and every member it feeds but `holder` has
+    each of `routes` (prefix -> the holder's sync address) in its steering table. An empty
+    LAN switch hands the traffic to nobody: no data path, however the routes."""
+    return bool(serving) and all(m == holder or steering[m].get(prefix) == via
+                                 for m in serving for prefix, via in routes.items())
 
 
 def lans_steered(lab, lans) -> set[str]:
@@ -178,8 +185,8 @@ def lans_steered(lab, lans) -> set[str]:
     done = set()
     for lan in lans:
         holders = [m for m, routes in tunnels.items() if lan in routes]
-        if len(holders) == 1 and serving and all(
-                m == holders[0] or steering[m].get(lan) == sync_of[holders[0]] for m in serving):
+        if len(holders) == 1 and steered_to(holders[0], {lan: sync_of[holders[0]]}, serving,
+                                            steering):
             done.add(lan)
     return done
 

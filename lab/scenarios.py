@@ -236,6 +236,14 @@ class Flooded:
         net.stop_floods()
 
 
+def hold_udp_4500(node, held: bool) -> None:
+    """Drop (or stop dropping) what `node` sends to UDP 4500, IPv4 and IPv6: a negotiation's
+    IKE_AUTH (with IKEv1, Main Mode from message 5 on) stays at the peer."""
+    rule = "OUTPUT -p udp --dport 4500 -j DROP"
+    flag = "-A" if held else "-D"
+    node.cmd(f"iptables {flag} {rule}; ip6tables {flag} {rule}")
+
+
 @dataclass(frozen=True)
 class RehashMidNegotiation:
     """`peer` negotiates its tunnel afresh with everything it sends to UDP 4500 held back (its
@@ -245,8 +253,6 @@ class RehashMidNegotiation:
 
     peer: str
     mode: str
-    RULES = ("iptables -{} OUTPUT -p udp --dport 4500 -j DROP",
-             "ip6tables -{} OUTPUT -p udp --dport 4500 -j DROP")
     ANSWERED = 5.0  # seconds for the IKE_SA_INIT's answer
 
     def __call__(self, net: ClusterNet, member: str | None) -> None:
@@ -254,7 +260,7 @@ class RehashMidNegotiation:
         sock = node.files.vici_socket
         try:
             strongswan.terminate(sock, CLUSTER_CONNECTION)
-            node.cmd("; ".join(rule.format("A") for rule in self.RULES))
+            hold_udp_4500(node, True)
             try:
                 strongswan.initiate(sock, CLUSTER_CONNECTION)
                 if not _poll(lambda: any(
@@ -270,7 +276,7 @@ class RehashMidNegotiation:
             raise FailoverError(f"{self.peer} could not renegotiate: {exc}") from None
 
     def release(self, net: ClusterNet, member: str | None) -> None:
-        net[self.peer].cmd("; ".join(rule.format("D") for rule in self.RULES))
+        hold_udp_4500(net[self.peer], False)
 
 
 def plays(plan: Plan) -> dict[str, tuple[list[Step], list[str]]]:
@@ -301,11 +307,10 @@ class HalfNegotiation:
     peer's IKE_AUTH through again."""
 
     peer: str
-    RULE = "OUTPUT -p udp --dport 4500 -j DROP"
 
     def __call__(self, lab: Lab) -> None:
         node = lab.node(self.peer)
-        node.cmd(f"iptables -A {self.RULE}")
+        hold_udp_4500(node, True)
         strongswan.initiate(node.files.vici_socket, CLUSTER_CONNECTION)
         if not _poll(lambda: ask_agent(lab, lab.plan.members[0].name, "owners"), 5.0):
             raise ScenarioError(f"{self.peer}'s IKE_SA_INIT was never claimed")
@@ -315,7 +320,7 @@ class HalfNegotiation:
                                 f"(it is {sa['state']})")
 
     def release(self, net: ClusterNet, member: str | None) -> None:
-        net[self.peer].cmd(f"iptables -D {self.RULE}")
+        hold_udp_4500(net[self.peer], False)
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,7 @@ def spec(ownership: str) -> LabSpec:
 def bring_up(lab, peer: str) -> float | None:
     """Seconds for `peer` to bring its tunnel up (None: not within 20 s); then down again."""
     watch = lab.bring_up([peer], 20)
-    with strongswan.session(lab.node(peer).files.vici_socket) as session:
-        for _ in session.terminate({"ike": CLUSTER_CONNECTION, "timeout": 3000}):
-            pass
+    strongswan.terminate(lab.node(peer).files.vici_socket, CLUSTER_CONNECTION)
     return watch.up_after.get(peer)
 
 

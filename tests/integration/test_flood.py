@@ -32,9 +32,7 @@ def agents(lab) -> dict[str, dict]:
 
 
 def terminate(lab, peer: str) -> None:
-    with strongswan.session(lab.node(peer).files.vici_socket) as session:
-        for _ in session.terminate({"ike": CLUSTER_CONNECTION, "timeout": 3000}):
-            pass
+    strongswan.terminate(lab.node(peer).files.vici_socket, CLUSTER_CONNECTION)
 
 
 def up_after(lab, peer: str) -> float:
