@@ -27,9 +27,8 @@ import traceback
 from pathlib import Path
 
 from .agent.names import Ownership
-from .topology import (AUTH_METHODS, CHAOS_PLAYS, CLUSTER_MODES, DEFAULT_CROWD_RATE, HASH_MODES,
-                       IKE_CHOICES, IP_CHOICES, OWNERSHIP_MODES, LabSpec, TopologyError,
-                       build_plan)
+from .plan.topology import (AUTH_METHODS, CHAOS_PLAYS, CLUSTER_MODES, DEFAULT_CROWD_RATE,
+    HASH_MODES, IKE_CHOICES, IP_CHOICES, OWNERSHIP_MODES, LabSpec, TopologyError, build_plan)
 
 
 class UsageError(Exception):
@@ -271,7 +270,7 @@ class Interrupted:
 
 
 def cmd_run(args) -> int:
-    from .preflight import NotReady, check_machine
+    from .net.preflight import NotReady, check_machine
 
     if args.dead_after is None:
         # A big crowd keeps both cores busy for minutes: a member's heartbeats then come late
@@ -296,17 +295,17 @@ def cmd_run(args) -> int:
     except NotReady as exc:
         print(f"ikelab: {exc}", file=sys.stderr)
         return 2
-    from .captures import CaptureError
-    from .cluster import FailoverError
-    from .daemons import DaemonConfigError
-    from .job import run_main_job
-    from .lab import Lab, LabError
-    from .plots import PlotError
-    from .switch import SwitchError
+    from .show.captures import CaptureError
+    from .net.cluster import FailoverError
+    from .net.daemons import DaemonConfigError
+    from .run.job import run_main_job
+    from .run.lab import Lab, LabError
+    from .show.plots import PlotError
+    from .net.switch import SwitchError
     LAB_FAILURES = (LabError, DaemonConfigError, SwitchError, FailoverError, CaptureError,
                     PlotError, OSError)
-    from .render import TEMPLATE_DIR
-    from .report import format_text
+    from .strongswan.render import TEMPLATE_DIR
+    from .show.report import format_text
     # Ctrl-C and SIGTERM both mean "tear down and leave", even when started from a context that
     # ignores SIGINT (a background job inherits SIG_IGN, and Python then keeps it).
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -322,14 +321,14 @@ def cmd_run(args) -> int:
             say(f"lab up in {lab_up:.1f} s")
             report = run_main_job(lab, args.timeout, lab_up, say, quiet=args.json)
             if args.chaos and report["ok"]:
-                from .report import with_chaos
-                from .scenarios import run_chaos
+                from .show.report import with_chaos
+                from .run.scenarios import run_chaos
                 report = with_chaos(report, *run_chaos(lab, say, args.chaos), args.chaos)
             print(json.dumps(report, indent=2) if args.json else format_text(report), flush=True)
             if args.cli:
                 from mininet.log import setLogLevel
 
-                from .mncli import LabCLI
+                from .run.mncli import LabCLI
                 setLogLevel("output")  # a node command's output (`m1 swanctl ...`) is logged
                 LabCLI(lab.net)
     except NotReady as exc:
@@ -353,7 +352,7 @@ def cmd_run(args) -> int:
               file=sys.stderr)
         return 1
     if report.get("run_dir"):
-        from .page import write_page
+        from .show.page import write_page
         try:
             say(f"the run's page: {write_page(Path(report['run_dir']), lab.plan, report)}")
         except (OSError, PlotError) as exc:
@@ -376,15 +375,15 @@ def cmd_status(args) -> int:
 
 
 def _live() -> bool:
-    from .rundir import live_runs
+    from .net.rundir import live_runs
     return bool(live_runs())
 
 
 def _status_once(args) -> int:
-    from .agent.control import query
+    from .agent.io.control import query
     from .agent.names import NodeFiles
-    from .report import describe_ownership
-    from .rundir import live_runs
+    from .show.report import describe_ownership
+    from .net.rundir import live_runs
 
     runs = live_runs()
     if not runs:
@@ -413,7 +412,7 @@ def _status_once(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .rundir import recorded_runs, runs_dir
+    from .net.rundir import recorded_runs, runs_dir
 
     listing = []
     for run in recorded_runs():
@@ -437,7 +436,7 @@ def cmd_runs(args) -> int:
 
 def _run_plan(name: str | None):
     """(run, plan) of a recorded run; UsageError when there is none or it is too old."""
-    from .rundir import find_run
+    from .net.rundir import find_run
 
     try:
         run = find_run(name)
@@ -452,7 +451,7 @@ def _run_plan(name: str | None):
 
 
 def cmd_clean(args) -> int:
-    from .rundir import clean_run, kept_runs, live_runs, stale_runs
+    from .net.rundir import clean_run, kept_runs, live_runs, stale_runs
 
     if os.geteuid() != 0:
         print("ikelab: clean must run as root", file=sys.stderr)

@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 from .cli import UsageError, _run_plan
-from .topology import LabSpec, build_plan
+from .plan.topology import LabSpec, build_plan
 
 
 def cmd_ladder(args) -> int:
-    from .ladder import LadderError, build, load, load_payloads, load_protocol, select
-    from .plots import PlotError, check_format, draw_ladder
-    from .topology import EXTERNAL_VIP, EXTERNAL_VIP6
+    from .show.ladder import LadderError, build, load, load_payloads, load_protocol, select
+    from .show.plots import PlotError, check_format, draw_ladder
+    from .plan.topology import EXTERNAL_VIP, EXTERNAL_VIP6
 
     try:
         check_format(args.output)
@@ -56,7 +56,7 @@ def cmd_ladder(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from .plots import PlotError, check_format, draw_topology
+    from .show.plots import PlotError, check_format, draw_topology
 
     try:
         check_format(args.output)
@@ -77,7 +77,7 @@ def cmd_graph(args) -> int:
 
 
 def cmd_open(args) -> int:
-    from .page import PAGE
+    from .show.page import PAGE
 
     run, _ = _run_plan(args.run)
     page = Path(run.path) / PAGE
@@ -94,8 +94,8 @@ def cmd_open(args) -> int:
 
 
 def cmd_wireshark(args) -> int:
-    from .captures import SYNC, CaptureError, wireshark_commands
-    from .preflight import VIEWERS
+    from .show.captures import SYNC, CaptureError, wireshark_commands
+    from .net.preflight import VIEWERS
 
     if len(args.where) > 2:
         raise UsageError("wireshark takes at most a run and a capture point")
@@ -124,7 +124,7 @@ def cmd_wireshark(args) -> int:
 
 
 def cmd_gallery(args) -> int:
-    from .gallery import EXHIBITS, GalleryError, chosen, make
+    from .run.gallery import EXHIBITS, GalleryError, chosen, make
 
     if args.list:
         for exhibit in EXHIBITS:

@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 import vici  # noqa: E402
 
 from lab import strongswan  # noqa: E402
-from lab.agent.control import query  # noqa: E402
+from lab.agent.io.control import query  # noqa: E402
 from lab.agent.names import CHILD_NAME, CLUSTER_CONNECTION  # noqa: E402
-from lab.lab import Lab  # noqa: E402
-from lab.topology import EXTERNAL_VIP, OWNERSHIP_MODES, LabSpec  # noqa: E402
+from lab.run.lab import Lab  # noqa: E402
+from lab.plan.topology import EXTERNAL_VIP, OWNERSHIP_MODES, LabSpec  # noqa: E402
 
 SENDER = """
 import socket, sys, time

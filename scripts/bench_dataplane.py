@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.agent.control import query  # noqa: E402
-from lab.lab import Lab  # noqa: E402
-from lab.topology import LabSpec  # noqa: E402
+from lab.agent.io.control import query  # noqa: E402
+from lab.run.lab import Lab  # noqa: E402
+from lab.plan.topology import LabSpec  # noqa: E402
 
 LABS = {"single gateway": LabSpec(members=1, peers=1),
         "direct (3 members, ha)": LabSpec(members=3, peers=1, mode="ha"),

@@ -5,13 +5,13 @@ cluster takes to be consistent again (median and 95th percentile of REPEAT runs 
     .venv/bin/python scripts/bench_failover.py [--repeat 10] [--only NAME ...] [--busy SECONDS]
                                                [--plots DIR] [--ip 4|6|dual]
 
-The scenarios are `lab.scenarios.SCENARIOS`, the same the failover and takeover tests run:
+The scenarios are `lab.run.scenarios.SCENARIOS`, the same the failover and takeover tests run:
 owner-death (3 members), owner-death-5, mid-negotiation, rejoin, rehash, partition,
 two-deaths, drain, rebalance (each described as it runs). A fresh lab each run; every peer
 whose tunnel is up pings the cluster's LAN host every 100 ms from its LAN host. For each step:
 the longest LAN outage any peer saw (from the action), the pings never answered, the takeover
 time (until the tunnels of a member that left or drained are held by others), the time until
-the cluster is consistent again (lab.probes.consistency: the expected members serve, their
+the cluster is consistent again (lab.run.probes.consistency: the expected members serve, their
 tables are identical and name only serving members, every tunnel is up on exactly one of
 them; counted from the end of the step's hold), and for a member that left, the time until no
 other member counts it live or names it in its table (detection).
@@ -21,7 +21,7 @@ replies per peer LAN with each step marked, and `failover-outages.png`, every st
 outages over the runs.
 
 `--busy SECONDS` instead runs a default lab under four iperf3 transfers and a 1000/s IKE flood
-for that long (lab.probes.under_load) and prints how often a member was counted dead: it must
+for that long (lab.run.probes.under_load) and prints how often a member was counted dead: it must
 be never.
 
 Targets: owner death costs under 1 s of LAN traffic; drains, rejoins and rebalancing lose no
@@ -38,11 +38,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.plots import draw_boxes  # noqa: E402
-from lab.probes import under_load  # noqa: E402
-from lab.render import PEER_DPD_DELAY, peer_gives_up_after  # noqa: E402
-from lab.scenarios import SCENARIOS, Scenario, ScenarioError, staged  # noqa: E402
-from lab.topology import LabSpec  # noqa: E402
+from lab.show.plots import draw_boxes  # noqa: E402
+from lab.run.probes import under_load  # noqa: E402
+from lab.strongswan.render import PEER_DPD_DELAY, peer_gives_up_after  # noqa: E402
+from lab.run.scenarios import SCENARIOS, Scenario, ScenarioError, staged  # noqa: E402
+from lab.plan.topology import LabSpec  # noqa: E402
 
 
 def median(values) -> float | None:

@@ -5,7 +5,7 @@ fast the biggest labs come up.
     .venv/bin/python scripts/bench_flood.py [--only NAME ...] [--repeat 3] [--plots DIR]
 
   doubling   For each mode (3 members, 3 peers, l4): peer p2's calm bring-up time, then under
-             floods from p1 (lab.flood: IKEv2 first messages on 500, fresh SPIs and ports) of
+             floods from p1 (lab.net.flood: IKEv2 first messages on 500, fresh SPIs and ports) of
              rising rate, p2's bring-up 3 s into each flood (median of REPEAT): the first rate
              at which it takes twice as long, and the rate the flood really reached.
              Drawn in DIR/flood-doubling.png: bring-up time against flood rate per mode.
@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lab import strongswan  # noqa: E402
-from lab.agent.control import query  # noqa: E402
+from lab.agent.io.control import query  # noqa: E402
 from lab.agent.names import CLUSTER_CONNECTION  # noqa: E402
-from lab.lab import Lab  # noqa: E402
-from lab.plots import draw_lines  # noqa: E402
-from lab.topology import OWNERSHIP_MODES, LabSpec  # noqa: E402
+from lab.run.lab import Lab  # noqa: E402
+from lab.show.plots import draw_lines  # noqa: E402
+from lab.plan.topology import OWNERSHIP_MODES, LabSpec  # noqa: E402
 
 RATES = (250, 500, 1000, 2000, 4000, 8000, 16000)
 

@@ -10,7 +10,7 @@ The lab: 3 members (`--members 1`: the same without a cluster around it, for com
 1 peer, --hash split (IKE_SA_INIT and the rest reach different members). The rekeys take turns: the peer rekeys the CHILD SA, the holder rekeys the IKE SA,
 the holder rekeys the CHILD SA, the peer rekeys the IKE SA; each is done once the peer's
 charon holds one IKE SA with the new SPI (`Lab.rekey`; an IKEv1 IKE SA reauthenticates, and
-its old one lingers 10 s), then 0.5 s pass. The flows are `lab.seqflow` (sequence numbers and
+its old one lingers 10 s), then 0.5 s pass. The flows are `lab.net.seqflow` (sequence numbers and
 send times), h1 -> hc and hc -> h1. Each line: the mode, the rekeys done, datagrams sent each
 way, lost each way, and each gap with the rekey it followed. Issue 19's target: 0 lost.
 """
@@ -27,15 +27,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.lab import Lab, RekeyError  # noqa: E402
-from lab.topology import OWNERSHIP_MODES, LabSpec  # noqa: E402
+from lab.run.lab import Lab, RekeyError  # noqa: E402
+from lab.plan.topology import OWNERSHIP_MODES, LabSpec  # noqa: E402
 
 GAP = 0.5  # seconds between one rekey's end and the next one's start
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 def flow(node, *args):
-    return node.popen([sys.executable, "-m", "lab.seqflow", *args], stdout=subprocess.PIPE,
+    return node.popen([sys.executable, "-m", "lab.net.seqflow", *args], stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE, text=True, env=ENV)
 
 

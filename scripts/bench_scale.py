@@ -36,13 +36,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab import crowd  # noqa: E402
-from lab.agent.control import query  # noqa: E402
-from lab.lab import Lab  # noqa: E402
-from lab.plots import check_format, draw_lines  # noqa: E402
-from lab.preflight import NotReady  # noqa: E402
-from lab.probes import member_sas  # noqa: E402
-from lab.topology import LabSpec  # noqa: E402
+from lab.run import crowd  # noqa: E402
+from lab.agent.io.control import query  # noqa: E402
+from lab.run.lab import Lab  # noqa: E402
+from lab.show.plots import check_format, draw_lines  # noqa: E402
+from lab.net.preflight import NotReady  # noqa: E402
+from lab.run.probes import member_sas  # noqa: E402
+from lab.plan.topology import LabSpec  # noqa: E402
 from tests.unit.agents import tick_cost  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")

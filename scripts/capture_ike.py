@@ -14,9 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab import strongswan  # noqa: E402
-from lab.lab import Lab  # noqa: E402
+from lab.run.lab import Lab  # noqa: E402
 from lab.agent.names import CLUSTER_CONNECTION  # noqa: E402
-from lab.topology import LabSpec  # noqa: E402
+from lab.plan.topology import LabSpec  # noqa: E402
 
 
 def main(prefix: str) -> None:

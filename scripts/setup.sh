@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
-# What the lab runs (lab/preflight.py names each one's package when it is missing, and a unit
+# What the lab runs (lab/net/preflight.py names each one's package when it is missing, and a unit
 # test keeps the two lists in step), what shows a run (tshark: `ikelab wireshark`;
 # chromium: the tests open a run's page in it), then what building the venv needs.
 packages=(mininet openvswitch-switch

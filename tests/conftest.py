@@ -64,7 +64,7 @@ def tear_down_what_is_left() -> None:
     this is for a lab whose process was killed before it could."""
     if os.geteuid() != 0:
         return
-    from lab.rundir import clean_run, kept_runs, live_runs, stale_runs
+    from lab.net.rundir import clean_run, kept_runs, live_runs, stale_runs
 
     for run in stale_runs() + kept_runs() + live_runs():
         clean_run(run, say=lambda _message: None, remove_kept=True)

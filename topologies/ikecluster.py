@@ -28,8 +28,8 @@ VENV_LIB = os.path.join(LAB_ROOT, ".venv", "lib")
 sys.path[:0] = [LAB_ROOT] + [os.path.join(VENV_LIB, name, "site-packages")
                              for name in (os.listdir(VENV_LIB) if os.path.isdir(VENV_LIB) else [])]
 
-from lab.cluster import ClusterNet as Mininet  # noqa: E402,F401
-from lab.mncli import LabCLI as CLI  # noqa: E402
-from lab.mnlab import IkeClusterMnTopo, cleanup  # noqa: E402,F401
+from lab.net.cluster import ClusterNet as Mininet  # noqa: E402,F401
+from lab.run.mncli import LabCLI as CLI  # noqa: E402,F401
+from lab.run.mnlab import IkeClusterMnTopo, cleanup  # noqa: E402,F401
 
 topos = {"ikecluster": IkeClusterMnTopo}

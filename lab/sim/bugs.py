@@ -6,8 +6,8 @@ fail proves nothing (TigerBeetle's VOPR is tested the same way).
 Each variant subclasses `core.Agent` and changes one rule; the real core is never touched.
 """
 
-from lab.agent import sync
-from lab.agent.core import Agent
+from lab.agent.protocol import sync
+from lab.agent.protocol.core import Agent
 
 
 class GrantBeforeAllAcks(Agent):

@@ -25,7 +25,7 @@ Not modelled: cryptography, proposals and identities, fragmentation, NAT, traffi
 `PROCESSING` to handle). Time and the network belong to the caller (`Host`).
 """
 
-from lab.agent import ike
+from lab.agent.protocol import ike
 
 from .ikev1 import Ikev1
 from .sa import (AUTH, BLOCK_THRESHOLD, CONNECTING, COOKIE, COOKIE_RETRIES, COOKIE_THRESHOLD,

@@ -33,16 +33,16 @@ must eventually happen once the faults stop (liveness, checked in the quiet tail
 
 from dataclasses import dataclass
 
-from lab.agent import sync
-from lab.agent.claimant import MAX_PACKETS_PER_KEY, MAX_PARKED_KEYS
-from lab.agent.core import MAX_FORWARDED_SPIS
-from lab.agent.director import MAX_ANNOUNCING, MAX_WAITERS
-from lab.agent.events import Inject, Send, SyncArrived, Tick
-from lab.agent.handover import ESP_HELD_PER_PEER
-from lab.agent.membership import SERVING_STATES
+from lab.agent.protocol import sync
+from lab.agent.protocol.claimant import MAX_PACKETS_PER_KEY, MAX_PARKED_KEYS
+from lab.agent.protocol.core import MAX_FORWARDED_SPIS
+from lab.agent.protocol.director import MAX_ANNOUNCING, MAX_WAITERS
+from lab.agent.protocol.events import Inject, Send, SyncArrived, Tick
+from lab.agent.protocol.handover import ESP_HELD_PER_PEER
+from lab.agent.protocol.membership import SERVING_STATES
 from lab.agent.names import MemberState, Ownership
-from lab.agent.ownership import ESTABLISHED as ENTRY_ESTABLISHED
-from lab.agent.ownership import Key
+from lab.agent.protocol.ownership import ESTABLISHED as ENTRY_ESTABLISHED
+from lab.agent.protocol.ownership import Key
 
 from .sa import CONNECTING, ESTABLISHED
 from .world import CLUSTER_KEY, SimMember, SimPeer, World

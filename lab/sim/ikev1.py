@@ -7,7 +7,7 @@ Phase 1 rekey is a new Main Mode with new cookies, after which the old SA is del
 `Ikev1` is mixed into `charon.IkeDaemon`, whose SA table, sending and lookups it uses.
 """
 
-from lab.agent import ike
+from lab.agent.protocol import ike
 
 from .sa import (BLOCK_THRESHOLD, ESTABLISHED, INITIAL_CONTACT, MAIN_MODE, NATT_PORT, QUICK_MODE,
                  R_U_THERE, R_U_THERE_ACK, REKEYED, V1_DELETE, ZERO, Body, Sa)

@@ -8,7 +8,7 @@ included. Every datagram that gets through may be lost, duplicated (a copy of on
 delivered sometimes comes again seconds later, as a replay would), and is delayed by `delay`
 plus up to `jitter`, so datagrams overtake each other.
 
-The hashing switch is an OpenFlow select group as `lab.hashing` programs it: highest random
+The hashing switch is an OpenFlow select group as `lab.plan.hashing` programs it: highest random
 weight over the serving members' buckets, on the fields of `--hash` (`l3`: addresses; `l4`:
 and ports; `split`: addresses, with UDP 4500 sent to the next bucket's member), one bucket in
 HA mode. A rehash changes the fields, the members allowed, or the hash function itself (its

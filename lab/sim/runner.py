@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 
-from lab.agent.core import Agent
+from lab.agent.protocol.core import Agent
 
 from . import bugs
 from .checker import LIVENESS_BOUND, STABLE_FOR, Checker, Violation

@@ -5,7 +5,7 @@ and charon's retransmission schedule (`Retransmit`)."""
 import struct
 from dataclasses import dataclass, field
 
-from lab.agent import ike
+from lab.agent.protocol import ike
 
 IKE_PORT, NATT_PORT = 500, ike.NATT_PORT
 HALF_OPEN_TIMEOUT = 30.0  # charon's half_open_timeout
@@ -35,7 +35,7 @@ CONNECTING, ESTABLISHED, REKEYED, DELETING = "CONNECTING", "ESTABLISHED", "REKEY
 
 @dataclass(frozen=True)
 class Retransmit:
-    """charon's schedule, as the lab renders it (lab.render.Retransmit): 1, 1.4, 1.96 and
+    """charon's schedule, as the lab renders it (lab.strongswan.render.Retransmit): 1, 1.4, 1.96 and
     2.74 s, then it gives up."""
 
     timeout: float = 1.0

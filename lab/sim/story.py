@@ -1,8 +1,8 @@
 """A failing run's last events in words: which member got which IKE message or sync message,
 what a fault did. Only a failure pays for this; a run keeps the raw events."""
 
-from lab.agent import ike, sync
-from lab.agent.events import PacketQueued, SyncArrived
+from lab.agent.protocol import ike, sync
+from lab.agent.protocol.events import PacketQueued, SyncArrived
 
 from .sa import KIND_NAMES, Body
 from .world import CLUSTER_KEY, SimMember, SimPeer

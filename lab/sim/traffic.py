@@ -8,15 +8,15 @@ send ESP through their tunnels, and floods of unauthenticated first messages com
 
 from ipaddress import IPv4Address, IPv6Address
 
-from lab.agent import ike
+from lab.agent.protocol import ike
 from lab.agent.names import Ownership, esp_label
 
 from .charon import IkeDaemon
 from .sa import (CONNECTING, ESTABLISHED, FLOOD, IKE_PORT, INIT, MAIN_MODE, NATT_PORT, Body,
                  ike_packet)
 
-VIP, VIP6 = "203.0.113.1", "2001:db8:0:1::1"  # lab.topology's, per IP version
-PEER_DPD_DELAY, MEMBER_DPD_DELAY = 3.0, 5.0  # lab.render
+VIP, VIP6 = "203.0.113.1", "2001:db8:0:1::1"  # lab.plan.topology's, per IP version
+PEER_DPD_DELAY, MEMBER_DPD_DELAY = 3.0, 5.0  # lab.strongswan.render
 DUTIES = 0.5  # how often charons look at their SAs (DPD, rekeys, traffic)
 FLOOD_SPRAY = 0.5  # share of flood packets that also reach a second member
 STORM = 12  # first messages when a member's state changes

@@ -1,4 +1,4 @@
-"""The simulated cluster: real agents (`lab.agent.core.Agent`, unchanged) on simulated members,
+"""The simulated cluster: real agents (`lab.agent.protocol.core.Agent`, unchanged) on simulated members,
 model charons (`charon`) on the members and the peers, the sync network and the hashing switch
 (`network`), all on one clock, all choices drawn from one seed.
 
@@ -21,15 +21,15 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from lab.agent import ike, sync
+from lab.agent.protocol import ike, sync
 from lab.agent.config import AgentConfig
-from lab.agent.core import TICK, Agent
-from lab.agent.events import (Accept, CharonSaid, DrainAsked, Drop, EndSa, EndStaleSas, HoldEsp,
-                              HoldingsRead, Initiate, Inject, Log, PacketQueued, Send,
-                              StaleSasEnded, SteerRoutes, SyncArrived, Tick, Trace)
+from lab.agent.protocol.core import TICK, Agent
+from lab.agent.protocol.events import (Accept, CharonSaid, DrainAsked, Drop, EndSa, EndStaleSas,
+    HoldEsp, HoldingsRead, Initiate, Inject, Log, PacketQueued, Send, StaleSasEnded, SteerRoutes,
+    SyncArrived, Tick, Trace)
 from lab.agent.names import (HANDOVER_SUFFIX, NATT_SUFFIX, SERVING_STATES, MemberState,
                             Ownership, member_name)
-from lab.agent.witness import Witness
+from lab.agent.protocol.witness import Witness
 
 from .charon import IkeDaemon
 from .network import HashingSwitch, SyncNetwork
@@ -41,7 +41,7 @@ WITNESS = "10.255.0.254"
 CLUSTER_KEY = "5a" * 32
 PROCESSING = 0.0005  # charon handles a message, vici hands an event over
 EXTERNAL_DELAY = 0.0003
-SWITCH_POLL = 0.1  # the switches ask every agent for its state (lab.switch)
+SWITCH_POLL = 0.1  # the switches ask every agent for its state (lab.net.switch)
 HOLDINGS_SETTLE = 0.05  # the shell reads charon's CHILD SAs after a burst of events
 BACKLOG = 4096  # what queues for a stalled agent (NFQUEUE and the socket buffer) at most
 MAX_PEERS = 16

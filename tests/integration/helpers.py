@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.rundir import runs_dir
-from lab.topology import LabSpec, build_plan
+from lab.net.rundir import runs_dir
+from lab.plan.topology import LabSpec, build_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 BRIDGES = build_plan(LabSpec()).bridge_names()
@@ -112,5 +112,5 @@ def peer_sas(lab, peers) -> dict:
 
 def statuses(lab) -> dict:
     """Every member's agent status."""
-    from lab.probes import ask_agent
+    from lab.run.probes import ask_agent
     return {m.name: ask_agent(lab, m.name) for m in lab.plan.members}

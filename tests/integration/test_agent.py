@@ -12,12 +12,12 @@ import time
 import pytest
 
 from lab import strongswan
-from lab.agent.control import query
+from lab.agent.io.control import query
 from lab.agent.names import CHILD_NAME, CLUSTER_CONNECTION, SYNC_PORT
-from lab.agent.sync import ANNOUNCE, Codec, Message
-from lab.lab import Lab
-from lab.probes import ike_sa_holder, member_sas
-from lab.topology import LabSpec
+from lab.agent.protocol.sync import ANNOUNCE, Codec, Message
+from lab.run.lab import Lab
+from lab.run.probes import ike_sa_holder, member_sas
+from lab.plan.topology import LabSpec
 
 from .helpers import bring_up, ikelab_json, poll, statuses
 

@@ -7,10 +7,11 @@ from collections import Counter
 
 import pytest
 
-from lab import crowd, strongswan
-from lab.lab import Lab
-from lab.probes import member_sas
-from lab.topology import LabSpec
+from lab.run import crowd
+from lab import strongswan
+from lab.run.lab import Lab
+from lab.run.probes import member_sas
+from lab.plan.topology import LabSpec
 
 from .helpers import ikelab_json, poll
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from lab.lab import Lab
-from lab.topology import LabSpec
+from lab.run.lab import Lab
+from lab.plan.topology import LabSpec
 
 from .helpers import bring_up, ikelab_json, poll, statuses
 
@@ -89,8 +89,8 @@ REKEYS = (("peer", "child"), ("holder", "ike"), ("holder", "child"), ("peer", "i
 
 
 def flow(node, *args):
-    """A `lab.seqflow` process in `node` (its JSON line on stdout)."""
-    return node.popen([sys.executable, "-m", "lab.seqflow", *args], stdout=subprocess.PIPE,
+    """A `lab.net.seqflow` process in `node` (its JSON line on stdout)."""
+    return node.popen([sys.executable, "-m", "lab.net.seqflow", *args], stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE, text=True,
                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
 

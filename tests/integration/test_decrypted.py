@@ -1,4 +1,4 @@
-"""Decrypted captures: a --capture run's key tables (charon's own keys, `lab.keytables`) let
+"""Decrypted captures: a --capture run's key tables (charon's own keys, `lab.show.keytables`) let
 tshark read what IKE_AUTH carries and the LAN pings inside ESP, for IKEv2 and IKEv1; the tables
 and the logs they come from are root's alone."""
 

@@ -1,5 +1,5 @@
 """Membership and failover with the real lab: member death, a death mid-negotiation, rejoin,
-live rehash, a sync partition, and two deaths in a row. The scenarios are `lab.scenarios`'
+live rehash, a sync partition, and two deaths in a row. The scenarios are `lab.run.scenarios`'
 own, the ones `--chaos` and scripts/bench_failover.py run; every wait polls a daemon (charon
 over vici, the agents' state and tables, the switch's buckets) against a deadline."""
 
@@ -11,11 +11,11 @@ import pytest
 
 from lab import strongswan
 from lab.agent.names import CHILD_NAME, CLUSTER_CONNECTION
-from lab.lab import Lab
-from lab.probes import ask_agent, tunnel_holder
-from lab.render import PEER_DPD_DELAY, peer_gives_up_after
-from lab.scenarios import SCENARIOS, ScenarioRun, Step, staged
-from lab.topology import LabSpec
+from lab.run.lab import Lab
+from lab.run.probes import ask_agent, tunnel_holder
+from lab.strongswan.render import PEER_DPD_DELAY, peer_gives_up_after
+from lab.run.scenarios import SCENARIOS, ScenarioRun, Step, staged
+from lab.plan.topology import LabSpec
 
 from .helpers import bring_up, peer_sas
 

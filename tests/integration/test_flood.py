@@ -1,4 +1,4 @@
-"""Hostile load with the real lab: an IKE_SA_INIT flood of 1000 packets/s for 30 s (lab.flood),
+"""Hostile load with the real lab: an IKE_SA_INIT flood of 1000 packets/s for 30 s (lab.net.flood),
 unspoofed from a peer or spoofed across the lab's internet, IKEv1 Main Mode or IKEv2, on 500 or
 on 4500 behind the non-ESP marker, against every --ownership mode. While it runs, another peer
 brings a new tunnel up about as fast as when calm, an established tunnel rekeys its IKE and
@@ -11,11 +11,11 @@ import time
 import pytest
 
 from lab import strongswan
-from lab.agent.control import query
+from lab.agent.io.control import query
 from lab.agent.names import CHILD_NAME, CLUSTER_CONNECTION
-from lab.lab import Lab
-from lab.render import Retransmit
-from lab.topology import LabSpec
+from lab.run.lab import Lab
+from lab.strongswan.render import Retransmit
+from lab.plan.topology import LabSpec
 
 from .helpers import poll
 

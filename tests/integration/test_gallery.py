@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from lab.page import resources
+from lab.show.page import resources
 
 from .helpers import ikelab
 

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from lab.agent.control import query
-from lab.lab import Lab
-from lab.probes import tunnel_holder
-from lab.scenarios import SCENARIOS, owner_dies, staged
-from lab.topology import LabSpec
+from lab.agent.io.control import query
+from lab.run.lab import Lab
+from lab.run.probes import tunnel_holder
+from lab.run.scenarios import SCENARIOS, owner_dies, staged
+from lab.plan.topology import LabSpec
 
 from .helpers import ikelab_json, poll
 from .test_failover import GIVE_UP, assert_forgotten, assert_recovered

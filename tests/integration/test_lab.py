@@ -7,10 +7,10 @@ import sys
 import pytest
 
 from lab import strongswan
-from lab.lab import Lab
-from lab.preflight import host_networks
-from lab.render import TEMPLATE_DIR
-from lab.topology import LabSpec, overlaps_host
+from lab.run.lab import Lab
+from lab.net.preflight import host_networks
+from lab.strongswan.render import TEMPLATE_DIR
+from lab.plan.topology import LabSpec, overlaps_host
 
 from .helpers import ROOT, bring_up, ikelab, ikelab_json, poll
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import preflight
-from lab.lab import Lab
-from lab.rundir import RunDirectory, runs_dir, start_time
-from lab.topology import LabSpec
+from lab.net import preflight
+from lab.run.lab import Lab
+from lab.net.rundir import RunDirectory, runs_dir, start_time
+from lab.plan.topology import LabSpec
 
 from .helpers import (ROOT, bring_up, ikelab, interrupt, lab_bridges, leftovers, poll,
                       start_ikelab, wait_for_line)

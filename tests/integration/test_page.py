@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.page import PAGE, resources
+from lab.show.page import PAGE, resources
 
 from .helpers import ikelab, ikelab_json
 

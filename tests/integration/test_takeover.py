@@ -2,7 +2,7 @@
 survivor in under a second (split and l4, IKEv1 and IKEv2, 2, 3 and 5 members, a peer behind
 NAT), two deaths in a row, a drain and a rejoin that lose no ping, tunnels evened out after a
 rejoin, and no member ever counted dead while it lives, under bulk traffic and a flood. Each
-runs a scenario of lab.scenarios, and reads the daemons (charon, the agents) and ping."""
+runs a scenario of lab.run.scenarios, and reads the daemons (charon, the agents) and ping."""
 
 import itertools
 import time
@@ -10,10 +10,10 @@ import time
 import pytest
 
 from lab import strongswan
-from lab.agent.control import query
-from lab.probes import tunnel_holders, under_load
-from lab.scenarios import SCENARIOS, Scenario, staged
-from lab.topology import LabSpec
+from lab.agent.io.control import query
+from lab.run.probes import tunnel_holders, under_load
+from lab.run.scenarios import SCENARIOS, Scenario, staged
+from lab.plan.topology import LabSpec
 
 from .helpers import poll
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.captures import CaptureError
-from lab.lab import Lab
-from lab.topology import LabSpec
+from lab.show.captures import CaptureError
+from lab.run.lab import Lab
+from lab.plan.topology import LabSpec
 
 from .helpers import bring_up, ikelab, ikelab_json
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from scapy.all import IP, rdpcap
 
-from lab.agent import sync
+from lab.agent.protocol import sync
 from lab.agent.config import AgentConfig
-from lab.agent.core import Agent
-from lab.agent.events import (Accept, Drop, EndStaleSas, PacketQueued, Send, StaleSasEnded,
-                              SyncArrived, Tick)
-from lab.agent.witness import Witness
+from lab.agent.protocol.core import Agent
+from lab.agent.protocol.events import (Accept, Drop, EndStaleSas, PacketQueued, Send,
+    StaleSasEnded, SyncArrived, Tick)
+from lab.agent.protocol.witness import Witness
 from lab.agent.names import member_name
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -157,8 +157,8 @@ def tick_cost(entries: int) -> float:
     import os
     import time
 
-    from lab.agent.events import Tick
-    from lab.agent.ownership import ESTABLISHED, ike_sa_key
+    from lab.agent.protocol.events import Tick
+    from lab.agent.protocol.ownership import ESTABLISHED, ike_sa_key
     cluster = Cluster(n=3).start()
     agent = cluster.agents[1]
     for i in range(entries):

@@ -4,7 +4,7 @@ them, parked packets are bounded, and unusual exchanges are routed like any othe
 
 import os
 
-from lab.agent.events import Inject, Send
+from lab.agent.protocol.events import Inject, Send
 
 from .agents import Cluster, capture
 

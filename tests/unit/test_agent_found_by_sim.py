@@ -5,11 +5,11 @@ the real witness decision, a wire the test controls). The seeds that found them 
 
 import pytest
 
-from lab.agent import ike, sync
-from lab.agent.events import (CharonSaid, EndSa, EndStaleSas, HoldingsRead, Initiate, Send,
-                              StaleSasEnded, SyncArrived, Tick)
-from lab.agent.ownership import Key, director_for
-from lab.agent.witness import Witness
+from lab.agent.protocol import ike, sync
+from lab.agent.protocol.events import (CharonSaid, EndSa, EndStaleSas, HoldingsRead, Initiate,
+    Send, StaleSasEnded, SyncArrived, Tick)
+from lab.agent.protocol.ownership import Key, director_for
+from lab.agent.protocol.witness import Witness
 from lab.sim.sa import AUTH, Body, ike_packet
 
 from .agents import VIP, Cluster, sync_message
@@ -262,7 +262,7 @@ def test_a_joiner_serves_only_on_heartbeats_sent_since_it_began_to_join():
     """Seed 4222: a member back from isolation counted as accepted the heartbeat a peer had
     sent before it counted the member dead, served at once, and directed a key that member
     was directing too."""
-    from lab.agent.membership import Membership
+    from lab.agent.protocol.membership import Membership
     m = Membership("m2", ("m1", "m2"), dead_after=0.6)
     m.start(1.0, joining=True)
     m.on_heartbeat("m1", "serving", frozenset({"m1", "m2"}), 0.9)  # sent before the join
@@ -300,7 +300,7 @@ def test_every_member_orders_a_peers_sas_by_when_their_owners_say_they_came_up()
     it) and a takeover's SA with the same peer were each the newest on their owner's table,
     ordered by when each member first heard of them: neither owner let go, and the peer kept
     two tunnels. The time the owner says the SA came up orders them, everywhere alike."""
-    from lab.agent.ownership import ESTABLISHED, NEGOTIATING, OwnershipTable, ike_sa_key
+    from lab.agent.protocol.ownership import ESTABLISHED, NEGOTIATING, OwnershipTable, ike_sa_key
     a, b = bytes.fromhex(A), bytes.fromhex(B)
     early, late = OwnershipTable(), OwnershipTable()
     # `early` heard of A's negotiation long before B existed; `late` heard of A only when up.
@@ -362,7 +362,7 @@ def test_a_joiner_brings_back_up_what_its_charon_holds_and_the_table_says_negoti
     established SA expired from every table as a negotiation while its charon went on
     holding it. Charon's word (established, and since when) now puts it back up,
     everywhere, at the same place among the peer's SAs."""
-    from lab.agent.ownership import ESTABLISHED, NEGOTIATING, ike_sa_key
+    from lab.agent.protocol.ownership import ESTABLISHED, NEGOTIATING, ike_sa_key
     a = bytes.fromhex(A)
     c = Cluster().start()
     c.handle(2, up(A))

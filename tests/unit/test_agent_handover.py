@@ -6,10 +6,10 @@ steered to the new one, then the old SA ended)."""
 import socket
 import struct
 
-from lab.agent.events import (CharonSaid, DrainAsked, EndSa, HoldEsp, HoldingsRead, Initiate,
-                              Log, SteerRoutes)
-from lab.agent.handover import (BALANCE_INTERVAL, TAKEOVER_TIMEOUT, TAKEOVER_WINDOW, balance,
-                                takeover_initiator)
+from lab.agent.protocol.events import (CharonSaid, DrainAsked, EndSa, HoldEsp, HoldingsRead,
+    Initiate, Log, SteerRoutes)
+from lab.agent.protocol.handover import (BALANCE_INTERVAL, TAKEOVER_TIMEOUT, TAKEOVER_WINDOW,
+    balance, takeover_initiator)
 
 from .agents import Cluster
 
@@ -258,7 +258,7 @@ def test_a_lone_tunnel_after_a_quiet_spell_is_steered_on_every_member_at_once():
 
 
 def test_the_pacer_lets_a_burst_through_then_one_change_per_gap():
-    from lab.agent.pacing import Pacer
+    from lab.agent.protocol.pacing import Pacer
     pacer = Pacer(gap=0.5, burst=2)
     assert [pacer.take(10.0) for _ in range(3)] == [True, True, False]
     assert pacer.next_at(10.0) == 10.5
@@ -269,7 +269,7 @@ def test_the_pacer_lets_a_burst_through_then_one_change_per_gap():
 def test_an_old_sa_that_charon_did_not_end_is_asked_again():
     # Ending runs in a thread of the shell and can fail; the old SA must not stay forever
     # beside the new one (seen in a crowd's drain: 3 sites of 100 kept two SAs).
-    from lab.agent.handover import END_RETRY
+    from lab.agent.protocol.handover import END_RETRY
     c = handed_over_to_m2()
     ends = lambda: [a for a in c.done[1] if isinstance(a, EndSa)]  # noqa: E731
     assert len(ends()) == 1

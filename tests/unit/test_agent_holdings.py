@@ -1,6 +1,6 @@
-"""The agent's holdings, kept from charon's events (lab.agent.holdings)."""
+"""The agent's holdings, kept from charon's events (lab.agent.protocol.holdings)."""
 
-from lab.agent.holdings import Holdings
+from lab.agent.protocol.holdings import Holdings
 
 
 def sa(uid, ispi, children):

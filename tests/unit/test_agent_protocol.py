@@ -3,9 +3,9 @@ in, verdicts and sync datagrams come out, and three agents talk over an in-memor
 loses messages when a test says so (`agents.Cluster`). No sockets, no charon, no root, and no
 test reaches inside an agent or replaces a method of one."""
 
-from lab.agent import sync
-from lab.agent.events import CharonSaid, Inject
-from lab.agent.ownership import director_for
+from lab.agent.protocol import sync
+from lab.agent.protocol.events import CharonSaid, Inject
+from lab.agent.protocol.ownership import director_for
 
 from .agents import Cluster, capture
 

@@ -1,7 +1,7 @@
 """The CLI's `sites`: its filter words and its lines, from a plan and made-up charon states."""
 
-from lab.crowd import SITES_LISTED, describe_sites, sites_filter
-from lab.topology import LabSpec, build_plan
+from lab.run.crowd import SITES_LISTED, describe_sites, sites_filter
+from lab.plan.topology import LabSpec, build_plan
 
 PLAN = build_plan(LabSpec(members=3, peers=1, crowd=50))
 MEMBERS = [m.name for m in PLAN.members]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lab.agent.names import NodeFiles
-from lab.daemons import Charon, Daemon, DaemonConfigError, ForwardingAgent
+from lab.net.daemons import Charon, Daemon, DaemonConfigError, ForwardingAgent
 
 
 class HereNode:

@@ -3,8 +3,8 @@ from routing tables as the kernels print them (`ip -o route show table N`), no r
 
 from types import SimpleNamespace
 
-from lab import probes
-from lab.topology import LabSpec, build_plan
+from lab.run import probes
+from lab.plan.topology import LabSpec, build_plan
 
 
 class Node:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from lab import hashing
-from lab.agent import nfqueue
+from lab.plan import hashing
+from lab.agent.io import nfqueue
 from lab.agent.names import NodeFiles
-from lab.agent.steering import route_batch, ruleset
-from lab.render import Credentials, render_node
-from lab.report import tunnel_report
-from lab.topology import (EXTERNAL_VIP, EXTERNAL_VIP6, SINK_MAC, UPSTREAM6, LabSpec,
-                          TopologyError, build_plan)
+from lab.agent.protocol.steering import route_batch, ruleset
+from lab.strongswan.render import Credentials, render_node
+from lab.show.report import tunnel_report
+from lab.plan.topology import (EXTERNAL_VIP, EXTERNAL_VIP6, SINK_MAC, UPSTREAM6, LabSpec,
+    TopologyError, build_plan)
 
 KEY = b"k" * 32
 

@@ -1,4 +1,4 @@
-"""`lab.flood`'s spoofed sources: random addresses of a prefix, never the virtual IP, never a
+"""`lab.net.flood`'s spoofed sources: random addresses of a prefix, never the virtual IP, never a
 spared address (the peers', for a flood that must not impersonate them)."""
 
 import ipaddress
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lab import flood
+from lab.net import flood
 
 
 def test_spoofed_sources_spread_over_the_prefix_but_never_the_vip_or_the_spared():

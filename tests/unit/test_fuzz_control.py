@@ -14,7 +14,7 @@ import socket
 import pytest
 from hypothesis import event, given, strategies as st
 
-from lab.agent.control import REQUESTS, ControlServer, query
+from lab.agent.io.control import REQUESTS, ControlServer, query
 
 
 @pytest.fixture(scope="module")

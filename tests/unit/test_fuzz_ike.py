@@ -15,9 +15,8 @@ import struct
 import pytest
 from hypothesis import event, given, strategies as st
 
-from lab.agent.ike import (HEADER_LEN, MAX_IKE_LEN, NATT_PORT, NON_ESP_MARKER, ZERO_SPI,
-                           Datagram, IkeHeader, ParseError, ike_payload, parse_datagram,
-                           parse_header)
+from lab.agent.protocol.ike import (HEADER_LEN, MAX_IKE_LEN, NATT_PORT, NON_ESP_MARKER, ZERO_SPI,
+    Datagram, IkeHeader, ParseError, ike_payload, parse_datagram, parse_header)
 
 ports = st.integers(0, 0xFFFF)
 spis = st.binary(min_size=8, max_size=8)

@@ -1,6 +1,6 @@
 """Fuzzing the lab's options, from the three places a user types them: `ikelab`'s command line
 (`lab.cli`), the option string of plain Mininet (`mn --custom topologies/ikecluster.py --topo
-ikecluster,members=3,...`, `lab.mnlab`), and `LabSpec` itself, which both end in. Whatever is
+ikecluster,members=3,...`, `lab.run.mnlab`), and `LabSpec` itself, which both end in. Whatever is
 typed, the answer is a lab that can be built or the documented error: `ikelab` prints one line
 "ikelab: error: ..." and exits 2 (argparse's help, asked for, exits 0); the Mininet topology
 logs one such line and raises SystemExit(2), never an exception for mn to catch (mn answers
@@ -24,14 +24,13 @@ import pytest
 from hypothesis import event, given, strategies as st
 from mininet.util import splitArgs
 
-import lab.lab
-import lab.mnlab
-import lab.preflight
+import lab.run.lab
+import lab.run.mnlab
+import lab.net.preflight
 from lab.cli import UsageError, _int, _seconds, main, parser
-from lab.preflight import NotReady
-from lab.topology import (AUTH_METHODS, CLUSTER_MODES, HASH_MODES, IKE_CHOICES, MAX_CHAIN,
-                          MAX_MEMBERS, MAX_PEERS, OWNERSHIP_MODES, LabSpec, Plan,
-                          TopologyError, build_plan)
+from lab.net.preflight import NotReady
+from lab.plan.topology import (AUTH_METHODS, CLUSTER_MODES, HASH_MODES, IKE_CHOICES, MAX_CHAIN,
+    MAX_MEMBERS, MAX_PEERS, OWNERSHIP_MODES, LabSpec, Plan, TopologyError, build_plan)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHOICES = HASH_MODES + CLUSTER_MODES + IKE_CHOICES + AUTH_METHODS + OWNERSHIP_MODES
@@ -169,8 +168,8 @@ def machine_check():
         raise AssertionError("a fuzz test got as far as building a lab")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lab.preflight, "check_machine", check_machine)
-        patch.setattr(lab.lab, "Lab", no_lab)
+        patch.setattr(lab.net.preflight, "check_machine", check_machine)
+        patch.setattr(lab.run.lab, "Lab", no_lab)
         yield plans
 
 
@@ -277,8 +276,8 @@ def ikecluster():
     finally:
         sys.path[:] = saved
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lab.mnlab, "prepare", prepare)
-        patch.setattr(lab.mnlab, "error", logged.append)
+        patch.setattr(lab.run.mnlab, "prepare", prepare)
+        patch.setattr(lab.run.mnlab, "error", logged.append)
         yield topos, logged
 
 

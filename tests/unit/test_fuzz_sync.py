@@ -17,11 +17,10 @@ from ipaddress import IPv4Address
 
 from hypothesis import event, given, strategies as st
 
-from lab.agent.ownership import Key
-from lab.agent.sync import (ANNOUNCE, BODY, ENTRY, HEADER, HEARTBEAT_BODY, MAC_LEN, MAGIC,
-                            STATE_CODES, TYPE_NAMES, VERSION, WINDOW, Codec, Heartbeat,
-                            Message, SyncError, decode_entries, decode_heartbeat,
-                            encode_entries, encode_heartbeat)
+from lab.agent.protocol.ownership import Key
+from lab.agent.protocol.sync import (ANNOUNCE, BODY, ENTRY, HEADER, HEARTBEAT_BODY, MAC_LEN,
+    MAGIC, STATE_CODES, TYPE_NAMES, VERSION, WINDOW, Codec, Heartbeat, Message, SyncError,
+    decode_entries, decode_heartbeat, encode_entries, encode_heartbeat)
 
 REASONS = {"short", "foreign", "mac", "replay", "stale", "type"}  # SyncError's, for Codec.decode
 KEY = b"\x5a" * 32

@@ -1,8 +1,8 @@
-"""The gallery's exhibits and index (lab.gallery), without root."""
+"""The gallery's exhibits and index (lab.run.gallery), without root."""
 
 import pytest
 
-from lab.gallery import EXHIBITS, GalleryError, chosen, prepare, write_index
+from lab.run.gallery import EXHIBITS, GalleryError, chosen, prepare, write_index
 
 
 def test_the_exhibits_are_named_once_each_and_the_first_fails_on_purpose():

@@ -1,7 +1,7 @@
 """The hashing switch's OpenFlow program."""
 
-from lab import hashing
-from lab.topology import LabSpec, build_plan
+from lab.plan import hashing
+from lab.plan.topology import LabSpec, build_plan
 
 
 def program(**spec):

@@ -11,7 +11,7 @@ import pytest
 from scapy.all import IP, UDP, fragment as fragment_packet, rdpcap
 from scapy.layers.isakmp import ISAKMP
 
-from lab.agent.ike import ParseError, ike_payload, parse_datagram, parse_header
+from lab.agent.protocol.ike import ParseError, ike_payload, parse_datagram, parse_header
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -7,9 +7,9 @@ from scapy.all import (IPv6, UDP, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6Ext
 from scapy.layers.ipsec import AH
 from scapy.layers.isakmp import ISAKMP
 
-from lab.agent.ike import Datagram, ParseError, ike_payload, parse_datagram, parse_header
-from lab.agent.sync import (Codec, Message, SyncError, decode_entries, decode_prefixes,
-                            encode_entries, encode_prefixes)
+from lab.agent.protocol.ike import Datagram, ParseError, ike_payload, parse_datagram, parse_header
+from lab.agent.protocol.sync import (Codec, Message, SyncError, decode_entries, decode_prefixes,
+    encode_entries, encode_prefixes)
 
 PEER, VIP = "2001:db8:0:1::11", "2001:db8:0:1::1"
 IKE = bytes(ISAKMP(init_cookie=b"\x33" * 8, exch_type=34, flags=0x08, version=0x20))
@@ -90,7 +90,7 @@ def test_sync_messages_carry_peers_of_either_family():
 
 
 def test_snapshot_entries_carry_peers_of_either_family():
-    from lab.agent.ownership import Key
+    from lab.agent.protocol.ownership import Key
     entries = [(Key(b"\x01" * 8, 0, "i"), 2, "established", b"\x02" * 8, PEER, 4500, False,
                 1.5, 7), (Key(b"\x03" * 8, 0, "i"), 1, "negotiating", None, "203.0.113.12",
                           500, True, 0.25, 0)]

@@ -1,7 +1,7 @@
-"""Key tables from charon's log (lab.keytables), on log text in charon 5.9.8's format."""
+"""Key tables from charon's log (lab.show.keytables), on log text in charon 5.9.8's format."""
 
-from lab.keytables import (OCTETS, PREFERENCES, assign_spis, esp_rows, ikev1_rows, ikev2_rows,
-                           read_log, tables)
+from lab.show.keytables import (OCTETS, PREFERENCES, assign_spis, esp_rows, ikev1_rows,
+    ikev2_rows, read_log, tables)
 
 ISPI, RSPI = bytes.fromhex("2e33554c667e26e0"), bytes.fromhex("f84c9fd7f89d5cf6")
 

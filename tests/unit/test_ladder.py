@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from lab.agent.events import Trace
-from lab.agent.trace import TraceFile, packet_fields, read_trace, trace_line
-from lab.ladder import (DROPPED, FORWARD, PROTOCOL, REQUEST, RESPONSE, SWITCH, VOID, LadderError,
-                        Seen, build, payloads_in_log, protocol_in_trace, read_pcap,
-                        seen_in_capture, seen_in_trace, select)
-from lab.plots import draw_ladder
+from lab.agent.protocol.events import Trace
+from lab.agent.io.trace import TraceFile, packet_fields, read_trace, trace_line
+from lab.show.ladder import (DROPPED, FORWARD, PROTOCOL, REQUEST, RESPONSE, SWITCH, VOID,
+    LadderError, Seen, build, payloads_in_log, protocol_in_trace, read_pcap, seen_in_capture,
+    seen_in_trace, select)
+from lab.show.plots import draw_ladder
 
 from .agents import Cluster, capture
 
@@ -236,8 +236,8 @@ def test_a_trace_line_says_of_a_packet_exactly_what_packet_fields_says():
 
 
 def test_a_flood_of_sync_messages_is_traced_up_to_a_budget_a_second_and_the_rest_counted():
-    from lab.agent import sync
-    from lab.agent.synctrace import PER_SECOND as SYNC_TRACE_PER_SECOND
+    from lab.agent.protocol import sync
+    from lab.agent.protocol.synctrace import PER_SECOND as SYNC_TRACE_PER_SECOND
     c = TracedCluster().start()
     agent = c.agents[1]
     before = len([a for a in agent.actions if isinstance(a, Trace)])

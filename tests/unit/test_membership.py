@@ -2,7 +2,7 @@
 
 import pytest
 
-from lab.agent.membership import ISOLATED, JOINING, SERVING, Membership
+from lab.agent.protocol.membership import ISOLATED, JOINING, SERVING, Membership
 
 MEMBERS = ("m1", "m2", "m3")
 
@@ -118,8 +118,8 @@ def test_a_stall_does_not_bring_the_dead_back_or_reconnect_the_cut_off():
 
 
 def test_the_transition_table_allows_its_pairs_and_refuses_every_other():
-    from lab.agent.membership import (TRANSITIONS, Happening, IllegalTransition, MemberState,
-                                      next_state)
+    from lab.agent.protocol.membership import (TRANSITIONS, Happening, IllegalTransition,
+        MemberState, next_state)
     for state in MemberState:
         for happening in Happening:
             if (state, happening) in TRANSITIONS:
@@ -136,7 +136,7 @@ def test_the_transition_table_allows_its_pairs_and_refuses_every_other():
 
 
 def test_an_illegal_happening_changes_nothing():
-    from lab.agent.membership import Happening, IllegalTransition
+    from lab.agent.protocol.membership import Happening, IllegalTransition
     m = Membership("m1", MEMBERS)
     m.start(0.0, joining=True)
     with pytest.raises(IllegalTransition):

@@ -1,6 +1,6 @@
 """Outages from `ping -D` output."""
 
-from lab.outage import longest_outage, reply_times
+from lab.show.outage import longest_outage, reply_times
 
 PING = """PING 10.1.0.10 (10.1.0.10) 56(84) bytes of data.
 [100.000000] 64 bytes from 10.1.0.10: icmp_seq=1 ttl=62 time=0.5 ms
@@ -29,7 +29,7 @@ def test_steady_replies_are_no_outage():
 
 
 def test_lost_pings_are_those_never_answered_and_duplicates_are_counted():
-    from lab.outage import duplicates, lost
+    from lab.show.outage import duplicates, lost
     text = "\n".join([
         "[100.0] 64 bytes from 10.1.0.10: icmp_seq=1 ttl=62 time=1 ms",
         "[100.3] no answer yet for icmp_seq=2",
@@ -43,7 +43,7 @@ def test_lost_pings_are_those_never_answered_and_duplicates_are_counted():
 
 
 def test_a_ping_summary_names_the_unanswered_requests_and_the_first_round_trip():
-    from lab.outage import ping_summary
+    from lab.show.outage import ping_summary
     out = b"""PING 10.2.1.10 (10.2.1.10) 56(84) bytes of data.
 64 bytes from 10.2.1.10: icmp_seq=2 ttl=62 time=1.71 ms
 64 bytes from 10.2.1.10: icmp_seq=3 ttl=62 time=0.987 ms
@@ -62,7 +62,7 @@ def test_a_ping_summary_names_the_unanswered_requests_and_the_first_round_trip()
 
 
 def test_a_ping_that_printed_nothing_counts_every_request_unanswered():
-    from lab.outage import PING_COUNT, ping_summary
+    from lab.show.outage import PING_COUNT, ping_summary
     assert ping_summary(b"") == {"sent": PING_COUNT, "received": 0,
                                  "unanswered": list(range(1, PING_COUNT + 1)),
                                  "first_ms": None, "slowest_ms": None}

@@ -1,7 +1,7 @@
 """The ownership table: claim, lookup, Phase 1 fallback, direction, expiry, cap, rekey."""
 
-from lab.agent.ownership import (ESTABLISHED, NEGOTIATING, REKEYED, Key, OwnershipTable,
-                                 director_for, ike_sa_key)
+from lab.agent.protocol.ownership import (ESTABLISHED, NEGOTIATING, REKEYED, Key, OwnershipTable,
+    director_for, ike_sa_key)
 
 A, B = b"\xaa" * 8, b"\xbb" * 8
 
@@ -139,7 +139,7 @@ def test_director_is_stable_and_spreads_keys():
 
 
 def test_a_dead_members_entries_go_and_nothing_else():
-    from lab.agent.ownership import Key, OwnershipTable
+    from lab.agent.protocol.ownership import Key, OwnershipTable
     table = OwnershipTable()
     table.claim(Key(b"\x01" * 8), "m1", 0.0)
     table.claim(Key(b"\x02" * 8), "m2", 0.0)
@@ -149,7 +149,7 @@ def test_a_dead_members_entries_go_and_nothing_else():
 
 
 def test_restored_entries_keep_their_age_and_expiry():
-    from lab.agent.ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable
+    from lab.agent.protocol.ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable
     table = OwnershipTable(expiry=10.0)
     table.restore(Key(b"\x01" * 8), "m2", NEGOTIATING, None, None, age=8.0, now=100.0)
     table.restore(Key(b"\x02" * 8), "m3", ESTABLISHED, b"\x09" * 8, "203.0.113.11", 50.0, 100.0)
@@ -158,7 +158,7 @@ def test_restored_entries_keep_their_age_and_expiry():
 
 
 def test_a_confirmed_entry_is_never_taken_back_to_negotiating():
-    from lab.agent.ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable
+    from lab.agent.protocol.ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable
     table = OwnershipTable(expiry=10.0)
     table.record(Key(b"\x01" * 8), "m3", ESTABLISHED, 0.0)
     table.record(Key(b"\x01" * 8), "m2", NEGOTIATING, 1.0)

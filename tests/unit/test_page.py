@@ -1,4 +1,4 @@
-"""A kept run's page (lab.page), without root: a run directory with a real agent's trace (the
+"""A kept run's page (lab.show.page), without root: a run directory with a real agent's trace (the
 ladder's traced cluster), a charon log and a plot becomes one self-contained report.html."""
 
 import base64
@@ -6,9 +6,9 @@ import json
 from html.parser import HTMLParser
 
 from lab.agent.names import NodeFiles
-from lab.page import AGENTS, PAGE, resources, write_page
-from lab.report import lab_report
-from lab.topology import LabSpec, build_plan
+from lab.show.page import AGENTS, PAGE, resources, write_page
+from lab.show.report import lab_report
+from lab.plan.topology import LabSpec, build_plan
 
 from .test_ladder import split_hash_negotiation
 from .test_report import good_tunnel

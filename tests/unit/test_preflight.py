@@ -6,10 +6,10 @@ import re
 import tomllib
 from pathlib import Path
 
-from lab import preflight
+from lab.net import preflight
 from lab.agent.names import NodeFiles
-from lab.render import PLUGINS, SWANCTL_PLUGINS, Credentials, render_node
-from lab.topology import LabSpec, build_plan
+from lab.strongswan.render import PLUGINS, SWANCTL_PLUGINS, Credentials, render_node
+from lab.plan.topology import LabSpec, build_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 # Needed only while setup.sh builds the venv (netfilterqueue compiles against its C library);

@@ -7,8 +7,8 @@ import jinja2
 import pytest
 
 from lab.agent.names import NodeFiles
-from lab.render import Credentials, peer_gives_up_after, render_node
-from lab.topology import CLUSTER_ID, LabSpec, build_plan
+from lab.strongswan.render import Credentials, peer_gives_up_after, render_node
+from lab.plan.topology import CLUSTER_ID, LabSpec, build_plan
 
 KEY = b"k" * 32
 
@@ -121,8 +121,8 @@ def test_a_crowd_node_renders_one_connection_per_site_and_members_answer_them_al
 
 
 def test_a_members_agent_can_initiate_a_crowd_site_it_never_rendered():
-    from lab.agent.crowd import site_connection
-    from lab.render import agent_config
+    from lab.agent.protocol.crowd import site_connection
+    from lab.strongswan.render import agent_config
     plan = build_plan(LabSpec(members=2, crowd=20))
     creds = Credentials("psk", KEY)
     config = agent_config(plan, plan.members[0], NodeFiles("m1", Path("/run/x")), creds)

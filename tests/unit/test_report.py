@@ -2,8 +2,8 @@
 
 import json
 
-from lab.report import describe_sas, format_text, lab_report, tunnel_report
-from lab.topology import LabSpec
+from lab.show.report import describe_sas, format_text, lab_report, tunnel_report
+from lab.plan.topology import LabSpec
 
 TCP_OK = {"tcp_to_peer": {"bytes": 10**6, "error": None},
           "tcp_from_peer": {"bytes": 10**6, "error": None}}
@@ -117,7 +117,7 @@ def chaos_step(name, outage, after, problem=None):
 
 def test_chaos_needs_every_step_to_recover():
     report = lab_report(LabSpec(), [good_tunnel()], {}, {"lab_up_s": 1.0}, None)
-    from lab.report import with_chaos
+    from lab.show.report import with_chaos
     steps = [chaos_step(f"step {i}", 0.0, 0.5) for i in range(8)]
     assert with_chaos(report, steps, 8)["ok"]
     bad = steps[:-1] + [chaos_step("restore m1", 0.0, None, "m1 is joining")]
@@ -135,7 +135,7 @@ def test_chaos_needs_every_step_to_recover():
 
 
 def test_membership_lines_name_states_views_and_drained_members():
-    from lab.report import describe_membership
+    from lab.show.report import describe_membership
     lines = describe_membership({
         "m1": {"state": "serving", "live": ["m1", "m3"], "serving": ["m1", "m3"],
                "connected": True, "table_size": 2, "holds": 1, "moving": ["p2"]},
@@ -156,7 +156,7 @@ def test_membership_lines_name_states_views_and_drained_members():
 
 
 def test_a_switchs_health_check_errors_show_only_when_there_are_some():
-    from lab.report import describe_membership
+    from lab.show.report import describe_membership
     switch = {"buckets": ["m1", "m2"], "hash": "l4", "drained": []}
     assert describe_membership({"switches": {"ikex": dict(switch, health_errors=0)}}) == [
         "switch ikex: hash l4, buckets m1,m2"]

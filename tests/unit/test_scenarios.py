@@ -1,10 +1,10 @@
 """Scenarios as data: the chaos steps, what each step does to the serving set, how a step is
 named once its member is chosen, and the report item a step's result becomes."""
 
-from lab.report import describe_chaos
-from lab.scenarios import (DRAINS, LEAVES, RETURNS, SCENARIOS, STAYS, UNDRAINS, Rehash,
-                           StepResult, chaos, kill_daemons, owner_dies)
-from lab.topology import LabSpec, build_plan
+from lab.show.report import describe_chaos
+from lab.run.scenarios import (DRAINS, LEAVES, RETURNS, SCENARIOS, STAYS, UNDRAINS, Rehash,
+    StepResult, chaos, kill_daemons, owner_dies)
+from lab.plan.topology import LabSpec, build_plan
 
 
 def test_chaos_has_the_reports_steps_in_order_over_the_labs_first_and_last_peer():
@@ -63,8 +63,8 @@ def test_a_step_result_is_the_chaos_reports_item():
 
 
 def test_every_play_the_cli_offers_exists_and_a_renegotiating_peer_is_not_pinged():
-    from lab.scenarios import plays
-    from lab.topology import CHAOS_PLAYS
+    from lab.run.scenarios import plays
+    from lab.plan.topology import CHAOS_PLAYS
     plan = build_plan(LabSpec(members=3, peers=2, hash="split"))
     offered = plays(plan)
     assert tuple(offered) == CHAOS_PLAYS

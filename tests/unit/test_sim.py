@@ -89,6 +89,6 @@ def test_bad_options_are_one_line_and_exit_2(args, words):
 
 
 def test_the_planted_bugs_are_variants_of_the_real_core():
-    from lab.agent.core import Agent
+    from lab.agent.protocol.core import Agent
     assert all(issubclass(variant, Agent) and variant is not Agent
                for variant in bugs.BUGS.values())

@@ -1,10 +1,10 @@
 """Data-plane steering plans: SPI ranges, the nftables script, route changes."""
 
 from lab.agent.names import esp_spi_range
-from lab.agent.steering import counters, desired_routes, route_changes, ruleset
+from lab.agent.protocol.steering import counters, desired_routes, route_changes, ruleset
 from lab.agent.names import NodeFiles
-from lab.render import Credentials, render_node
-from lab.topology import LabSpec, build_plan
+from lab.strongswan.render import Credentials, render_node
+from lab.plan.topology import LabSpec, build_plan
 
 MEMBERS = {1: "10.255.0.1", 2: "10.255.0.2", 3: "10.255.0.3"}
 PEERS = {"p1": ("203.0.113.11", "10.2.1.0/24"), "p2": ("203.0.113.12", "10.2.2.0/24")}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lab.agent.sync import ANNOUNCE, FORWARD, WINDOW, Codec, Message, SyncError
+from lab.agent.protocol.sync import ANNOUNCE, FORWARD, WINDOW, Codec, Message, SyncError
 
 KEY = b"k" * 32
 
@@ -61,9 +61,9 @@ def test_replays_are_refused_and_late_but_fresh_messages_accepted():
 
 
 def test_snapshot_entries_and_heartbeats_round_trip():
-    from lab.agent.ownership import Key
-    from lab.agent.sync import (decode_entries, decode_heartbeat, encode_entries,
-                                encode_heartbeat)
+    from lab.agent.protocol.ownership import Key
+    from lab.agent.protocol.sync import (decode_entries, decode_heartbeat, encode_entries,
+        encode_heartbeat)
     entries = [(Key(b"\x01" * 8, 0, "i"), 2, "established", b"\x02" * 8, "203.0.113.11", 4500,
                 True, 12.5, 1_796_000_000_123),
                (Key(b"\x03" * 8, 7, "-"), 1, "negotiating", None, None, 0, False, 0.0, 0)]
@@ -77,13 +77,13 @@ def test_snapshot_entries_and_heartbeats_round_trip():
 
 @pytest.mark.parametrize("payload", [b"\0" * 5, b"\0" * 42, b"\x01" * 42 * 2])
 def test_malformed_snapshot_payloads_are_refused(payload):
-    from lab.agent.sync import decode_entries
+    from lab.agent.protocol.sync import decode_entries
     with pytest.raises(SyncError) as err:
         decode_entries(payload)
     assert err.value.reason == "malformed"
 
 
 def test_malformed_heartbeat_is_refused():
-    from lab.agent.sync import decode_heartbeat
+    from lab.agent.protocol.sync import decode_heartbeat
     with pytest.raises(SyncError):
         decode_heartbeat(b"\x01\x02")

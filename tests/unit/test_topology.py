@@ -4,8 +4,8 @@ from ipaddress import IPv4Network, ip_network
 
 import pytest
 
-from lab.topology import (CLUSTER_LAN, EXTERNAL_VIP, EXTERNAL_VMAC, INTERNAL_VIP, LabSpec,
-                          TopologyError, build_plan, ike_version_of, overlaps_host)
+from lab.plan.topology import (CLUSTER_LAN, EXTERNAL_VIP, EXTERNAL_VMAC, INTERNAL_VIP, LabSpec,
+    TopologyError, build_plan, ike_version_of, overlaps_host)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -106,7 +106,7 @@ def test_a_host_network_that_overlaps_a_lab_prefix_is_found_and_a_default_route_
 
 
 def test_crowd_sites_have_their_own_addresses_lans_and_crowd_nodes():
-    from lab.topology import CROWD_LANS, CROWD_OUTER, MAX_CROWD, build_plan as plan_of
+    from lab.plan.topology import CROWD_LANS, CROWD_OUTER, MAX_CROWD, build_plan as plan_of
     plan = plan_of(LabSpec(members=8, peers=2, crowd=MAX_CROWD))
     sites = plan.sites()
     assert len(sites) == MAX_CROWD and len(plan.crowd) == 10
