@@ -43,7 +43,7 @@ CLUSTER_CONNECTION = "cluster"  # a peer's one connection to the cluster
 CHILD_NAME = "lan"  # the CHILD SA of every connection
 CHILD6_NAME = "lan6"  # an IKEv1 connection's second, for IPv6 when it carries both versions
 CROWD_CONNECTION = "crowd"  # a member's one connection answering every crowd site
-# A member has one connection per peer, named after it, and (lab.agent.protocol.handover) another that
+# A member has one connection per peer, named after it, and (protocol.handover) another that
 # initiates without INITIAL_CONTACT, for a make-before-break handover; for a peer behind a
 # NAT, a variant of each that starts on UDP 4500, the NAT's mapping.
 HANDOVER_SUFFIX, NATT_SUFFIX = "-mbb", "-natt"

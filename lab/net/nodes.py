@@ -239,9 +239,9 @@ class SyncBridge(LabNode):
     and LAN traffic crosses it, so it must be fast (OVS's userspace datapath adds a fraction of
     a millisecond per hop), and it must stay out of the root namespace.
 
-    The witness runs here, on the bridge's own address (`lab.agent.protocol.witness`): it decides which
-    members may act when the sync network splits, and a member that cannot reach it knows its
-    own sync link is down (`lab.agent.protocol.membership`). `partition(member)`
+    The witness runs here, on the bridge's own address (`lab.agent.protocol.witness`): it decides
+    which members may act when the sync network splits, and a member that cannot reach it
+    knows its own sync link is down (`lab.agent.protocol.membership`). `partition(member)`
     silently drops every frame to and from that member's port (carrier stays up, as when a
     switch port or VLAN fails), `heal(member)` lets them through again.
     """

@@ -115,7 +115,7 @@ def ike_sa_holder(lab, initiator_spi: str) -> str | None:
     return held[0] if len(held) == 1 else None
 
 
-TUNNEL_TABLE, STEERING_TABLE = 220, 210  # kernel-libipsec's routes; the agents' (lab.agent.io.routes)
+TUNNEL_TABLE, STEERING_TABLE = 220, 210  # kernel-libipsec's; the agents' (lab.agent.io.routes)
 
 
 def kernel_routes(node, table: int) -> dict[str, str | None]:

@@ -1,8 +1,9 @@
 """The cluster simulator: the real agents' cores on simulated members, under simulated time
 and faults, from one seed (FoundationDB's simulation and TigerBeetle's VOPR are the models).
 
-- `world`: the cluster: every member runs `lab.agent.protocol.core.Agent`, unchanged, beside a model of
-  its charon; peers run model charons too; one event queue, one clock, one random generator.
+- `world`: the cluster: every member runs `lab.agent.protocol.core.Agent`, unchanged, beside a
+  model of its charon; peers run model charons too; one event queue, one clock, one random
+  generator.
 - `charon`: the model of charon (IKEv2 and IKEv1, real headers through `lab.agent.protocol.ike`).
 - `network`: the sync network (loss, duplicates, late copies, reordering, partitions of any
   shape, asymmetric links) and the hashing switch (rehashes, the serving set changing).

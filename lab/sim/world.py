@@ -1,6 +1,6 @@
-"""The simulated cluster: real agents (`lab.agent.protocol.core.Agent`, unchanged) on simulated members,
-model charons (`charon`) on the members and the peers, the sync network and the hashing switch
-(`network`), all on one clock, all choices drawn from one seed.
+"""The simulated cluster: real agents (`lab.agent.protocol.core.Agent`, unchanged) on simulated
+members, model charons (`charon`) on the members and the peers, the sync network and the
+hashing switch (`network`), all on one clock, all choices drawn from one seed.
 
 Time is a number. Everything that happens is an event on one queue, taken in time order (ties
 in the order they were made), so a seed replays exactly. A member's agent gets what its shell

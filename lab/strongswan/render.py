@@ -137,7 +137,8 @@ def spi_label(plan: Plan, node: str) -> int | None:
 
 
 def esp_range(plan: Plan, node: str) -> tuple[str, str] | None:
-    """A member's own inbound ESP SPI range (lab.agent.protocol.steering), as strongswan.conf spells it."""
+    """A member's own inbound ESP SPI range (lab.agent.protocol.steering), as strongswan.conf
+    spells it."""
     if not any(m.name == node for m in plan.members):
         return None
     low, high = esp_spi_range(plan.member(node).index)
@@ -248,7 +249,8 @@ def crowd_responder(plan: Plan, creds: Credentials) -> dict:
 def site_connection(plan: Plan, creds: Credentials) -> dict:
     """What a member's agent loads over vici to initiate one crowd site's tunnel (a takeover
     or a handover): the connection `crowd_responder` answers with, in vici's terms, less what
-    differs per site (addresses, identity, traffic selectors, version: `lab.agent.protocol.crowd`)."""
+    differs per site (addresses, identity, traffic selectors, version:
+    `lab.agent.protocol.crowd`)."""
     conn = crowd_responder(plan, creds)
     local = {"auth": conn["auth"], "id": CLUSTER_ID}
     if conn["cert"]:
