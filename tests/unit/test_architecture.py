@@ -151,3 +151,28 @@ def test_member_states_and_ownership_modes_are_spelled_only_in_names():
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert not found, found
 
+
+
+def test_the_readmes_drawing_of_the_floors_names_every_module():
+    """The README's layout drawing lists each folder's modules beside it; a module added to a
+    folder and not drawn there fails here."""
+    readme = (ROOT / "README.md").read_text()
+    drawing = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    drawn: dict[Path, set[str]] = {}
+    folder = None
+    for line in drawing.splitlines():
+        for word in line.split():
+            if word.startswith("lab/") and word.endswith("/"):
+                folder = ROOT / word.rstrip("/")
+            elif word in ("io/", "protocol/"):
+                folder = AGENT / word.rstrip("/")
+            elif word.endswith(".py") and word.startswith("lab/"):
+                drawn.setdefault(LAB, set()).add(Path(word).stem)
+            elif folder is not None:
+                drawn.setdefault(folder, set()).add(word)
+    folders = [LAB] + [p for p in LAB.rglob("*") if p.is_dir() and p.name != "__pycache__"]
+    for where in folders:
+        modules = {p.stem for p in where.glob("*.py") if p.stem != "__main__"}
+        modules.discard("__init__")
+        missing = modules - drawn.get(where, set())
+        assert not missing, f"README's layout drawing lacks {missing} in {where.relative_to(ROOT)}"
