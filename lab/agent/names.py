@@ -12,6 +12,11 @@ from enum import StrEnum
 from pathlib import Path
 
 SYNC_PORT = 4600  # UDP, on the sync network: every message between agents
+IKE_PORT = 500  # IKE (RFC 7296 2.)
+NATT_PORT = 4500  # IKE behind the non-ESP marker, and ESP in UDP (RFC 3948)
+# How long a member waits for a key's director to name its owner before it asks again (the
+# claimant) or forgets the question (the director).
+LOOKUP_TIMEOUT = 2.0
 
 
 class MemberState(StrEnum):

@@ -16,12 +16,12 @@ from mininet.log import error
 from mininet.net import Mininet
 
 from ..agent.io.control import query
-from ..agent.names import MemberState
+from ..agent.names import IKE_PORT, NATT_PORT, MemberState
+from ..plan.topology import HASH_MODES, INTERNET, INTERNET6
 from .daemons import READY_POLL, Daemon, DaemonConfigError
 from .flood import Flood
 from .nodes import ClusterMember, LabNode, PeerGateway, SyncBridge
 from .switch import HashingSwitch, SwitchError
-from ..plan.topology import HASH_MODES, INTERNET, INTERNET6
 
 HOW = ("daemons", "links")
 DRAIN_TIMEOUT = 30.0
@@ -118,7 +118,7 @@ class ClusterNet(Mininet):
         super().stop()
 
     def flood(self, peer: str, rate: float = 1000.0, seconds: float = 30.0, ike: int = 2,
-              port: int = 500, spoof: bool = False, impersonating: bool = True) -> Flood:
+              port: int = IKE_PORT, spoof: bool = False, impersonating: bool = True) -> Flood:
         """Have `peer` flood the cluster with IKE first messages (lab.net.flood), in the
         background; with `spoof`, from random addresses of the lab's internet, the peers' own
         among them unless not `impersonating` (IKEv1 has no cookies: a flood that spoofs a
@@ -128,7 +128,7 @@ class ClusterNet(Mininet):
             peers = ", ".join(n.name for n in self.hosts if isinstance(n, PeerGateway))
             raise FailoverError(f"{peer!r} is not a peer (peers: {peers})")
         if not (0 < rate <= 100000 and 0 < seconds <= 3600 and ike in (1, 2)
-                and port in (500, 4500)):
+                and port in (IKE_PORT, NATT_PORT)):
             raise FailoverError("flood: rate 0-100000/s, seconds 0-3600, ike 1|2, port "
                                 "500|4500")
         vip = self.topo.plan.peer(peer).vip  # the virtual IP of the peer's family

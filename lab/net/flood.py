@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 
+from ..agent.names import IKE_PORT, NATT_PORT
 from ..agent.protocol.ike import internet_checksum
 
 VIP = "203.0.113.1"
@@ -52,7 +53,7 @@ def message(ike: int, port: int) -> bytes:
     """One flood message: the captured first message with a fresh initiator SPI."""
     template = IKEV2_SA_INIT if ike == 2 else IKEV1_MAIN_MODE
     data = os.urandom(8) + template[8:]
-    return NON_ESP_MARKER + data if port == 4500 else data
+    return NON_ESP_MARKER + data if port == NATT_PORT else data
 
 
 def spoofed(payload: bytes, source: str, sport: int, port: int) -> bytes:
@@ -82,7 +83,7 @@ def own_address(vip: str = VIP) -> str:
     """The address this node would send to the virtual IP from."""
     probe = socket.socket(socket.AF_INET6 if ":" in vip else socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        probe.connect((vip, 500))
+        probe.connect((vip, IKE_PORT))
         return probe.getsockname()[0]
     finally:
         probe.close()
@@ -132,7 +133,7 @@ class Flood:
     """A flood running in a lab node (its own process, recorded with the run like any other)."""
 
     def __init__(self, node, rate: float = 1000.0, seconds: float = 30.0, ike: int = 2,
-                 port: int = 500, spoof: str | None = None, vip: str = VIP, spare=()):
+                 port: int = IKE_PORT, spoof: str | None = None, vip: str = VIP, spare=()):
         self.node, self.rate, self.seconds = node, rate, seconds
         command = [sys.executable, "-m", "lab.net.flood", "--rate", str(rate), "--seconds",
                    str(seconds), "--ike", str(ike), "--port", str(port), "--vip", vip]
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", type=float, default=1000.0, help="packets per second (1000)")
     parser.add_argument("--seconds", type=float, default=30.0, help="how long (30)")
     parser.add_argument("--ike", type=int, choices=(1, 2), default=2)
-    parser.add_argument("--port", type=int, choices=(500, 4500), default=500)
+    parser.add_argument("--port", type=int, choices=(IKE_PORT, NATT_PORT), default=IKE_PORT)
     parser.add_argument("--spoof", type=ipaddress.ip_network, default=None,
                         help="random source addresses from this prefix (default: this node's)")
     parser.add_argument("--spare", type=ipaddress.ip_address, action="append", default=[],

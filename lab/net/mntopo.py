@@ -24,9 +24,9 @@ from pathlib import Path
 from mininet.topo import Topo
 
 from ..agent.names import NodeFiles
+from ..plan.topology import Host, Plan
 from .nodes import ClusterMember, CrowdNode, LabNode, NatRouter, PeerGateway, SyncBridge
 from .switch import HashingSwitch
-from ..plan.topology import Host, Plan
 
 ROLE_CLASSES = {"member": ClusterMember, "peer": PeerGateway, "lan-host": LabNode,
                 "nat-router": NatRouter, "crowd": CrowdNode}

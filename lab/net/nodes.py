@@ -13,8 +13,8 @@ from pathlib import Path
 from mininet.log import error
 from mininet.node import Host
 
-from ..plan import topology
 from ..agent.names import NodeFiles, member_index
+from ..plan import topology
 from .daemons import Charon, Daemon, DaemonConfigError, ForwardingAgent, WitnessDaemon
 from .rundir import RunDirectory
 

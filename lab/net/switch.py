@@ -26,9 +26,9 @@ from pathlib import Path
 from mininet.log import error
 from mininet.node import OVSSwitch
 
-from ..plan import hashing
 from ..agent.io.control import query
 from ..agent.names import SERVING_STATES, NodeFiles
+from ..plan import hashing
 from ..plan.topology import HASH_MODES, LabSpec, Switch
 
 HEALTH_INTERVAL = 0.1

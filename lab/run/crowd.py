@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from .. import strongswan
 from ..agent.names import CHILD_NAME
+from ..plan.topology import CROWD_OUTER, Plan, Site
 from ..show.outage import PING, ping_counts
 from .probes import lans_steered
-from ..plan.topology import CROWD_OUTER, Plan, Site
 
 SAMPLE_SITES = 16  # sites the traffic test pings through, both ways
 WINDOW_SECONDS = 2.0  # sites initiated but not yet up: at most this many seconds of the rate

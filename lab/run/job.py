@@ -8,14 +8,15 @@ import json
 import subprocess
 import time
 
-from . import crowd
+from ..agent.names import IKE_PORT, NATT_PORT
 from ..plan import hashing
-from .lab import Lab
+from ..plan.topology import Plan
 from ..show.outage import PING, ping_counts
 from ..show.page import AGENTS
-from .probes import ask_agent, member_sas
 from ..show.report import lab_report, tunnel_report
-from ..plan.topology import Plan
+from . import crowd
+from .lab import Lab
+from .probes import ask_agent, member_sas
 
 TCP_BASE_PORT = 5201
 TCP_BYTES = "1M"
@@ -33,7 +34,7 @@ def switch_paths(lab: Lab) -> dict[str, dict[str, str | None]]:
         paths = {}
         proto, src, dst = (("udp6", "ipv6_src", "ipv6_dst") if peer.seen_as.version == 6
                            else ("udp", "nw_src", "nw_dst"))
-        for udp in (500, 4500):
+        for udp in (IKE_PORT, NATT_PORT):
             paths[f"udp{udp}"] = switch.member_for(
                 f"in_port={port.port},{proto},dl_src={port.mac},dl_dst={switch.plan_switch.vmac},"
                 f"{src}={peer.seen_as},{dst}={peer.vip},udp_src={udp},udp_dst={udp}")

@@ -17,20 +17,20 @@ from pathlib import Path
 
 from mininet.log import setLogLevel
 
-from ..show import keytables
-from ..net import preflight
-from . import probes
 from .. import strongswan
 from ..agent.names import NodeFiles
-from ..show.captures import KEYS_DIR, Captures
+from ..net import preflight
 from ..net.cluster import ClusterNet
 from ..net.mntopo import IkeClusterTopo, root_interfaces
 from ..net.preflight import NotReady
+from ..net.rundir import LabBusy, LabLock, RunDirectory, clean_run, runs_dir, stale_runs
+from ..plan.topology import LabSpec, Plan, build_plan
+from ..show import keytables
+from ..show.captures import KEYS_DIR, Captures
 from ..strongswan.pki import make_credentials
 from ..strongswan.render import (TEMPLATE_DIR, agent_config, identities_of, render_node,
     witness_config)
-from ..net.rundir import LabBusy, LabLock, RunDirectory, clean_run, runs_dir, stale_runs
-from ..plan.topology import LabSpec, Plan, build_plan
+from . import probes
 
 
 class LabError(RuntimeError):

@@ -10,17 +10,17 @@ from types import SimpleNamespace
 
 from mininet.cli import CLI
 
-from . import crowd
 from .. import strongswan
 from ..agent.io.control import query
-from ..agent.names import CLUSTER_CONNECTION
-from ..show.captures import CaptureError
+from ..agent.names import CLUSTER_CONNECTION, IKE_PORT
 from ..net.cluster import FailoverError
 from ..net.daemons import DaemonConfigError
 from ..net.nodes import ClusterMember, PeerGateway, StrongSwanNode
-from .probes import member_sas
-from ..show.report import describe_membership, describe_ownership, describe_sas, describe_steering
 from ..net.switch import HashingSwitch
+from ..show.captures import CaptureError
+from ..show.report import describe_membership, describe_ownership, describe_sas, describe_steering
+from . import crowd
+from .probes import member_sas
 
 
 UP_TIMEOUT = 20.0
@@ -265,7 +265,7 @@ def flood_arguments(line: str) -> tuple | None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--ike", type=int, default=2)
-    parser.add_argument("--port", type=int, default=500)
+    parser.add_argument("--port", type=int, default=IKE_PORT)
     parser.add_argument("--spoof", action="store_true")
     try:
         args = parser.parse_args(shlex.split(line))

@@ -13,11 +13,11 @@ from inspect import signature
 from mininet.log import error, info
 
 from ..agent.names import Ownership
-from .lab import LabError, prepare
 from ..net.mntopo import IkeClusterTopo
 from ..net.preflight import NotReady
 from ..net.rundir import RunDirectory, clean_run, recorded_runs, stale_runs
 from ..plan.topology import LabSpec, TopologyError
+from .lab import LabError, prepare
 
 TRUE = ("1", "true", "yes", "on")
 

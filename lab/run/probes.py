@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..net import daemons
 from .. import strongswan
 from ..agent.io.control import query
-from ..agent.names import MemberState
+from ..agent.names import IKE_PORT, MemberState
+from ..net import daemons
 from ..show.outage import duplicates, longest_outage, lost, reply_times
 from ..show.report import holder_states
 
@@ -295,7 +295,7 @@ def under_load(lab, seconds: float, flood_rate: int = 1000) -> dict:
                                          str(seconds), "-P", "4"] + (["-R"] if n % 2 else []),
                                         stdout=out, stderr=subprocess.DEVNULL)
                    for n, (host, port, out) in enumerate(zip(sorted(hosts), ports, outputs))]
-        flood = lab.net.flood("p1", flood_rate, seconds, 2, 500)
+        flood = lab.net.flood("p1", flood_rate, seconds, 2, IKE_PORT)
         flood.wait(seconds + 30)
         received = []
         for client, out in zip(clients, outputs):

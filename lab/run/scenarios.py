@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import strongswan
-from ..agent.names import CLUSTER_CONNECTION
+from ..agent.names import CLUSTER_CONNECTION, IKE_PORT
 from ..net.cluster import ClusterNet, FailoverError
 from ..net.daemons import DaemonConfigError
+from ..plan.topology import LabSpec, Plan
 from .lab import Lab
 from .probes import Pinger, ask_agent, tunnel_holder, tunnel_holders, wait_consistent
-from ..plan.topology import LabSpec, Plan
 
 # What a step does to the serving set: the member it acts on leaves it (dead to the others),
 # drains out of it (live, without tunnels or traffic), returns to it, every drained member
@@ -230,7 +230,7 @@ class Flooded:
     rate: float = 1000.0
 
     def __call__(self, net: ClusterNet, member: str | None) -> None:
-        net.flood(self.peer, self.rate, FLOOD_SECONDS, 2, 500, spoof=True)
+        net.flood(self.peer, self.rate, FLOOD_SECONDS, 2, IKE_PORT, spoof=True)
 
     def stop(self, net: ClusterNet, member: str | None) -> None:
         net.stop_floods()

@@ -15,10 +15,10 @@ import json
 import re
 from pathlib import Path
 
+from ..plan.topology import EXTERNAL_VIP, EXTERNAL_VIP6, Plan
 from . import ladder as ladders
 from .plots import PlotError, draw_ladder, draw_topology
 from .report import format_text
-from ..plan.topology import EXTERNAL_VIP, EXTERNAL_VIP6, Plan
 
 PAGE = "report.html"
 PICTURES = "pictures"  # the page's SVGs, also kept as files beside it

@@ -18,7 +18,7 @@ salt), at any moment.
 import zlib
 from dataclasses import dataclass, field
 
-NATT_PORT = 4500
+from lab.agent.names import NATT_PORT
 
 
 @dataclass

@@ -5,9 +5,9 @@ and charon's retransmission schedule (`Retransmit`)."""
 import struct
 from dataclasses import dataclass, field
 
+from lab.agent.names import IKE_PORT, NATT_PORT
 from lab.agent.protocol import ike
 
-IKE_PORT, NATT_PORT = 500, ike.NATT_PORT
 HALF_OPEN_TIMEOUT = 30.0  # charon's half_open_timeout
 COOKIE_THRESHOLD = 10  # charon's cookie_threshold: half-open SAs before COOKIEs are asked for
 BLOCK_THRESHOLD = 5  # charon's block_threshold: half-open SAs per peer address at most

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import vici
 
-from ..agent.names import CLUSTER_CONNECTION
 from ..agent.io.vicilink import VICI_ERRORS, decode, session  # noqa: F401 - the lab's vici client
+from ..agent.names import CLUSTER_CONNECTION
 from ..net.daemons import DaemonConfigError
 
 

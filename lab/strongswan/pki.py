@@ -13,8 +13,8 @@ each side must send its intermediates for the other to verify it.
 import subprocess
 from pathlib import Path
 
-from .render import Credentials
 from ..plan.topology import CLUSTER_ID, Plan
+from .render import Credentials
 
 
 def _pki(*args: str, stdin: bytes | None = None) -> bytes:

@@ -19,8 +19,9 @@ import jinja2
 
 from ..agent.config import AgentConfig, WitnessConfig
 from ..agent.names import (CHILD6_NAME, CHILD_NAME, CLUSTER_CONNECTION, CROWD_CONNECTION,
-    IKE_SPI_LABEL_MASK, LABELLED_OWNERSHIP, NodeFiles, esp_spi_range, handover_connection,
-    ike_spi_label, natt_connection)
+                           IKE_SPI_LABEL_MASK, LABELLED_OWNERSHIP, NATT_PORT, NodeFiles,
+                           esp_spi_range, handover_connection, ike_spi_label,
+                           natt_connection)
 from ..plan.topology import (CLUSTER_ID, CLUSTER_LAN, CROWD_DOMAIN, CROWD_LANS, CROWD_OUTER,
     EXTERNAL_VIP, SYNC_WITNESS, CrowdNode, Member, Peer, Plan)
 
@@ -34,7 +35,6 @@ def _template_dir() -> Path:
 
 
 TEMPLATE_DIR = _template_dir()
-NATT_PORT = 4500  # a NAT-T connection starts here (RFC 3948)
 
 # kernel-libipsec must come before kernel-netlink: the first IPsec backend registered wins,
 # and this kernel has XFRM netlink but no ESP transforms.

@@ -152,6 +152,22 @@ def test_member_states_and_ownership_modes_are_spelled_only_in_names():
     assert not found, found
 
 
+# IKE's two ports (names.IKE_PORT, names.NATT_PORT), as numbers or as the strings a command
+# line takes.
+PORTS = (500, 4500, "500", "4500")
+
+
+def test_ike_ports_are_numbered_only_in_names():
+    found = []
+    for path in sorted(LAB.rglob("*.py")):
+        if path == AGENT / "names.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Constant) and not isinstance(node.value, bool)
+                    and node.value in PORTS):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not found, found
+
 
 def test_the_readmes_drawing_of_the_floors_names_every_module():
     """The README's layout drawing lists each folder's modules beside it; a module added to a

@@ -27,14 +27,14 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from ..protocol import crowd, steering, sync
-from .charon import Charon
 from ..config import AgentConfig
-from .control import ControlServer
+from ..names import CHILD_NAME, SYNC_PORT, handover_connection
+from ..protocol import crowd, steering, sync
 from ..protocol.core import TICK, Agent
 from ..protocol.events import (Accept, DrainAsked, Drop, EndSa, EndStaleSas, HoldEsp, Initiate,
     Inject, Log, PacketQueued, Send, SteerRoutes, SyncArrived, Tick, Trace)
-from ..names import CHILD_NAME, SYNC_PORT, handover_connection
+from .charon import Charon
+from .control import ControlServer
 from .nfqueue import EspHold, PacketQueues
 from .routes import RouteKeeper
 from .trace import TraceFile, trace_line

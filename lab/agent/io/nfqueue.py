@@ -27,6 +27,8 @@ import traceback
 
 from netfilterqueue import NetfilterQueue
 
+from ..names import IKE_PORT, NATT_PORT
+
 QUEUE_IN, QUEUE_OUT = 1, 2
 CHAIN_IN, CHAIN_OUT, CHAIN_HOLD = "IKELAB_IN", "IKELAB_OUT", "IKELAB_HOLD"
 # u32: the 4 bytes after the UDP header are zero, i.e. the RFC 3948 non-ESP marker (IPv4:
@@ -52,9 +54,9 @@ def rules(interface: str, action: str, version: int = 4) -> list[list[str]]:
             (CHAIN_IN, "PREROUTING", "-i", "--dport", QUEUE_IN),
             (CHAIN_OUT, "OUTPUT", "-o", "--sport", QUEUE_OUT)):
         mangle = [["-N", chain],
-                  ["-A", chain, "-p", "udp", port_flag, "500", "-j", "NFQUEUE",
+                  ["-A", chain, "-p", "udp", port_flag, str(IKE_PORT), "-j", "NFQUEUE",
                    "--queue-num", str(num), "--queue-bypass"],
-                  ["-A", chain, "-p", "udp", port_flag, "4500", "-m", "u32",
+                  ["-A", chain, "-p", "udp", port_flag, str(NATT_PORT), "-m", "u32",
                    "--u32", marker, "-j", "NFQUEUE",
                    "--queue-num", str(num), "--queue-bypass"],
                   ["-A", hook, direction, interface, "-p", "udp", "-j", chain]]
@@ -62,7 +64,7 @@ def rules(interface: str, action: str, version: int = 4) -> list[list[str]]:
             mangle = [["-D", hook, direction, interface, "-p", "udp", "-j", chain],
                       ["-F", chain], ["-X", chain]]
         commands += [["-t", "mangle", *c] for c in mangle]
-    hold = ["PREROUTING", "-p", "udp", "--dport", "4500", "-j", CHAIN_HOLD]
+    hold = ["PREROUTING", "-p", "udp", "--dport", str(NATT_PORT), "-j", CHAIN_HOLD]
     commands += [["-t", "mangle", *c] for c in (
         [["-N", CHAIN_HOLD], ["-A", *hold]] if action == "add"
         else [["-D", *hold], ["-F", CHAIN_HOLD], ["-X", CHAIN_HOLD]])]

@@ -12,12 +12,12 @@ import socket
 import sys
 import time
 
-from ..protocol import sync
 from ..config import WitnessConfig
+from ..names import SYNC_PORT, member_name
+from ..protocol import sync
+from ..protocol.witness import Witness
 from .control import ControlServer
 from .daemon import run_ahead_of_the_data_plane
-from ..names import SYNC_PORT, member_name
-from ..protocol.witness import Witness
 
 
 class WitnessDaemon:

@@ -11,13 +11,13 @@ waits (the director may have died), and given up after CLAIM_TIMEOUT: the peer r
 
 from dataclasses import dataclass, field
 
+from ..names import LOOKUP_TIMEOUT
 from . import sync
 from .events import Drop
 from .ownership import NEGOTIATING, Key, ike_sa_key
 
 CLAIM_TIMEOUT = 1.0
 CLAIM_RESEND = 0.3
-LOOKUP_TIMEOUT = 2.0
 # Parked packets are state an unauthenticated packet makes: bounded. A key waits for its
 # owner a second or two; a peer retransmits a few times meanwhile.
 MAX_PARKED_KEYS = 1024  # claims and lookups each

@@ -93,8 +93,9 @@ routes); `daemon` carries them out. No socket, clock, thread or subprocess in he
 
 from collections import deque
 
-from . import ike, steering, sync, synctrace
 from ..config import AgentConfig
+from ..names import LABELLED_OWNERSHIP, Ownership
+from . import ike, steering, sync, synctrace
 from .claimant import ClaimantRole
 from .director import DirectorRole
 from .events import (Accept, CharonSaid, DrainAsked, Drop, HoldingsRead, Inject, Log,
@@ -102,12 +103,11 @@ from .events import (Accept, CharonSaid, DrainAsked, Drop, HoldingsRead, Inject,
 from .handover import HandoverRole
 from .joining import JoiningRole
 from .liveness import LivenessRole
+from .membership import SERVING, SERVING_STATES, Happening, IllegalTransition, Membership
+from .ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable, director_for, ike_sa_key
+from .pacing import Pacer
 from .resync import ResyncRole
 from .sa_events import SaEventsRole
-from .membership import SERVING, SERVING_STATES, Happening, IllegalTransition, Membership
-from ..names import LABELLED_OWNERSHIP, Ownership
-from .pacing import Pacer
-from .ownership import ESTABLISHED, NEGOTIATING, Key, OwnershipTable, director_for, ike_sa_key
 
 
 TICK = 0.05

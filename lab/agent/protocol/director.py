@@ -14,11 +14,11 @@ agent's table, membership and message helpers.
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from ..names import LOOKUP_TIMEOUT
 from . import sync
 from .ownership import NEGOTIATING, Key, ike_sa_key
 
 ANNOUNCE_RESEND = 0.3
-LOOKUP_TIMEOUT = 2.0
 # What the director keeps per key is pending work, made by other members' packets: bounded.
 MAX_ANNOUNCING = 4096
 MAX_WAITERS = 1024

@@ -41,10 +41,9 @@ balance timer.
 
 import hashlib
 
+from ..names import NATT_PORT, handover_connection, natt_connection
 from .events import Accept, EndSa, HoldEsp, Initiate
-from .ike import NATT_PORT
 from .membership import DRAINED, DRAINING, SERVING, Happening
-from ..names import handover_connection, natt_connection
 
 TAKEOVER_TIMEOUT = 10.0  # an initiation not up by then may be tried again
 HANDOVER_GRACE = 1.0  # the old holder lets go this long after the new SA is up

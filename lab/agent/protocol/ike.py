@@ -25,13 +25,14 @@ import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
+from ..names import NATT_PORT
+
 HEADER = struct.Struct("!8s8sBBBBII")
 HEADER_LEN = HEADER.size  # 28
 # charon drops anything larger (charon.max_packet, 10000 bytes by default); bigger IKE
 # messages are fragmented (RFC 7383).
 MAX_IKE_LEN = 10000
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
-NATT_PORT = 4500
 ZERO_SPI = b"\x00" * 8
 
 # Exchange types: RFC 7296 3.1, RFC 5723 (IKE_SESSION_RESUME), RFC 9242 (IKE_INTERMEDIATE),

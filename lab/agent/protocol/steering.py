@@ -28,7 +28,7 @@ This module is pure: it writes nftables scripts and plans route changes; `daemon
 import functools
 from ipaddress import ip_network
 
-from ..names import esp_label
+from ..names import NATT_PORT, esp_label
 
 TABLE_ESP = "ikelab_esp"
 TABLE_LAN = "ikelab_lan"
@@ -59,15 +59,15 @@ def ruleset(me: int, members: dict[int, str], external: str, lan: str, sync: str
     if others:
         labels = ", ".join(f"{esp_label(i):#04x}" for i in others)
         for name, (address, *_lans) in sorted(peers.items()):
-            lines.append(f"    {family(address)} saddr {address} udp dport 4500 "
+            lines.append(f"    {family(address)} saddr {address} udp dport {NATT_PORT} "
                          f'@th,64,8 {{ {labels} }} counter comment "esp {name}"')
         for index in others:
             # `fwd ip` passes an IPv6 packet by (and `fwd ip6` an IPv4 one): one rule each.
-            lines.append(f"    meta protocol ip udp dport 4500 @th,64,8 {esp_label(index):#04x} "
-                         f'counter fwd ip to {members[index]} device "{sync}" '
-                         f'comment "to m{index}"')
+            lines.append(f"    meta protocol ip udp dport {NATT_PORT} @th,64,8 "
+                         f"{esp_label(index):#04x} counter fwd ip to {members[index]} "
+                         f'device "{sync}" comment "to m{index}"')
             if index in members6:
-                lines.append(f"    meta protocol ip6 udp dport 4500 @th,64,8 "
+                lines.append(f"    meta protocol ip6 udp dport {NATT_PORT} @th,64,8 "
                              f"{esp_label(index):#04x} counter fwd ip6 to {members6[index]} "
                              f'device "{sync}" comment "to m{index} over IPv6"')
     lines += ["  }", "}", f"table inet {TABLE_LAN} {{", "  chain forward {",
