@@ -19,7 +19,7 @@ here, once.
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 from .. import strongswan
@@ -384,6 +384,7 @@ class StepResult:
 
     name: str
     member: str | None
+    _: KW_ONLY  # eleven facts, each named where it is made
     outage_s: float | None = None  # the longest any peer's LAN saw; None without traffic
     outages: dict[str, float] = field(default_factory=dict)  # per peer
     consistent_after_s: float | None = None  # from the end of the hold; None: never
@@ -522,12 +523,13 @@ class ScenarioRun:
         time.sleep(self.SETTLE)
         outages = self.outages(began, time.time())
         result = StepResult(
-            name, member, max(outages.values()) if outages else None, outages,
-            _rounded(recovery.consistent_after_s), recovery.problem,
-            _rounded(None if recovery.forgotten_after_s is None
-                     else held - acted + recovery.forgotten_after_s), resumed,
-            _rounded(None if takeover is None else takeover - acted),
-            sum(p.lost(began, time.time()) for p in self.pingers.values()), began)
+            name, member, outage_s=max(outages.values()) if outages else None, outages=outages,
+            consistent_after_s=_rounded(recovery.consistent_after_s), problem=recovery.problem,
+            forgotten_after_s=_rounded(None if recovery.forgotten_after_s is None
+                                       else held - acted + recovery.forgotten_after_s),
+            traffic_resumed=resumed,
+            takeover_s=_rounded(None if takeover is None else takeover - acted),
+            lost=sum(p.lost(began, time.time()) for p in self.pingers.values()), began=began)
         self.say(f"{self.name}: {result.summary()}")
         return result
 

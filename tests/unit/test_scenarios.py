@@ -49,7 +49,8 @@ def test_every_scenario_brings_up_the_tunnels_its_steps_need():
 
 
 def test_a_step_result_is_the_chaos_reports_item():
-    result = StepResult("restore m2", "m2", 0.4, {"p1": 0.4, "p2": 0.0}, 0.51, None, None, True)
+    result = StepResult("restore m2", "m2", outage_s=0.4, outages={"p1": 0.4, "p2": 0.0},
+                        consistent_after_s=0.51, traffic_resumed=True)
     assert result.report() == {"name": "restore m2", "member": "m2", "outage_s": 0.4,
                                "takeover_s": None, "lost": 0,
                                "consistent_after_s": 0.51, "problem": None,

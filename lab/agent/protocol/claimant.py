@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..names import LOOKUP_TIMEOUT
 from . import sync
-from .events import Drop
+from .events import Drop, PacketQueued
 from .ownership import NEGOTIATING, Key, ike_sa_key
 
 CLAIM_TIMEOUT = 1.0
@@ -32,7 +32,7 @@ class Parked:
     tag: int
     deadline: float
     director: int | None
-    packets: list = field(default_factory=list)  # (ref, inbound, arrival ns, packet)
+    packets: list[PacketQueued] = field(default_factory=list)
     resend_at: float | None = None
     peer: str | None = None
     inbound: bool = True
@@ -45,33 +45,32 @@ class ClaimantRole:
 
     def drop_parked(self, parked: Parked, why: str) -> None:
         """Give up on parked packets: the peer retransmits what still matters."""
-        for ref, inbound, _arrival, data in parked.packets:
-            self.emit(Drop(ref))
-            self.trace("dropped", data, inbound, why=why)
+        for packet in parked.packets:
+            self.emit(Drop(packet.ref))
+            self.trace("dropped", packet.data, packet.inbound, why=why)
 
-    def parking_full(self, waiting: dict, key, packet: tuple) -> bool:
+    def parking_full(self, waiting: dict, key, packet: PacketQueued) -> bool:
         """No room to park `packet` (dropped and counted): the peer retransmits."""
         parked = waiting.get(key)
         if (parked is None and len(waiting) < MAX_PARKED_KEYS) or (
                 parked is not None and len(parked.packets) < MAX_PACKETS_PER_KEY):
             return False
         self.counters["parked_full"] += 1
-        self.emit(Drop(packet[0]))
-        self.trace("dropped", packet[3], packet[1], why="no room to park it")
+        self.emit(Drop(packet.ref))
+        self.trace("dropped", packet.data, packet.inbound, why="no room to park it")
         return True
 
-    def park_claim(self, key: Key, packet: tuple, peer: str) -> None:
+    def park_claim(self, key: Key, packet: PacketQueued, peer: str) -> None:
         if self.parking_full(self.claims, key, packet):
             return
         parked = self.claims.get(key)
         if parked is None:
-            inbound = packet[1]
             parked = self.claims[key] = Parked(key, self.new_tag(), self.now + CLAIM_TIMEOUT,
                                                None, resend_at=self.now + CLAIM_RESEND,
-                                               peer=peer, inbound=inbound)
+                                               peer=peer, inbound=packet.inbound)
             self.send_claim(parked)
         parked.packets.append(packet)
-        self.trace("claimed", packet[3], packet[1],
+        self.trace("claimed", packet.data, packet.inbound,
                    director=self.config.name_of(parked.director) if parked.director else None)
 
     def send_claim(self, parked: Parked) -> None:
@@ -81,7 +80,7 @@ class ClaimantRole:
             requester=parked.key.requester, tag=parked.tag, peer=parked.peer,
             owner=0 if parked.inbound else self.me))
 
-    def park_lookup(self, key: Key, packet: tuple) -> None:
+    def park_lookup(self, key: Key, packet: PacketQueued) -> None:
         if self.parking_full(self.lookups, key.ispi, packet):
             return
         parked = self.lookups.get(key.ispi)
@@ -91,7 +90,7 @@ class ClaimantRole:
                                                      self.now + LOOKUP_TIMEOUT, None)
             self.send_lookup(parked)
         parked.packets.append(packet)
-        self.trace("lookup", packet[3], packet[1],
+        self.trace("lookup", packet.data, packet.inbound,
                    director=self.config.name_of(parked.director) if parked.director else None)
 
     def send_lookup(self, parked: Parked) -> None:

@@ -62,29 +62,7 @@ network, leaves two sides each directing keys. Replicas are kept whole by the ow
 in every heartbeat (`resync`); a member that restarted is known by its new incarnation
 (`liveness`).
 
-The invariants, and what checks them. The cluster simulator (`lab.sim`, FoundationDB's and
-TigerBeetle's way: these cores, unchanged, on simulated time, under faults, from one seed)
-checks every one after every step or in its quiet tail, across millions of events
-(tests/unit/test_sim.py); each bug it found is a scenario in tests/unit/
-test_agent_found_by_sim.py.
-
-- One owner: no two members' charons hold, or negotiate, the same IKE SA (sim: one-owner).
-- Claim discipline: a director grants a key only once every member it counted live when it
-  announced, and still counts live, has acknowledged (sim: claim-discipline;
-  test_agent_protocol: a claim is granted only once every live member acked).
-- No forwarding loop: an arrival is forwarded at most once (sim: no-forwarding-loop).
-- No double injection: a forwarded packet is written into the owner's stack at most once,
-  whatever the sync network duplicates or an attacker replays (sim: no-double-injection;
-  test_agent: forged and replayed sync messages are dropped and counted).
-- Bounds: tables, parked packets, announcements and lookups stay within their caps under any
-  flood (sim: bounds; test_agent_flood).
-- No dead owner: no table names a member it counted dead (sim: no-dead-owner).
-- Failure detection: a crashed member is out of every live set within `dead_after` and a
-  heartbeat interval (sim: failure-detection; test_membership).
-- Liveness: after the last fault, every tunnel is up on exactly one member within a bounded
-  time, and a dead member's tunnels are owned again exactly once (sim: liveness).
-- Convergence: then every serving member's table names the same owner for every established
-  IKE SA, the one whose charon holds it (sim: convergence).
+The invariants the protocol keeps, and what checks each, are listed in `protocol/__init__`.
 
 The machine: `Agent.handle(event, now)` takes one event (`events`: a queued packet, a sync
 datagram, charon's word, a tick) with the time, and returns actions (verdicts, datagrams,
@@ -332,7 +310,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
             self.trace("dropped", event.data, inbound, why=f"malformed: {why}")
             return
         key = Key(header.ispi, header.msgid, header.requester)
-        packet = (event.ref, inbound, event.arrival_ns, event.data)
+        packet = event  # parked as it came, until its owner is known
         owner = self.owner_of(header, key, inbound)
         if owner is not None:
             self.release(packet, owner, key.ispi)
@@ -358,9 +336,9 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
         else:
             self.park_lookup(key, packet)
 
-    def release(self, packet: tuple, owner: int, ispi: bytes) -> None:
+    def release(self, packet: PacketQueued, owner: int, ispi: bytes) -> None:
         """Hand a packet to whoever owns its key."""
-        ref, inbound, arrival_ns, data = packet
+        ref, inbound, data = packet.ref, packet.inbound, packet.data
         if owner == self.me:
             self.counters["delivered_local"] += 1
             self.emit(Accept(ref))
@@ -373,7 +351,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
             if len(self.forwarded_by_spi) > MAX_FORWARDED_SPIS:  # the least recent goes
                 del self.forwarded_by_spi[next(iter(self.forwarded_by_spi))]
             self.send(owner, sync.Message(sync.FORWARD, self.me,
-                                          payload=arrival_ns.to_bytes(8, "big") + data))
+                                          payload=packet.arrival_ns.to_bytes(8, "big") + data))
             self.trace("forwarded", data, to=self.config.name_of(owner))
         else:
             self.counters["outbound_refused"] += 1
@@ -492,6 +470,14 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
         self.table.locate(msg.ispi, msg.port, msg.nat)
         self.release_waiting(msg.ispi)
 
+    def forget_routes(self, index: int | None = None) -> bool:
+        """Forget what member `index` (every member, if None) said it holds; True if we knew
+        something of it."""
+        if index is None:
+            self.advertised = {}
+            return True
+        return self.advertised.pop(index, None) is not None
+
     def on_routes(self, msg: sync.Message) -> None:
         self.advertised[msg.sender] = sync.decode_prefixes(msg.payload)
         self.steer_soon()
@@ -533,7 +519,6 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
                                     payload=sync.encode_prefixes(offered[:sync.MAX_ROUTES])))
 
     def on_holdings(self, event: HoldingsRead) -> None:
-        self.installed = event.installed
         if event.prefixes != self.holdings:
             self.holdings = event.prefixes
             self.steer_soon()
@@ -544,7 +529,7 @@ class Agent(ClaimantRole, DirectorRole, JoiningRole, HandoverRole, ResyncRole, S
             else:
                 self.next_advertisement = min(self.next_advertisement,
                                               self.routes_pacer.next_at(self.now))
-        self.release_installed()
+        self.installed_now(event.installed)
 
     # ---- timers ---------------------------------------------------------------------------
     def on_tick(self, _event: Tick) -> None:

@@ -13,6 +13,7 @@ agent's table, membership and message helpers.
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..names import LOOKUP_TIMEOUT
 from . import sync
@@ -26,6 +27,14 @@ MAX_WAITERS = 1024
 # message from several members arrive within a claim's lifetime), and for how many keys.
 DECIDED_FOR = 2.0
 MAX_DECIDED = 4096
+
+
+class Waiter(NamedTuple):
+    """A member that asked us (LOOKUP) who owns a key we do not know yet."""
+
+    member: int
+    tag: int  # its LOOKUP's, for the ANSWER
+    deadline: float  # then it hears that nobody knows
 
 
 @dataclass
@@ -51,7 +60,7 @@ class DirectorRole:
         self.announcing_key: dict[Key, Announcement] = {}  # the same, by key
         # Keys granted lately: their decision stands even if a flood evicts the entry.
         self.decided: OrderedDict[Key, tuple[int, float]] = OrderedDict()
-        self.waiters: dict[bytes, list] = {}  # ispi -> [(member index, tag, deadline)]
+        self.waiters: dict[bytes, list[Waiter]] = {}  # ispi -> the members that asked
 
     def on_claim(self, msg: sync.Message) -> None:
         """The first claimant of a key owns it, once every member has heard so; a peer's new
@@ -172,16 +181,16 @@ class DirectorRole:
                                                owner=self.config.index_of(name), tag=msg.tag))
         elif msg.ispi in self.waiters or len(self.waiters) < MAX_WAITERS:
             self.waiters.setdefault(msg.ispi, []).append(
-                (msg.sender, msg.tag, self.now + LOOKUP_TIMEOUT))
+                Waiter(msg.sender, msg.tag, self.now + LOOKUP_TIMEOUT))
         else:
             self.send(msg.sender, sync.Message(sync.ANSWER, self.me, ispi=msg.ispi, owner=0,
                                                tag=msg.tag))
 
     def answer_waiters(self, ispi: bytes, owner: int) -> None:
         """The owner of `ispi` is known now: tell the members that asked us."""
-        for member, tag, _deadline in self.waiters.pop(ispi, []):
-            self.send(member, sync.Message(sync.ANSWER, self.me, ispi=ispi, owner=owner,
-                                           tag=tag))
+        for waiter in self.waiters.pop(ispi, []):
+            self.send(waiter.member, sync.Message(sync.ANSWER, self.me, ispi=ispi, owner=owner,
+                                                  tag=waiter.tag))
 
     def director_timers(self) -> None:
         """Announcements: resend to the live members that have not ACKed, grant once none is
@@ -197,14 +206,14 @@ class DirectorRole:
                 for index in announcement.waiting:
                     self.send(index, self._announcement(announcement))
         for ispi, waiting in list(self.waiters.items()):
-            late = [w for w in waiting if self.now >= w[2]]
-            for member, tag, _deadline in late:
-                self.send(member, sync.Message(sync.ANSWER, self.me, ispi=ispi, owner=0,
-                                               tag=tag))
+            late = [w for w in waiting if self.now >= w.deadline]
+            for waiter in late:
+                self.send(waiter.member, sync.Message(sync.ANSWER, self.me, ispi=ispi, owner=0,
+                                                      tag=waiter.tag))
             if len(late) == len(waiting):
                 del self.waiters[ispi]
             else:
-                self.waiters[ispi] = [w for w in waiting if self.now < w[2]]
+                self.waiters[ispi] = [w for w in waiting if self.now < w.deadline]
 
     def director_forgets(self, index: int) -> None:
         """Member `index` left the live set: never grant it, and stop waiting for its ACK."""
@@ -216,7 +225,7 @@ class DirectorRole:
             announcement.waiting.discard(index)
             self._maybe_grant(announcement)
         for ispi, waiting in list(self.waiters.items()):
-            self.waiters[ispi] = [w for w in waiting if w[0] != index]
+            self.waiters[ispi] = [w for w in waiting if w.member != index]
 
     def director_isolated(self) -> None:
         """Cut off: what we recorded as director but never granted is nobody's. The others may

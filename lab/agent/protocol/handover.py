@@ -158,13 +158,24 @@ class HandoverRole:
         self.counters["esp_held"] += 1
         return True
 
-    def arrived(self, peer: str | None, ispi: bytes) -> None:
-        """Our IKE SA with `peer` is up: if we initiated it, the takeover or handover is
-        done, and its CHILD SA is about to be installed."""
+    def arrived(self, address: str | None, ispi: bytes) -> None:
+        """Our IKE SA with the peer at `address` is up: if we initiated it, the takeover or
+        handover is done, and its CHILD SA is about to be installed."""
+        peer = self.peer_names.get(address)
         if peer is not None and self.moving.pop(peer, None) is not None:
             self.new_sas[peer] = ispi
             self.release_installed()
             self.pace_takeovers()
+
+    def sa_ended(self, ispi: bytes) -> None:
+        """Our IKE SA `ispi` is gone: if we had asked charon to end it, that is done."""
+        self.ending.pop(ispi, None)
+
+    def installed_now(self, installed: frozenset) -> None:
+        """Our charon's CHILD SAs now (initiator SPI, prefix): held ESP of a peer whose new
+        SA is in goes."""
+        self.installed = installed
+        self.release_installed()
 
     def release_installed(self, expired_only: bool = False) -> None:
         """Let the held ESP go for each peer whose new CHILD SA our charon has installed, or

@@ -47,6 +47,10 @@ class JoiningRole:
         self.snapshot = None
         self.join_attempt += 1
 
+    def abandon_snapshot(self) -> None:
+        """Cut off: a snapshot under way cannot finish (nobody hears us)."""
+        self.snapshot = None
+
     def fetch_table(self) -> None:
         """Ask the pivot for the table (again, when the last answer is overdue)."""
         if self.snapshot is not None and self.now < self.snapshot.resend_at:

@@ -100,12 +100,12 @@ class LivenessRole:
             self.counters["isolations"] += 1
             self.claimant_isolated()
             self.director_isolated()
-            self.snapshot = None
+            self.abandon_snapshot()
         elif state == JOINING:
             # Back from isolation: members may have died meanwhile, unseen from here. Their
             # routes go; the live ones advertise theirs again as soon as they hear us.
             self.restart_join()
-            self.advertised = {}
+            self.forget_routes()
             if self.config.peers:
                 self.steer()
         elif state == SERVING and self.config.peers:
@@ -121,7 +121,7 @@ class LivenessRole:
         self.departed.add(name)
         orphans = self.table.established(name)
         self.counters["dead_owner_entries_dropped"] += self.table.drop_owner(name)
-        if self.advertised.pop(index, None) is not None:
+        if self.forget_routes(index):
             self.steer()
         self.director_forgets(index)
         self.claimant_redirects(index)

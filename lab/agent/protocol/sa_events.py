@@ -47,12 +47,12 @@ class SaEventsRole:
                               peer, self.wall_ms())
             self.table.establish(spis[0], spis[1], self.now, self.wall_ms())
             self.table.locate(spis[0], port, nat)
-            self.arrived(self.peer_names.get(peer), spis[0])
+            self.arrived(peer, spis[0])
             self.broadcast(sync.Message(sync.ESTABLISHED, self.me, ispi=spis[0], rspi=spis[1],
                                         owner=self.me, peer=peer, port=port, nat=nat))
         else:
             self.table.delete(spis[0])
-            self.ending.pop(spis[0], None)
+            self.sa_ended(spis[0])
             self.broadcast(sync.Message(sync.DELETE, self.me, ispi=spis[0]))
 
 
