@@ -2,9 +2,9 @@
 
 Two floors behind a narrow door:
 - `protocol/`: a state machine with no I/O (`protocol.core.Agent`, with its roles `claimant`,
-  `director`, `joining`, `liveness`, `resync`, `handover` and `sa_events`, over the pure `ike`,
-  `ownership`, `membership`, `sync`, `steering`, `pacing`, `holdings`, `crowd`, `synctrace`
-  and `witness`). Nothing under it imports `os`, `time`, `socket`, `subprocess`, `threading`
+  `director`, `joining`, `liveness`, `resync`, `handover` and `sa_events`, each held to its
+  written `contract`, over the pure `ike`, `ownership`, `membership`, `sync`, `steering`,
+  `pacing`, `holdings`, `crowd`, `synctrace` and `witness`). Nothing under it imports `os`, `time`, `socket`, `subprocess`, `threading`
   or `select` (tests/unit/test_architecture.py).
 - `io/`: the thin shell (`daemon`) that feeds the core events from NFQUEUE (`nfqueue`), the
   sync socket, the witness (`witnessd` runs it), charon (`charon`, over `vicilink`, the one

@@ -12,6 +12,7 @@ waits (the director may have died), and given up after CLAIM_TIMEOUT: the peer r
 from dataclasses import dataclass, field
 
 from ..names import LOOKUP_TIMEOUT
+from .contract import ClaimantView
 from . import sync
 from .events import Drop, PacketQueued
 from .ownership import NEGOTIATING, Key, ike_sa_key
@@ -39,6 +40,9 @@ class Parked:
 
 
 class ClaimantRole:
+    OWNS = ("claims", "lookups")  # the state only this role changes
+    VIEW = ClaimantView  # what it may read of the core and do through it (`contract`)
+
     def __init__(self):
         self.claims: dict[Key, Parked] = {}
         self.lookups: dict[bytes, Parked] = {}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..names import LOOKUP_TIMEOUT
+from .contract import DirectorView
 from . import sync
 from .ownership import NEGOTIATING, Key, ike_sa_key
 
@@ -55,6 +56,10 @@ class Announcement:
 
 
 class DirectorRole:
+    # the state only this role changes
+    OWNS = ("announcing", "announcing_key", "decided", "waiters")
+    VIEW = DirectorView  # what it may read of the core and do through it (`contract`)
+
     def __init__(self):
         self.announcing: dict[int, Announcement] = {}  # tag -> announcement
         self.announcing_key: dict[Key, Announcement] = {}  # the same, by key

@@ -42,6 +42,7 @@ balance timer.
 import hashlib
 
 from ..names import NATT_PORT, handover_connection, natt_connection
+from .contract import HandoverView
 from .events import Accept, EndSa, HoldEsp, Initiate
 from .membership import DRAINED, DRAINING, SERVING, Happening
 
@@ -103,6 +104,11 @@ def balance(holdings: dict[str, list[str]], receivers: list[str],
 
 
 class HandoverRole:
+    # the state only this role changes
+    OWNS = ("away", "ending", "esp_held", "esp_until", "evening_out", "installed", "moving",
+            "new_sas", "next_balance", "orphans", "peer_names", "releasing")
+    VIEW = HandoverView  # what it may read of the core and do through it (`contract`)
+
     def __init__(self):
         self.moving: dict[str, float] = {}  # peer -> until when our initiation may be pending
         self.ending: dict[bytes, float] = {}  # SAs we asked charon to end (SPI) -> when

@@ -15,6 +15,7 @@ serving at all the cluster is starting from nothing, and the member is synced as
 
 from dataclasses import dataclass, field
 
+from .contract import JoiningView
 from . import sync
 from .events import EndStaleSas, StaleSasEnded
 from .membership import JOINING
@@ -35,6 +36,10 @@ class Snapshot:
 
 
 class JoiningRole:
+    # the state only this role changes
+    OWNS = ("join_attempt", "joining_since", "replaying", "snapshot")
+    VIEW = JoiningView  # what it may read of the core and do through it (`contract`)
+
     def __init__(self, now: float):
         self.snapshot: Snapshot | None = None
         self.joining_since = now

@@ -8,6 +8,7 @@ no messages); this role speaks for it on the sync network.
 heartbeat timer.
 """
 
+from .contract import LivenessView
 from . import sync
 from .membership import ISOLATED, JOINING, SERVING, STATE_CODES, STATES
 
@@ -15,6 +16,10 @@ WITNESS_PINGS_KEPT = 8  # an answer to an older ping is too late to count
 
 
 class LivenessRole:
+    # the state only this role changes
+    OWNS = ("departed", "next_heartbeat", "witness_pings", "witness_seq")
+    VIEW = LivenessView  # what it may read of the core and do through it (`contract`)
+
     def __init__(self):
         self.departed: set[str] = set()  # members dropped as dead, unheard since
         self.witness_pings: dict[int, float] = {}  # our ping's seq -> when we sent it

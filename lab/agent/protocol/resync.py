@@ -14,6 +14,7 @@ with the same figures: a change still on its way makes one heartbeat disagree, n
 
 from dataclasses import dataclass, field
 
+from .contract import ResyncView
 from . import sync
 from .membership import DRAINED, SERVING_STATES
 from .ownership import ESTABLISHED, Key
@@ -33,6 +34,9 @@ class Resync:
 
 
 class ResyncRole:
+    OWNS = ("disagreements", "resyncs")  # the state only this role changes
+    VIEW = ResyncView  # what it may read of the core and do through it (`contract`)
+
     def __init__(self):
         self.disagreements: dict[int, tuple[int, int, int]] = {}  # owner -> figures, times
         self.resyncs: dict[int, Resync] = {}  # owner -> our request

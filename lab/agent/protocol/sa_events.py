@@ -7,12 +7,16 @@ them as holdings (`core.on_holdings`).
 `SaEventsRole` is one role of `core.Agent`; it keeps no state of its own.
 """
 
+from .contract import SaEventsView
 from . import sync
 from .events import CharonSaid
 from .ownership import ESTABLISHED, ike_sa_key
 
 
 class SaEventsRole:
+    OWNS = ()  # the state only this role changes
+    VIEW = SaEventsView  # what it may read of the core and do through it (`contract`)
+
     def on_charon(self, event: CharonSaid) -> None:
         """charon's word on an IKE SA it holds (vici `ike-updown`, `ike-rekey`); CHILD SA
         events only change what the data plane steers (the shell reads them as holdings)."""
