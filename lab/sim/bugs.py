@@ -13,6 +13,8 @@ from lab.agent.protocol.core import Agent
 class GrantBeforeAllAcks(Agent):
     """The director grants as soon as it has announced, without waiting for the ACKs."""
 
+    BREAKS = "claim-discipline"  # the invariant it must be caught by: a crash is not a catch
+
     def _maybe_grant(self, announcement) -> None:
         announcement.waiting.clear()
         super()._maybe_grant(announcement)
@@ -20,6 +22,8 @@ class GrantBeforeAllAcks(Agent):
 
 class IgnoreLowerIndexRule(Agent):
     """Two directors of one key each keep their own owner instead of the lower one."""
+
+    BREAKS = "one-owner"  # the invariant it must be caught by: a crash is not a catch
 
     @staticmethod
     def lower(a: int, b: int) -> int:
@@ -34,6 +38,8 @@ class _TrustingCodec(sync.Codec):
 class AcceptReplayedSync(Agent):
     """No replay window: a sync message that arrives twice (or years late) counts twice."""
 
+    BREAKS = "no-double-injection"  # the invariant it must be caught by: a crash is not a catch
+
     def __init__(self, config, now, first_seq, join=False, **kwargs):
         super().__init__(config, now, first_seq, join, **kwargs)
         self.codec = _TrustingCodec(bytes.fromhex(config.key), self.me, first_seq)
@@ -41,6 +47,8 @@ class AcceptReplayedSync(Agent):
 
 class KeepDeadMembersEntries(Agent):
     """A member that dies keeps its entries in the survivors' tables."""
+
+    BREAKS = "no-dead-owner"  # the invariant it must be caught by: a crash is not a catch
 
     def __init__(self, config, now, first_seq, join=False, **kwargs):
         super().__init__(config, now, first_seq, join, **kwargs)
@@ -51,8 +59,10 @@ class ClaimWithoutDirector(Agent):
     """A first packet is delivered here at once and the owner announced afterwards: the
     reference's order (write yourself into the table, then sync), which races."""
 
+    BREAKS = "one-owner"  # the invariant it must be caught by: a crash is not a catch
+
     def park_claim(self, key, packet, peer) -> None:
-        if packet[1]:  # inbound: a peer's first message
+        if packet.inbound:  # inbound: a peer's first message
             owner, _won = self.table.claim(key, self.config.member, self.now, peer)
             self.release(packet, self.config.index_of(owner), key.ispi)
             return
