@@ -103,15 +103,16 @@ class JoiningRole:
             self.snapshot = None  # a chunk was lost: ask again on the next tick
             return
         self.table.clear()
-        for (ispi, msgid, requester, owner, state, rspi, peer, port, nat, age,
-             up_ms) in snapshot.entries:
+        for entry in snapshot.entries:
             # The pivot may not have counted a member dead that we already dropped, or that
             # we never heard: only members we count live own anything here (one we have not
             # heard yet says what it owns in its heartbeats, `resync`).
+            owner = entry.owner
             if (owner in self.indexes and not self.departed_owner(owner)
                     and self.membership.is_live(self.config.name_of(owner))):
-                self.table.restore(Key(ispi, msgid, requester), self.config.name_of(owner),
-                                   state, rspi, peer, age, self.now, port, nat, up_ms)
+                self.table.restore(entry.key, self.config.name_of(owner), entry.state,
+                                   entry.rspi, entry.peer, entry.age, self.now, entry.port,
+                                   entry.nat, entry.up_ms)
         # What changed while the snapshot was on its way, applied again on top of it.
         self.snapshot = None
         self.replaying = True

@@ -85,20 +85,21 @@ class ResyncRole:
         self.counters["resyncs"] += 1
         owner = self.config.name_of(msg.sender)
         listed = {}
-        for (ispi, msgid, requester, index, state, rspi, peer, port, nat, age,
-             up_ms) in request.entries:
-            if index == msg.sender and state == ESTABLISHED and (msgid, requester) == (0, "i"):
-                listed[ispi] = (rspi, peer, port, nat, age, up_ms)
+        for said in request.entries:
+            if (said.owner == msg.sender and said.state == ESTABLISHED
+                    and (said.msgid, said.requester) == (0, "i")):
+                listed[said.ispi] = said
         for entry in self.table.owned_by(owner):
             if entry.key.ispi not in listed:
                 self.table.delete(entry.key.ispi)
-        for ispi, (rspi, peer, port, nat, age, up_ms) in listed.items():
+        for ispi, said in listed.items():
             entry = self.table.entries.get(Key(ispi))
             if entry is None or entry.owner != owner or entry.state != ESTABLISHED:
-                self.table.restore(Key(ispi), owner, ESTABLISHED, rspi, peer, age, self.now,
-                                   port, nat, up_ms)
+                self.table.restore(Key(ispi), owner, ESTABLISHED, said.rspi, said.peer,
+                                   said.age, self.now, said.port, said.nat, said.up_ms)
             else:
-                self.table.record(Key(ispi), owner, ESTABLISHED, self.now, peer, up_ms)
+                self.table.record(Key(ispi), owner, ESTABLISHED, self.now, said.peer,
+                                  said.up_ms)
         self.log(f"{owner}'s SAs resynchronised: {len(listed)}")
 
     def resync_timers(self) -> None:

@@ -52,6 +52,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import NamedTuple
 
+from .ownership import Key
+
 MAGIC = b"IKLB"
 VERSION = 6  # 3: heartbeats carry the incarnation and the owned digest; OWNED_*; 4: ENTRY up;
 # 5: ROUTES in binary; 6: addresses of either family (16 bytes)
@@ -254,10 +256,29 @@ def encode_entries(entries) -> bytes:
     return bytes(out)
 
 
-def decode_entries(payload: bytes) -> list[tuple]:
-    """(ispi, msgid, requester, owner index, state, rspi or None, peer or None, port, nat,
-    age s, up ms) tuples; raises SyncError('malformed') for a payload that is not whole
-    entries."""
+class SnapshotEntry(NamedTuple):
+    """One table entry as a SNAPSHOT or OWNED message carries it."""
+
+    ispi: bytes
+    msgid: int
+    requester: str
+    owner: int  # member index
+    state: str
+    rspi: bytes | None
+    peer: str | None
+    port: int
+    nat: bool
+    age: float  # seconds since the sender first recorded it
+    up_ms: int  # wall clock ms when its IKE SA came up, per its owner (0: not up)
+
+    @property
+    def key(self) -> Key:
+        return Key(self.ispi, self.msgid, self.requester)
+
+
+def decode_entries(payload: bytes) -> list[SnapshotEntry]:
+    """The entries in a SNAPSHOT or OWNED payload; raises SyncError('malformed') for a
+    payload that is not whole entries."""
     if len(payload) % ENTRY.size:
         raise SyncError("malformed")
     result = []
@@ -266,9 +287,9 @@ def decode_entries(payload: bytes) -> list[tuple]:
          age, up_ms) = ENTRY.unpack_from(payload, offset)
         if state not in STATE_NAMES or requester not in (b"i", b"r", b"-") or not owner:
             raise SyncError("malformed")
-        result.append((ispi, msgid, requester.decode(), owner, STATE_NAMES[state],
-                       rspi if rspi != b"\0" * 8 else None,
-                       unpack_address(peer), port, bool(flags & NAT_FLAG), age / 1000, up_ms))
+        result.append(SnapshotEntry(ispi, msgid, requester.decode(), owner, STATE_NAMES[state],
+                                    rspi if rspi != b"\0" * 8 else None, unpack_address(peer),
+                                    port, bool(flags & NAT_FLAG), age / 1000, up_ms))
     return result
 
 
