@@ -19,8 +19,8 @@ scripts/bench_agent.py.
 """
 
 import argparse
-import os
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 from lab import strongswan  # noqa: E402
 from lab.agent.io.control import query  # noqa: E402
 from lab.agent.names import CLUSTER_CONNECTION  # noqa: E402
+from lab.plan.topology import OWNERSHIP_MODES, LabSpec  # noqa: E402
 from lab.run.lab import Lab  # noqa: E402
 from lab.show.plots import draw_lines  # noqa: E402
-from lab.plan.topology import OWNERSHIP_MODES, LabSpec  # noqa: E402
 
 RATES = (250, 500, 1000, 2000, 4000, 8000, 16000)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab import strongswan  # noqa: E402
-from lab.run.lab import Lab  # noqa: E402
 from lab.agent.names import CLUSTER_CONNECTION  # noqa: E402
 from lab.plan.topology import LabSpec  # noqa: E402
+from lab.run.lab import Lab  # noqa: E402
 
 
 def main(prefix: str) -> None:
@@ -35,9 +35,7 @@ def main(prefix: str) -> None:
                 sess.rekey({"ike": CLUSTER_CONNECTION})
         time.sleep(2)
         for sock in sockets.values():
-            with strongswan.session(sock) as sess:
-                for _ in sess.terminate({"ike": CLUSTER_CONNECTION, "timeout": 3000}):
-                    pass
+            strongswan.terminate(sock, CLUSTER_CONNECTION)
         for dump in dumps:
             dump.terminate()
             dump.wait()

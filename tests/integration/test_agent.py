@@ -15,9 +15,9 @@ from lab import strongswan
 from lab.agent.io.control import query
 from lab.agent.names import CHILD_NAME, CLUSTER_CONNECTION, SYNC_PORT
 from lab.agent.protocol.sync import ANNOUNCE, Codec, Message
+from lab.plan.topology import LabSpec
 from lab.run.lab import Lab
 from lab.run.probes import ike_sa_holder, member_sas
-from lab.plan.topology import LabSpec
 
 from .helpers import bring_up, ikelab_json, poll, statuses
 
@@ -180,9 +180,7 @@ def test_an_abandoned_negotiation_expires_and_a_deleted_sa_leaves_every_table_an
                     for m, s in statuses(lab).items()
                     if "10.2.1.0/24" in s["steering"]["holds"] + list(s["steering"]["routes"])}
         assert poll(lambda: len(steering_for_p1()) == 3, deadline=10)
-        with strongswan.session(lab.node("p1").files.vici_socket) as sess:
-            for _ in sess.terminate({"ike": CLUSTER_CONNECTION, "timeout": 5000}):
-                pass
+        strongswan.terminate(lab.node("p1").files.vici_socket, CLUSTER_CONNECTION, 5000)
         assert poll(lambda: not owners_of(lab, sa["initiator-spi"]), deadline=10)
         # The data plane's steering goes with the SA: no member routes p1's LAN any more.
         assert poll(lambda: not steering_for_p1(), deadline=10)
