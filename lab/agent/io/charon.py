@@ -27,8 +27,9 @@ def list_sas(path: str) -> list[dict]:
         return [sa for entry in sess.list_sas() for sa in decode(dict(entry)).values()]
 
 
-class Charon:
-    """The agent's side of its charon: `start()` the threads, `stop()` them."""
+class CharonListener:
+    """The agent's side of its charon (not `lab.net.daemons.Charon`, the lab's handle on the
+    process): `start()` the threads, `stop()` them."""
 
     def __init__(self, vici_socket: str, post, errors, log=print):
         self.path = vici_socket

@@ -33,7 +33,7 @@ from ..protocol import crowd, steering, sync
 from ..protocol.core import TICK, Agent
 from ..protocol.events import (Accept, DrainAsked, Drop, EndSa, EndStaleSas, HoldEsp, Initiate,
     Inject, Log, PacketQueued, Send, SteerRoutes, SyncArrived, Tick, Trace)
-from .charon import Charon
+from .charon import CharonListener
 from .control import ControlServer
 from .nfqueue import EspHold, PacketQueues
 from .routes import RouteKeeper
@@ -93,7 +93,7 @@ class AgentDaemon:
         self.routes = RouteKeeper(self.gateways, config.sync_interface, self.errors, self.log,
                                   self.gateways6)
         self.esp_hold = EspHold(self.errors, self.log, ipv6=bool(self.gateways6))
-        self.charon = Charon(config.vici_socket, self.post, self.errors, self.log)
+        self.charon = CharonListener(config.vici_socket, self.post, self.errors, self.log)
         self.stopping = False
         # Decisions to trace, stamped as they are carried out and written when the loop has
         # nothing waiting (or TRACE_BATCH are pending, or TRACE_DELAY passed): formatting

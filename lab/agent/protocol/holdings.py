@@ -5,7 +5,7 @@ burst of events cost an agent a fifth of a core (vici's messages are parsed in P
 `Holdings` starts from one full read (`reset`, from `list-sas`), follows `child-updown`,
 `child-rekey`, `ike-updown` and `ike-rekey` (`apply`), and is read again from scratch now and
 then by its owner, so a missed event cannot leave a prefix wrong for long. Pure: the shell
-(`charon.Charon`) feeds it.
+(`io.charon.CharonListener`) feeds it.
 """
 
 
