@@ -14,6 +14,10 @@ fast the biggest labs come up.
   size       `ikelab run --members 8 --peers 64|128 --hash split --ike mixed`: lab up and
              every tunnel up (the report's timings).
 
+A bring-up is timed the same way in every mode (`Lab.bring_up`, polled every 50 ms): from
+p2's initiation until its IKE SA is established with its CHILD SA installed at p2 and at the
+one member that holds it, and the LAN-to-LAN data path is complete in every kernel on the way.
+
 Sync messages per established tunnel and the 16-peer bring-up ratio against --mode ha are in
 scripts/bench_agent.py.
 """
